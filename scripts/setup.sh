@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Development setup of reasoning_seg, without a system ROS 2 install: everything comes from PyPI.
+#
+#     bash scripts/setup.sh          # or: make setup
+#     source scripts/env.sh
+#
+# Steps (each one skipped when its stamp says it is up to date, so a second run takes seconds):
+#   1. system tools: cmake >= 3.20, gcc, g++, make (apt-get installs them only when missing);
+#   2. .venv (Python 3.11: the ROS 2 Kilted wheels are cp311 only) with the exact versions of
+#      requirements.txt, installed with --no-deps so nothing is re-resolved;
+#   3. repairs the CMake files of the ROS wheels, which hard-code the include directories of the
+#      machine the wheels were built on (/opt/python/cp311-cp311/...);
+#   4. builds msg/ srv/ action/ with colcon in ros2_ws (ros2_ws/src/reasoning_seg -> ../..) into
+#      ros2_ws/install, without installing a copy of src/reasoning_seg there;
+#   5. `pip install -e .` (no deps, no build isolation): src/reasoning_seg is imported from the
+#      working tree, and the generated reasoning_seg.msg/.srv/.action join it through
+#      pkgutil.extend_path (src/reasoning_seg/__init__.py).
+#
+# Stamps: .venv/.reasoning_seg-*.stamp and ros2_ws/install/.reasoning_seg-interfaces.stamp hold a
+# hash of their inputs (requirements.txt; package.xml, CMakeLists.txt, cmake/, msg/, srv/,
+# action/, the file names in launch/ and config/; pyproject.toml). Delete .venv or ros2_ws/install
+# (or run `make clean`) to force a step. Environment: PYTHON=/path/to/python3.11 picks the
+# interpreter; REASONING_SEG_SETUP_VERBOSE=1 shows the full pip and colcon output.
+set -euo pipefail
+
+# Bump to invalidate every stamp when the logic below changes.
+SETUP_VERSION=1
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+WS="$ROOT/ros2_ws"
+INSTALL="$WS/install/reasoning_seg"
+VERBOSE="${REASONING_SEG_SETUP_VERBOSE:-0}"
+
+T0=$(date +%s%N)
+log() {
+    local ms=$((($(date +%s%N) - T0) / 1000000))
+    printf '[setup %4d.%ds] %s\n' $((ms / 1000)) $((ms % 1000 / 100)) "$*"
+}
+die() { printf 'scripts/setup.sh: error: %s\n' "$*" >&2; exit 1; }
+# Hash of strings and files: hash_inputs STRING... -- FILE...
+hash_inputs() {
+    {
+        while [ $# -gt 0 ] && [ "$1" != "--" ]; do printf 'str:%s\n' "$1"; shift; done
+        [ $# -gt 0 ] && shift
+        local f
+        for f in "$@"; do
+            printf 'file:%s\n' "$f"
+            if [ -f "$f" ]; then cat "$f"; fi
+        done
+    } | sha256sum | cut -d' ' -f1
+}
+stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+# Run a noisy command; show its output only on failure (or always with VERBOSE=1).
+quiet() {
+    if [ "$VERBOSE" = 1 ]; then "$@"; return; fi
+    local out rc=0
+    out="$(mktemp)"
+    "$@" >"$out" 2>&1 || rc=$?
+    if [ $rc -ne 0 ]; then
+        tail -n 80 "$out" >&2
+        rm -f "$out"
+        return $rc
+    fi
+    rm -f "$out"
+}
+
+# Serialise concurrent runs (several `make test` in one checkout).
+mkdir -p "$ROOT/.cache"
+exec 9>"$ROOT/.cache/setup.lock"
+flock 9
+
+# --- 1. System tools ------------------------------------------------------------------------------
+cmake_ok() {
+    command -v cmake >/dev/null 2>&1 || return 1
+    local v
+    v="$(cmake --version | sed -n 's/^cmake version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
+    # shellcheck disable=SC2086
+    set -- $v
+    [ "${1:-0}" -gt 3 ] || { [ "${1:-0}" -eq 3 ] && [ "${2:-0}" -ge 20 ]; }
+}
+missing=()
+cmake_ok || missing+=(cmake)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing missing system packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        quiet apt-get update -q
+        quiet apt-get install -y -q --no-install-recommends "${missing[@]}"
+        cmake_ok || die "cmake >= 3.20 is required (have: $(cmake --version 2>/dev/null | head -n1))"
+    else
+        die "missing system tools: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})"
+    fi
+fi
+
+# --- 2. Python 3.11 virtual environment -----------------------------------------------------------
+is_py311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1; }
+if [ ! -x "$VENV/bin/python" ] || ! is_py311 "$VENV/bin/python"; then
+    py="${PYTHON:-}"
+    if [ -z "$py" ]; then
+        for cand in python3.11 python3; do
+            if command -v "$cand" >/dev/null 2>&1 && is_py311 "$cand"; then py="$cand"; break; fi
+        done
+    fi
+    [ -n "$py" ] && is_py311 "$py" || die "Python 3.11 not found (the ROS 2 wheels are cp311 only); set PYTHON=/path/to/python3.11"
+    log "creating .venv with $(command -v "$py")"
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+PYVER=3.11
+SITE="$VENV/lib/python$PYVER/site-packages"
+
+# --- 3. Pinned packages, then repair the wheels' CMake files -----------------------------------------
+deps_hash="$(hash_inputs "v$SETUP_VERSION" "$VENV" -- requirements.txt)"
+deps_stamp="$VENV/.reasoning_seg-deps.stamp"
+if ! stamp_ok "$deps_stamp" "$deps_hash"; then
+    log "installing requirements.txt into .venv (first run: ~1-2 min)"
+    rm -f "$deps_stamp"
+    quiet "$VPY" -m pip install --no-input --disable-pip-version-check --progress-bar off \
+        --retries 5 --no-deps -r requirements.txt
+    quiet "$VPY" -m pip check
+
+    # The ros-* wheels' exported CMake targets (share/<pkg>/cmake/*Export.cmake) name the build
+    # machine's Python and NumPy include directories; CMake rejects imported targets whose include
+    # directories do not exist, so rosidl_generate_interfaces fails on them. Point them at ours.
+    pyinc="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    [ -f "$pyinc/Python.h" ] || die "Python headers not found ($pyinc/Python.h): install the -dev package of your Python 3.11"
+    "$VPY" -c 'import numpy, os, sys; sys.exit(not os.path.isdir(numpy.get_include()))' \
+        || die "numpy's C headers are missing from .venv"
+    mapfile -t cmake_files < <(grep -rlI --include='*.cmake' '/opt/python/cp311-cp311' "$VENV/share" || true)
+    if [ ${#cmake_files[@]} -gt 0 ]; then
+        sed -i -e "s#/opt/python/cp311-cp311/include/python3\.11#$pyinc#g" \
+               -e "s#/opt/python/cp311-cp311/lib/python3\.11/site-packages#$SITE#g" "${cmake_files[@]}"
+        log "repaired hard-coded include paths in ${#cmake_files[@]} CMake files of the ROS wheels"
+    fi
+    if grep -rlI --include='*.cmake' '/opt/python/' "$VENV/share" >&2; then
+        die "the CMake files above still name /opt/python/...: extend the rewrite in scripts/setup.sh"
+    fi
+    echo "$deps_hash" >"$deps_stamp"
+fi
+
+# --- 4. Interfaces (colcon build of ros2_ws) --------------------------------------------------------
+# ros2_ws/src/reasoning_seg -> ../.. is committed; recreate it if a checkout lost it.
+if [ ! -L "$WS/src/reasoning_seg" ]; then
+    mkdir -p "$WS/src"
+    rm -rf "$WS/src/reasoning_seg"
+    ln -s ../.. "$WS/src/reasoning_seg"
+fi
+iface_files=(package.xml CMakeLists.txt)
+while IFS= read -r -d '' f; do iface_files+=("$f"); done \
+    < <(find cmake msg srv action -type f -print0 2>/dev/null | sort -z)
+# launch/ and config/ are symlinked file by file (--symlink-install): edits are live, but an added
+# or removed file needs a new install, so their *names* are part of the hash.
+iface_names="$(find launch config -type f 2>/dev/null | sort | tr '\n' ' ')"
+iface_hash="$(hash_inputs "v$SETUP_VERSION" "$ROOT" "$deps_hash" "$iface_names" -- "${iface_files[@]}")"
+iface_stamp="$WS/install/.reasoning_seg-interfaces.stamp"
+if ! stamp_ok "$iface_stamp" "$iface_hash" || [ ! -d "$INSTALL" ]; then
+    log "building the interfaces with colcon (msg/ srv/ action/ -> ros2_ws/install, ~30 s)"
+    # Always from scratch: an incremental build would keep the generated code of a deleted .msg,
+    # and CMake caches absolute paths of the venv.
+    rm -rf "$WS/build" "$WS/install"
+    (
+        cd "$WS"
+        # A clean environment: only the venv's ROS, never a sourced /opt/ros or an old overlay.
+        env -u PYTHONPATH -u LD_LIBRARY_PATH -u COLCON_PREFIX_PATH -u ROS_DISTRO \
+            PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" \
+            AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
+            "$VENV/bin/colcon" --log-base log build \
+            --base-paths src --build-base build --install-base install \
+            --symlink-install --event-handlers desktop_notification- status- \
+            --cmake-args -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
+            -DREASONING_SEG_INSTALL_PYTHON_PACKAGE=OFF -DPython3_EXECUTABLE="$VENV/bin/python3"
+    ) >"$ROOT/.cache/colcon_build.log" 2>&1 || {
+        tail -n 60 "$ROOT/.cache/colcon_build.log" >&2
+        die "colcon build failed; full output in .cache/colcon_build.log and ros2_ws/log/latest_build"
+    }
+    [ "$VERBOSE" = 1 ] && cat "$ROOT/.cache/colcon_build.log"
+    [ -d "$INSTALL/lib/python$PYVER/site-packages/reasoning_seg/msg" ] \
+        || die "colcon build produced no Python interfaces (see .cache/colcon_build.log)"
+    echo "$iface_hash" >"$iface_stamp"
+    iface_built=1
+fi
+
+# Make `.venv/bin/python` find the interfaces even without `source scripts/env.sh` (IDEs, tools
+# that spawn Python with a scrubbed environment): a .pth in the venv appends the install tree to
+# sys.path and adds its lib/ to LD_LIBRARY_PATH and AMENT_PREFIX_PATH. The file sorts before
+# ros_wheels_bootstrapper.pth, whose re-exec then hands the amended environment to the loader.
+pth="$SITE/reasoning_seg_dev.pth"
+pth_content="$INSTALL/lib/python$PYVER/site-packages
+import os; exec(\"for _k, _v in (('LD_LIBRARY_PATH', ('$INSTALL/lib', '$VENV/lib')), ('AMENT_PREFIX_PATH', ('$INSTALL', '$VENV'))):\\n    _p = [_x for _x in os.environ.get(_k, '').split(os.pathsep) if _x]\\n    os.environ[_k] = os.pathsep.join([_x for _x in _v if _x not in _p] + _p)\")"
+if [ ! -f "$pth" ] || [ "$(cat "$pth")" != "$pth_content" ]; then
+    printf '%s\n' "$pth_content" >"$pth"
+fi
+
+# --- 5. Editable install of the Python package ----------------------------------------------------
+edit_hash="$(hash_inputs "v$SETUP_VERSION" "$ROOT" "$deps_hash" -- pyproject.toml)"
+edit_stamp="$VENV/.reasoning_seg-editable.stamp"
+if ! stamp_ok "$edit_stamp" "$edit_hash"; then
+    log "pip install -e . (editable, no dependencies)"
+    rm -f "$edit_stamp"
+    quiet "$VPY" -m pip install --no-input --disable-pip-version-check --progress-bar off \
+        --no-deps --no-build-isolation -e .
+    echo "$edit_hash" >"$edit_stamp"
+    edit_done=1
+fi
+
+# --- Smoke test after any change --------------------------------------------------------------------
+if [ -n "${iface_built:-}" ] || [ -n "${edit_done:-}" ]; then
+    (
+        # shellcheck disable=SC1091
+        . "$ROOT/scripts/env.sh"
+        python -c 'import reasoning_seg, reasoning_seg.msg, reasoning_seg.srv, reasoning_seg.action, rclpy
+import os, sys
+src = os.path.realpath(os.path.join(os.environ["REASONING_SEG_ROOT"], "src", "reasoning_seg"))
+if os.path.realpath(os.path.dirname(reasoning_seg.__file__)) != src:
+    sys.exit("reasoning_seg is imported from %s, not from src/" % reasoning_seg.__file__)
+reasoning_seg.msg.SegmentationResult()'
+    ) || die "smoke test failed: the interfaces or the package do not import"
+    log "smoke test passed (reasoning_seg + reasoning_seg.msg/.srv/.action + rclpy import)"
+fi
+log "ready: source scripts/env.sh"

@@ -1,0 +1,186 @@
+"""Typed configuration of the whole pipeline, loaded from the same YAML file the ROS node uses.
+
+Every knob is a dataclass field whose metadata carries its description and valid range. The ROS
+layer declares one parameter per field from this metadata (names ``section.field``), so the
+documentation, the range checks and the defaults cannot drift between the notebook API and the node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def knob(default: Any, description: str, lo: float | None = None, hi: float | None = None,
+         choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its documentation and valid range (used for ROS parameter descriptors)."""
+    return field(default=default, metadata={"description": description, "range": (lo, hi), "choices": choices})
+
+
+@dataclass
+class MapConfig:
+    """TSDF voxel map (Open3D VoxelBlockGrid)."""
+
+    voxel_size: float = knob(0.02, "Voxel edge length in metres.", 0.005, 0.5)
+    trunc_voxels: float = knob(4.0, "TSDF truncation distance in voxels.", 1.0, 20.0)
+    depth_min: float = knob(0.2, "Depth readings nearer than this (m) are ignored.", 0.0, 10.0)
+    depth_max: float = knob(5.0, "Depth readings beyond this (m) are ignored.", 0.1, 50.0)
+    min_weight: float = knob(0.5, "Minimum TSDF weight (observations) for a voxel to count as surface.", 0.0, 1000.0)
+    block_count: int = knob(40000, "Initial hash-map capacity in voxel blocks (grows as needed).", 100, 10_000_000)
+    min_valid_depth_fraction: float = knob(
+        0.05, "Frames with fewer valid depth pixels than this fraction are rejected.", 0.0, 1.0)
+    device: str = knob("CPU:0", "Open3D device for integration, e.g. CPU:0 or CUDA:0.")
+
+
+@dataclass
+class KeyframeConfig:
+    """Sliding window of keyframes the query chooses its views from."""
+
+    window_size: int = knob(30, "Maximum number of keyframes kept (oldest dropped first).", 1, 1000)
+    min_translation: float = knob(0.15, "New keyframe when the camera moved this far (m) ...", 0.0, 100.0)
+    min_rotation_deg: float = knob(15.0, "... or turned this much (degrees) since the last keyframe.", 0.0, 180.0)
+    max_interval: float = knob(5.0, "... or this many seconds passed (0 disables).", 0.0, 3600.0)
+
+
+@dataclass
+class ViewSelectionConfig:
+    """Choosing the views the 2D model runs on (REALM global stage, adapted to a keyframe window)."""
+
+    num_views: int = knob(4, "Views per query (MLLM-For3D Table 4: 4 views was best).", 1, 64)
+    strategy: str = knob("diverse_coverage", "random | diverse | diverse_coverage (k-means over poses, "
+                         "then the view seeing most map voxels in each cluster).",
+                         choices=("random", "diverse", "diverse_coverage"))
+    max_points: int = knob(20000, "Map points sampled to score coverage (bounds cost on large maps).", 100, 10_000_000)
+    seed: int = knob(0, "Seed for random selection and k-means initialisation.", 0, 2**31 - 1)
+
+
+@dataclass
+class FusionConfig:
+    """Lifting per-view masks onto the map."""
+
+    method: str = knob("naive", "naive: unweighted average of visible views' masks (MLLM-For3D Table 4 (a)).",
+                       choices=("naive",))
+    visibility_tolerance: float = knob(
+        0.05, "A map point is visible in a view when its depth is within this (m) of the view's depth.", 0.001, 1.0)
+    min_confidence: float = knob(0.0, "Views whose mask confidence is below this give no votes.", 0.0, 1.0)
+    min_mask_pixels: int = knob(0, "Views whose mask has fewer pixels than this give no votes.", 0, 10_000_000)
+
+
+@dataclass
+class QueryConfig:
+    """Turning the fused probability into the published target."""
+
+    score_threshold: float = knob(0.5, "Points with fused probability >= this belong to the target.", 0.0, 1.0)
+    min_points: int = knob(20, "Fewer target points than this means 'not found'.", 1, 10_000_000)
+    max_query_chars: int = knob(2000, "Longer queries are rejected with an error.", 1, 1_000_000)
+    cluster_radius: float = knob(
+        0.0, "If > 0, keep only the largest cluster of target points (DBSCAN eps in m).", 0.0, 1.0)
+
+
+@dataclass
+class SegmenterConfig:
+    """The frozen 2D reasoning-segmentation model."""
+
+    backend: str = knob("simulated", "simulated (ground-truth driven simulation of an MLLM; needs "
+                        "segmenter.scene) ", choices=("simulated",))
+    scene: str = knob("", "For the simulated backend: directory of the synthetic scene (scene.json).")
+    embedding_dim: int = knob(256, "Dimension of the projected [SEG] embedding.", 1, 65536)
+
+
+@dataclass
+class PipelineConfig:
+    """Everything the ROS-free core needs."""
+
+    map: MapConfig = field(default_factory=MapConfig)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    views: ViewSelectionConfig = field(default_factory=ViewSelectionConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+    # ---- flattening (ROS parameters are flat dotted names) ----
+    def flat(self) -> dict[str, Any]:
+        """``{"map.voxel_size": 0.02, ...}`` for every knob."""
+        return {name: value for name, value, _ in iter_knobs(self)}
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Set knobs from dotted names, validating type and range; unknown names raise."""
+        known = {name: meta for name, _, meta in iter_knobs(self)}
+        for name, value in values.items():
+            if name not in known:
+                raise ValueError(f"unknown parameter '{name}'")
+            section, key = name.split(".", 1)
+            obj = getattr(self, section)
+            current = getattr(obj, key)
+            setattr(obj, key, _coerce(name, value, current, known[name]))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, node_name: str | None = None) -> PipelineConfig:
+        """Load a ROS params file (``node: {ros__parameters: {...}}``) or a plain nested mapping."""
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        params = _flatten(_find_ros_parameters(data, node_name))
+        cfg = cls()
+        sections = {f.name for f in dataclasses.fields(cfg)}
+        # Node-level parameters (topics, frames, rates) live in the same file; the core takes its own.
+        cfg.update({k: v for k, v in params.items() if k.split(".", 1)[0] in sections})
+        return cfg
+
+
+def iter_knobs(cfg: PipelineConfig):
+    """Yield ``(dotted_name, value, metadata)`` for every knob of a config."""
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            yield f"{section.name}.{f.name}", getattr(sub, f.name), f.metadata
+
+
+def _coerce(name: str, value: Any, current: Any, meta: dict[str, Any]) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true/false, got {value!r}")
+    elif isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+    elif isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: must be finite, got {value!r}")
+    elif isinstance(current, str) and not isinstance(value, str):
+        raise ValueError(f"{name}: expected a string, got {value!r}")
+    lo, hi = meta.get("range", (None, None))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"{name}: {value} is outside [{lo}, {hi}]")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"{name}: '{value}' is not one of {', '.join(choices)}")
+    return value
+
+
+def _find_ros_parameters(data: dict[str, Any], node_name: str | None) -> dict[str, Any]:
+    for key, val in data.items():
+        if isinstance(val, dict) and "ros__parameters" in val:
+            if node_name is None or key in (node_name, "/**", f"/{node_name}") or key.endswith(f"/{node_name}"):
+                return val["ros__parameters"] or {}
+    return data
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(val, dict):
+            out.update(_flatten(val, name + "."))
+        else:
+            out[name] = val
+    return out

@@ -1,0 +1,290 @@
+"""The ROS-free pipeline: frames in, queries answered. Read :meth:`ReasoningSegPipeline.query` top
+down to follow a query through every stage.
+
+Threading: ingestion (``add_frame``) and queries may run on different threads. The map and the
+keyframe window are guarded by one lock, held only for integration and for taking a snapshot; the
+slow stages of a query (the 2D model, fusion) run on the snapshot without the lock, so a query never
+stalls the camera stream.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reasoning_seg.camera import CameraIntrinsics
+from reasoning_seg.config import PipelineConfig
+from reasoning_seg.frames import FrameRejected, RGBDFrame, sanitize_frame
+from reasoning_seg.fusion import fuse
+from reasoning_seg.keyframes import Keyframe, KeyframeWindow
+from reasoning_seg.result import QueryResult, package_result
+from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
+from reasoning_seg.view_selection import select_views
+from reasoning_seg.voxel_map import MapSurface, VoxelMap
+
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as ``progress(stage, views_done, views_total)``; used for action feedback."""
+
+_STATE_FORMAT = "reasoning_seg.state/1"
+
+
+class QueryError(ValueError):
+    """A query that cannot be run (bad text, empty map, no model); the message is user-facing."""
+
+
+class QueryCancelled(Exception):  # noqa: N818 - reads as an event, like KeyboardInterrupt
+    """Raised by a progress callback to abandon a running query (action cancel)."""
+
+
+def normalise_query(text: object, max_chars: int) -> str:
+    """Strip and validate a query string; raises :class:`QueryError` with a user-facing reason."""
+    if not isinstance(text, str):
+        raise QueryError(f"query must be a string, got {type(text).__name__}")
+    q = " ".join(text.split())
+    if not q:
+        raise QueryError("query is empty")
+    if len(q) > max_chars:
+        raise QueryError(f"query is {len(q)} characters long; the limit is {max_chars}")
+    if not any(ch.isalnum() for ch in q):
+        raise QueryError("query contains no words")
+    return q
+
+
+@dataclass
+class IngestStats:
+    """Counters for diagnostics: what came in, what was kept, and why frames were dropped."""
+
+    frames_received: int = 0
+    frames_integrated: int = 0
+    keyframes_added: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage, in the order the stages ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+class ReasoningSegPipeline:
+    """Voxel map + keyframe window + 2D reasoning model + fusion, usable from a notebook."""
+
+    def __init__(self, config: PipelineConfig | None = None, segmenter: Segmenter | None = None) -> None:
+        self.config = config or PipelineConfig()
+        self.segmenter = segmenter
+        self.map = VoxelMap(self.config.map)
+        self.keyframes = KeyframeWindow(self.config.keyframes)
+        self.stats = IngestStats()
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ ingestion
+    def add_frame(self, frame: RGBDFrame) -> Keyframe | None:
+        """Integrate one posed RGB-D frame; returns the keyframe if it became one.
+
+        Raises :class:`FrameRejected` (already counted in ``stats.rejected``) for unusable input;
+        the map is untouched in that case.
+        """
+        self.stats.frames_received += 1
+        c = self.config.map
+        try:
+            clean = sanitize_frame(frame, c.depth_min, c.depth_max, c.min_valid_depth_fraction)
+        except FrameRejected as exc:
+            self.stats.rejected[exc.reason] += 1
+            raise
+        with self._lock:
+            self.map.integrate(clean)
+            self.stats.frames_integrated += 1
+            kf = self.keyframes.offer(clean)
+        if kf is not None:
+            self.stats.keyframes_added += 1
+        return kf
+
+    # ------------------------------------------------------------------ the query path
+    def query(
+        self,
+        text: str,
+        num_views: int | None = None,
+        score_threshold: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> QueryResult:
+        """Answer ``text`` with the target's map points. Never raises for bad input or a failing
+        model: the result's ``success``/``message`` say what went wrong."""
+        timer = StageTimer()
+        cfg = self.config
+        n_views = num_views if num_views and num_views > 0 else cfg.views.num_views
+        threshold = score_threshold if score_threshold and score_threshold > 0 else cfg.query.score_threshold
+        try:
+            # 1. Validate the request and take a consistent snapshot of the world.
+            query = normalise_query(text, cfg.query.max_query_chars)
+            if not 0.0 < threshold <= 1.0:
+                raise QueryError(f"score threshold {threshold} is not in (0, 1]")
+            if self.segmenter is None:
+                raise QueryError("no 2D segmentation model is loaded")
+            _report(progress, "snapshot", 0, n_views)
+            with timer("snapshot"), self._lock:
+                surface = self.map.surface()
+                window = self.keyframes.snapshot()
+            if len(surface) == 0 or not window:
+                raise QueryError("the map is empty: no frames have been integrated yet")
+
+            # 2. Choose the views the 2D model will see (REALM global stage).
+            _report(progress, "view_selection", 0, n_views)
+            with timer("view_selection"):
+                chosen = select_views(window, surface.points, n_views, cfg.views, cfg.fusion.visibility_tolerance)
+                views = [ViewInput(kf.keyframe_id, kf.frame.color, kf.frame.depth, kf.frame.intrinsics,
+                                   kf.frame.T_world_cam) for kf in chosen]
+
+            # 3. Run the frozen 2D reasoning-segmentation model on each view.
+            with timer("segmentation"):
+                views, segs, failures = self._segment(views, query, progress)
+            if not views:
+                raise QueryError("the 2D model failed on every view: " + "; ".join(failures))
+
+            # 4. Lift the masks onto the map (visibility-checked multi-view fusion).
+            _report(progress, "fusion", len(views), len(views))
+            with timer("fusion"):
+                fused = fuse(surface.points, views, segs, cfg.fusion)
+
+            # 5. Threshold, describe the target, report.
+            with timer("packaging"):
+                result = package_result(query, surface.points, surface.colors, fused.probability, threshold,
+                                        cfg.query.min_points, cfg.query.cluster_radius)
+        except QueryError as exc:
+            return QueryResult(str(text)[:200], False, False, str(exc), timings=timer.seconds,
+                               segmenter=getattr(self.segmenter, "name", ""), method="fusion")
+
+        result.method = "fusion"
+        result.segmenter = self.segmenter.name
+        result.keyframe_ids = [v.keyframe_id for v in views]
+        result.answer = _best_answer(segs, fused.view_weights)
+        result.view_reports = [
+            {"keyframe_id": v.keyframe_id, "confidence": float(s.confidence), "weight": float(w),
+             "mask_pixels": int(np.count_nonzero(s.mask)), "filtered": r, "answer": s.answer}
+            for v, s, w, r in zip(views, segs, fused.view_weights, fused.filtered_reasons, strict=True)
+        ] + [{"failed": f} for f in failures]
+        if not result.found and not fused.view_weights.any():
+            result.message = "not found: every view was filtered out (" + "; ".join(
+                r for r in fused.filtered_reasons if r) + ")"
+        result.timings = timer.seconds
+        _report(progress, "done", len(views), len(views))
+        return result
+
+    def _segment(
+        self, views: list[ViewInput], query: str, progress: ProgressCallback | None
+    ) -> tuple[list[ViewInput], list[ViewSegmentation], list[str]]:
+        """Run the model batched; if the batch fails (e.g. out of memory), retry view by view and
+        drop only the views that fail, so one bad view cannot sink the query."""
+        seg = self.segmenter
+        assert seg is not None
+        _report(progress, "segmentation", 0, len(views))
+        try:
+            out = list(seg.segment(views, query))
+            for v, s in zip(views, out, strict=True):
+                s.validate(v.intrinsics.height, v.intrinsics.width, seg.embedding_dim)
+            _report(progress, "segmentation", len(views), len(views))
+            return views, out, []
+        except QueryCancelled:
+            raise
+        except Exception:  # noqa: BLE001 - any model failure falls back to per-view isolation
+            pass
+        kept_v, kept_s, failures = [], [], []
+        for i, v in enumerate(views):
+            try:
+                (s,) = seg.segment([v], query)
+                s.validate(v.intrinsics.height, v.intrinsics.width, seg.embedding_dim)
+                kept_v.append(v)
+                kept_s.append(s)
+            except QueryCancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"keyframe {v.keyframe_id}: {type(exc).__name__}: {exc}")
+            _report(progress, "segmentation", i + 1, len(views))
+        return kept_v, kept_s, failures
+
+    # ------------------------------------------------------------------ state
+    def surface(self) -> MapSurface:
+        """Current map surface (thread-safe snapshot)."""
+        with self._lock:
+            return self.map.surface()
+
+    def clear(self) -> None:
+        """Forget the map and the keyframes (counters keep running)."""
+        with self._lock:
+            self.map.clear()
+            self.keyframes.clear()
+
+    def save(self, directory: str | Path) -> None:
+        """Write map + keyframes (images, depths, poses, intrinsics) into ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self.map.save(d / "map")
+            window = self.keyframes.snapshot()
+        arrays: dict[str, np.ndarray] = {"ids": np.array([k.keyframe_id for k in window], dtype=np.int64)}
+        for k in window:
+            f = k.frame
+            i = f.intrinsics
+            arrays[f"color_{k.keyframe_id}"] = f.color
+            arrays[f"depth_{k.keyframe_id}"] = f.depth
+            arrays[f"pose_{k.keyframe_id}"] = f.T_world_cam
+            arrays[f"meta_{k.keyframe_id}"] = np.array([i.width, i.height, i.fx, i.fy, i.cx, i.cy, f.stamp,
+                                                        f.frame_id], dtype=np.float64)
+        np.savez_compressed(d / "keyframes.npz", **arrays)
+        (d / "state.json").write_text(json.dumps({"format": _STATE_FORMAT, "keyframes": len(window)}, indent=2))
+
+    def load(self, directory: str | Path) -> None:
+        """Replace map and keyframes with a saved state; on any error nothing changes."""
+        d = Path(directory)
+        state = d / "state.json"
+        if not state.is_file():
+            raise FileNotFoundError(f"{d} has no state.json: not a saved reasoning_seg map")
+        try:
+            meta = json.loads(state.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{state} is not valid JSON: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != _STATE_FORMAT:
+            raise ValueError(f"{state} is not a {_STATE_FORMAT} file")
+        new_map = VoxelMap(self.config.map)
+        new_map.load(d / "map")
+        window = KeyframeWindow(self.config.keyframes)
+        try:
+            with np.load(d / "keyframes.npz") as z:
+                for kid in z["ids"]:
+                    m = z[f"meta_{kid}"]
+                    intr = CameraIntrinsics(int(m[0]), int(m[1]), *map(float, m[2:6]))
+                    window.add(RGBDFrame(z[f"color_{kid}"], z[f"depth_{kid}"], intr, z[f"pose_{kid}"],
+                                         float(m[6]), int(m[7])), keyframe_id=int(kid))
+        except (OSError, KeyError, ValueError, EOFError) as exc:
+            raise ValueError(f"{d / 'keyframes.npz'} is missing or corrupt: {exc}") from exc
+        with self._lock:
+            self.map, self.keyframes = new_map, window
+
+
+def _report(progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)
+
+
+def _best_answer(segs: Sequence[ViewSegmentation], weights: np.ndarray) -> str:
+    """The answer text of the most trusted voting view (LISA explains its choice in words)."""
+    if not segs:
+        return ""
+    score = [w * s.confidence for s, w in zip(segs, weights, strict=True)]
+    return segs[int(np.argmax(score))].answer

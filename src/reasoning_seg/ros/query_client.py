@@ -1,0 +1,152 @@
+"""``reasoning_seg_query``: ask the running node a question from the command line.
+
+What ``ros2 service call /reasoning_seg/segment reasoning_seg/srv/Segment "{query: ...}"`` does on a
+full ROS 2 install, plus a readable summary and optional PLY/JSON output of the target, so it also
+works where ros2cli is not installed (PyPI wheels). ``--action`` uses the action instead and prints
+progress feedback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+from reasoning_seg.action import SegmentQuery
+from reasoning_seg.msg import SegmentationResult
+from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix
+from reasoning_seg.srv import Segment
+
+
+def result_summary(success: bool, message: str, r: SegmentationResult) -> dict:
+    """JSON-friendly view of a reply (what the CLI prints and the demo writes)."""
+    T = pose_to_matrix(r.box.center) if r.num_points else np.eye(4)
+    return {
+        "success": success, "message": message, "query": r.query, "found": r.found,
+        "confidence": round(float(r.confidence), 4), "num_points": int(r.num_points), "answer": r.answer,
+        "method": r.method, "segmenter": r.segmenter, "frame_id": r.header.frame_id,
+        "box": {"center": T[:3, 3].round(4).tolist(), "size": [round(r.box.size.x, 4), round(r.box.size.y, 4),
+                                                               round(r.box.size.z, 4)],
+                "rotation": T[:3, :3].round(6).tolist()},
+        "keyframe_ids": list(r.keyframe_ids), "timings_s": {t.stage: round(t.seconds, 5) for t in r.timings},
+    }
+
+
+def write_ply(path: str | Path, r: SegmentationResult) -> int:
+    """Write the target cloud (x y z, rgb, confidence) as ASCII PLY; returns the point count."""
+    data = cloud_msg_to_numpy(r.cloud)
+    pts = np.stack([data["x"], data["y"], data["z"]], axis=1) if "x" in data else np.zeros((0, 3))
+    rgb = data.get("rgb", np.zeros((len(pts), 3), np.uint8))
+    conf = data.get("confidence", np.zeros(len(pts), np.float32))
+    lines = ["ply", "format ascii 1.0", f"element vertex {len(pts)}", "property float x", "property float y",
+             "property float z", "property uchar red", "property uchar green", "property uchar blue",
+             "property float confidence", "end_header"]
+    lines += [f"{p[0]:.5f} {p[1]:.5f} {p[2]:.5f} {c[0]} {c[1]} {c[2]} {s:.4f}"
+              for p, c, s in zip(pts, rgb, conf, strict=True)]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return len(pts)
+
+
+def spin_until_done(node: Node, future, timeout: float) -> None:
+    """Spin ``node`` until ``future`` is done, on an executor of the node's own context (tests and
+    embedding applications run nodes in non-default contexts, which the global executor can't spin)."""
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        executor.spin_until_future_complete(future, timeout_sec=timeout)
+    finally:
+        executor.remove_node(node)
+        executor.shutdown()
+
+
+def call_segment(node: Node, query: str, num_views: int = 0, score_threshold: float = 0.0,
+                 target_frame: str = "", service: str = "/reasoning_seg/segment",
+                 timeout: float = 60.0) -> Segment.Response:
+    """Call the Segment service and wait; raises TimeoutError when the node does not answer."""
+    client = node.create_client(Segment, service)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {service} not available after {timeout:.0f}s (is the node running?)")
+        req = Segment.Request(query=query, num_views=num_views, score_threshold=float(score_threshold),
+                              target_frame=target_frame)
+        future = client.call_async(req)
+        spin_until_done(node, future, timeout)
+        if not future.done():
+            raise TimeoutError(f"no answer from {service} within {timeout:.0f}s")
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def call_action(node: Node, query: str, num_views: int, score_threshold: float, target_frame: str,
+                action: str, timeout: float) -> SegmentQuery.Result:
+    """Send a SegmentQuery goal, print feedback, return the result."""
+    client = ActionClient(node, SegmentQuery, action)
+    if not client.wait_for_server(timeout_sec=timeout):
+        raise TimeoutError(f"action {action} not available after {timeout:.0f}s")
+    goal = SegmentQuery.Goal(query=query, num_views=num_views, score_threshold=float(score_threshold),
+                             target_frame=target_frame)
+
+    def feedback(msg) -> None:
+        f = msg.feedback
+        print(f"  [{f.stage}] {f.views_done}/{f.views_total} views", file=sys.stderr)
+
+    send = client.send_goal_async(goal, feedback_callback=feedback)
+    spin_until_done(node, send, timeout)
+    handle = send.result()
+    if handle is None or not handle.accepted:
+        raise RuntimeError("goal rejected")
+    res = handle.get_result_async()
+    spin_until_done(node, res, timeout)
+    if not res.done():
+        handle.cancel_goal_async()
+        raise TimeoutError(f"no result within {timeout:.0f}s (goal cancelled)")
+    return res.result().result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``reasoning_seg_query``."""
+    argv = sys.argv if argv is None else argv
+    ros_args = rclpy.utilities.remove_ros_args(argv)
+    p = argparse.ArgumentParser(prog="reasoning_seg_query", description=__doc__.split("\n\n")[0])
+    p.add_argument("query", help="what to find, e.g. 'something I can use to cut this paper'")
+    p.add_argument("--views", type=int, default=0, help="number of views (0 = node default)")
+    p.add_argument("--threshold", type=float, default=0.0, help="score threshold (0 = node default)")
+    p.add_argument("--frame", default="", help="frame to report in (empty = map frame)")
+    p.add_argument("--node", default="/reasoning_seg", help="fully qualified node name")
+    p.add_argument("--action", action="store_true", help="use the SegmentQuery action (progress feedback)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node")
+    p.add_argument("--ply", help="write the target cloud to this PLY file")
+    p.add_argument("--json", help="write the summary to this JSON file")
+    a = p.parse_args(ros_args[1:])
+    rclpy.init(args=argv)
+    node = rclpy.create_node("reasoning_seg_query")
+    try:
+        if a.action:
+            r = call_action(node, a.query, a.views, a.threshold, a.frame, f"{a.node}/segment_query", a.timeout)
+        else:
+            r = call_segment(node, a.query, a.views, a.threshold, a.frame, f"{a.node}/segment", a.timeout)
+        summary = result_summary(r.success, r.message, r.result)
+        print(json.dumps(summary, indent=2))
+        if a.ply and r.result.num_points:
+            write_ply(a.ply, r.result)
+        if a.json:
+            Path(a.json).write_text(json.dumps(summary, indent=2))
+        return 0 if r.success else 1
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"reasoning_seg_query: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

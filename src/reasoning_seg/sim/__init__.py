@@ -1,0 +1,28 @@
+"""Simulation: a synthetic indoor world with ground truth, for testing the pipeline without a robot.
+
+Everything here is simulated (rendered from boxes with Open3D's CPU ray caster), so every pixel
+and every query comes with an exact answer: the instance id that produced it. Real recordings are
+read with :mod:`reasoning_seg.sequence_io`; simulated ones are written in the same folder format.
+"""
+
+from reasoning_seg.sim.scene import (
+    STRUCTURE_CATEGORIES,
+    BoxPart,
+    ObjectSpec,
+    QueryPredicate,
+    SceneBox,
+    SceneQuery,
+    SyntheticScene,
+    apply_depth_noise,
+)
+
+__all__ = [
+    "STRUCTURE_CATEGORIES",
+    "BoxPart",
+    "ObjectSpec",
+    "QueryPredicate",
+    "SceneBox",
+    "SceneQuery",
+    "SyntheticScene",
+    "apply_depth_noise",
+]

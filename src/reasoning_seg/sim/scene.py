@@ -1,0 +1,1329 @@
+"""A simulated indoor room with exact ground truth: geometry, rendered RGB-D, instance ids, queries.
+
+Why it exists: the pipeline (fusion -> voxel map -> multi-view reasoning -> 3D mask) has to be
+scored, and real recordings carry no per-point truth. A simulated room built from boxes gives
+every rendered pixel and every map point an exact instance id, and every generated query an
+answer that is verified by code to be the *only* object matching its description.
+
+Design notes:
+
+- Objects are described by :class:`ObjectSpec` (an oriented bounding box + category, colour,
+  affordances). Their geometry (a few boxes: a table is a top and four legs) is *derived* from the
+  spec by a per-category part builder, so ``scene.json`` stores only specs and the mesh is rebuilt
+  identically on load. A new category only needs a builder in :data:`PART_BUILDERS`.
+- Queries carry a machine-checkable :class:`QueryPredicate` next to their text;
+  :meth:`SyntheticScene.select` evaluates it, and a query is only generated when that evaluation
+  returns exactly its target.
+- Rendering casts one ray per pixel with ``open3d.t.geometry.RaycastingScene`` (CPU, no
+  display). Ray directions have unit z in the camera frame, so the hit parameter *is* the z-depth
+  the rest of the package expects (not the range along the ray).
+- World frame: z up, floor at z = 0, room interior ``[0, lx] x [0, ly] x [0, h]`` metres.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open3d as o3d
+
+from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform, look_at
+from reasoning_seg.frames import RGBDFrame
+
+__all__ = [
+    "AFFORDANCE_PHRASES",
+    "CATEGORY_AFFORDANCES",
+    "COLOR_PALETTE",
+    "PART_BUILDERS",
+    "QUERY_KINDS",
+    "SCENE_FILE",
+    "SPATIAL_MARGIN",
+    "STRUCTURE_CATEGORIES",
+    "BoxPart",
+    "ObjectSpec",
+    "QueryPredicate",
+    "SceneBox",
+    "SceneQuery",
+    "SyntheticScene",
+    "apply_depth_noise",
+]
+
+SCENE_FILE = "scene.json"
+SCENE_FORMAT = "reasoning_seg.sim.scene"
+SCENE_VERSION = 1
+
+#: Categories that make up the room shell rather than furniture; they are rendered and labelled
+#: like everything else, but are not "furnished objects" (door and window can still be targets).
+STRUCTURE_CATEGORIES = frozenset({"floor", "ceiling", "wall", "door", "window"})
+
+QUERY_KINDS = ("explicit", "affordance", "spatial")
+
+#: A superlative ("the bin closest to the door") is only considered unambiguous when the runner-up
+#: is at least this much (metres) farther / nearer; otherwise a person could not tell either.
+SPATIAL_MARGIN = 0.4
+
+#: Tolerance (metres) for "rests on": bottom of one box within this of the top of another.
+_REST_TOL = 0.01
+
+COLOR_PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (190, 40, 40),
+    "blue": (40, 80, 180),
+    "green": (50, 140, 60),
+    "yellow": (225, 190, 50),
+    "orange": (225, 120, 35),
+    "white": (235, 235, 228),
+    "black": (38, 38, 40),
+    "grey": (125, 125, 128),
+    "brown": (115, 78, 48),
+    "beige": (205, 185, 150),
+    "light blue": (170, 200, 225),
+    "off-white": (222, 218, 208),
+    "taupe": (150, 138, 122),
+}
+
+#: Colour names a category is drawn from (the generator picks one per object).
+CATEGORY_COLORS: dict[str, tuple[str, ...]] = {
+    "table": ("brown", "white", "beige", "black"),
+    "chair": ("red", "blue", "green", "yellow", "orange", "black"),
+    "sofa": ("blue", "grey", "beige", "green"),
+    "bin": ("grey", "black"),
+    "shelf": ("brown", "white"),
+    "monitor": ("black",),
+    "cup": ("red", "white", "yellow", "blue"),
+    "lamp": ("white", "black"),
+    "plant": ("green",),
+    "door": ("brown", "grey"),  # not white: it must stand out against the off-white walls
+    "window": ("light blue",),
+    "wall": ("off-white",),
+    "floor": ("taupe",),
+    "ceiling": ("white",),
+}
+
+CATEGORY_AFFORDANCES: dict[str, tuple[str, ...]] = {
+    "table": ("put a cup on", "work at"),
+    "chair": ("sit on",),
+    "sofa": ("sit on", "lie down on"),
+    "bin": ("throw away",),
+    "shelf": ("store in",),
+    "monitor": ("watch a video on",),
+    "cup": ("drink from",),
+    "lamp": ("read by",),
+    "plant": ("water",),
+    "door": ("leave through",),
+    "window": ("look outside through",),
+}
+
+#: How an implicit request for an affordance is phrased in a query.
+AFFORDANCE_PHRASES: dict[str, str] = {
+    "throw away": "somewhere to throw away this wrapper",
+    "sit on": "somewhere I can sit down",
+    "lie down on": "somewhere I can lie down for a nap",
+    "put a cup on": "somewhere to put my cup down",
+    "work at": "somewhere I can work on my laptop",
+    "store in": "somewhere to store these books",
+    "watch a video on": "something to watch a video on",
+    "drink from": "something I can drink my coffee from",
+    "read by": "something that gives light to read by",
+    "water": "something that needs watering",
+    "leave through": "the way out of this room",
+    "look outside through": "somewhere to look outside",
+}
+
+#: Unique landmarks that spatial queries may refer to.
+_ANCHOR_CATEGORIES = ("door", "window", "sofa", "shelf", "lamp", "plant")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data model
+# ---------------------------------------------------------------------------------------------
+
+
+def _vec3(value: Sequence[float], name: str, positive: bool = False) -> tuple[float, float, float]:
+    v = tuple(float(x) for x in value)
+    if len(v) != 3 or not all(math.isfinite(x) for x in v):
+        raise ValueError(f"{name} must be 3 finite numbers, got {value!r}")
+    if positive and min(v) <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return v  # type: ignore[return-value]
+
+
+@dataclass
+class ObjectSpec:
+    """One object instance: an oriented bounding box (rotated by ``yaw`` about z) plus semantics.
+
+    ``center`` / ``size`` are the bounding box of the whole object in metres (size along the
+    object's local x, y, z); the object's front faces its local +y. ``instance_id`` >= 1 (0 is
+    reserved for "nothing"). The detailed geometry comes from :data:`PART_BUILDERS`.
+    """
+
+    instance_id: int
+    category: str
+    color_name: str
+    color: tuple[int, int, int]
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    yaw: float = 0.0
+    affordances: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.instance_id = int(self.instance_id)
+        if self.instance_id < 1:
+            raise ValueError(f"instance_id must be >= 1 (0 means 'nothing'), got {self.instance_id}")
+        color = tuple(int(c) for c in self.color)
+        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+            raise ValueError(f"color must be 3 values in 0..255, got {self.color!r}")
+        self.color = color  # type: ignore[assignment]
+        self.center = _vec3(self.center, "center")
+        self.size = _vec3(self.size, "size", positive=True)
+        self.yaw = float(self.yaw)
+        if not math.isfinite(self.yaw):
+            raise ValueError(f"yaw must be finite, got {self.yaw}")
+        self.category = str(self.category)
+        self.color_name = str(self.color_name)
+        self.affordances = [str(a) for a in self.affordances]
+
+    @property
+    def bottom(self) -> float:
+        return self.center[2] - self.size[2] / 2
+
+    @property
+    def top(self) -> float:
+        return self.center[2] + self.size[2] / 2
+
+    @property
+    def is_structure(self) -> bool:
+        return self.category in STRUCTURE_CATEGORIES
+
+    def contains_xy(self, xy: Sequence[float], tol: float = 1e-9) -> bool:
+        """True when the horizontal point lies inside this object's footprint."""
+        c, s = math.cos(self.yaw), math.sin(self.yaw)
+        dx, dy = xy[0] - self.center[0], xy[1] - self.center[1]
+        lx, ly = c * dx + s * dy, -s * dx + c * dy
+        return abs(lx) <= self.size[0] / 2 + tol and abs(ly) <= self.size[1] / 2 + tol
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "category": self.category,
+            "color_name": self.color_name,
+            "color": list(self.color),
+            "center": list(self.center),
+            "size": list(self.size),
+            "yaw": self.yaw,
+            "affordances": list(self.affordances),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ObjectSpec:
+        return cls(
+            instance_id=d["instance_id"],
+            category=d["category"],
+            color_name=d["color_name"],
+            color=d["color"],
+            center=d["center"],
+            size=d["size"],
+            yaw=d.get("yaw", 0.0),
+            affordances=list(d.get("affordances", [])),
+        )
+
+
+@dataclass(frozen=True)
+class BoxPart:
+    """An axis-aligned box in its object's local frame (before the object's yaw)."""
+
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    color: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class SceneBox:
+    """A part placed in the world: what the mesh, the collision check and tests work on."""
+
+    instance_id: int
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    yaw: float
+    color: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class QueryPredicate:
+    """What a query's text means, in a form :meth:`SyntheticScene.select` can evaluate.
+
+    Attribute filters (``category``, ``color_name``, ``affordance``) are ANDed; ``on`` keeps
+    objects resting on something the nested predicate selects, ``supports`` keeps objects that
+    something selected rests on; ``nearest_to`` / ``farthest_from`` then pick the single
+    candidate closest to / farthest from the (unique) anchor, or nothing when the choice is not
+    clear by :data:`SPATIAL_MARGIN`. Nesting lets a later catalogue add relations without changing
+    the query format.
+    """
+
+    category: str | None = None
+    color_name: str | None = None
+    affordance: str | None = None
+    on: QueryPredicate | None = None
+    supports: QueryPredicate | None = None
+    nearest_to: QueryPredicate | None = None
+    farthest_from: QueryPredicate | None = None
+
+    def __post_init__(self) -> None:
+        if self.nearest_to is not None and self.farthest_from is not None:
+            raise ValueError("a predicate can use nearest_to or farthest_from, not both")
+
+    def without_superlative(self) -> QueryPredicate:
+        """The same description minus "closest / farthest" (used to prove spatial reasoning is needed)."""
+        return replace(self, nearest_to=None, farthest_from=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("category", "color_name", "affordance"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        for key in ("on", "supports", "nearest_to", "farthest_from"):
+            sub = getattr(self, key)
+            if sub is not None:
+                out[key] = sub.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QueryPredicate:
+        unknown = set(d) - {"category", "color_name", "affordance", "on", "supports", "nearest_to",
+                            "farthest_from"}
+        if unknown:
+            raise ValueError(f"unknown predicate keys {sorted(unknown)}")
+        nested = {k: cls.from_dict(d[k]) for k in ("on", "supports", "nearest_to", "farthest_from") if k in d}
+        return cls(category=d.get("category"), color_name=d.get("color_name"),
+                   affordance=d.get("affordance"), **nested)
+
+
+@dataclass
+class SceneQuery:
+    """A natural-language request whose answer is the object ``target_instance_id``.
+
+    ``kind`` is "explicit" (names the object), "affordance" (names a use) or "spatial" (needs a
+    relation to another object). ``predicate`` is the checkable meaning of ``text``.
+    """
+
+    text: str
+    target_instance_id: int
+    kind: str
+    predicate: QueryPredicate | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in QUERY_KINDS:
+            raise ValueError(f"query kind must be one of {QUERY_KINDS}, got {self.kind!r}")
+        self.target_instance_id = int(self.target_instance_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": self.text, "target_instance_id": self.target_instance_id,
+                               "kind": self.kind}
+        if self.predicate is not None:
+            out["predicate"] = self.predicate.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SceneQuery:
+        pred = d.get("predicate")
+        return cls(text=d["text"], target_instance_id=d["target_instance_id"], kind=d["kind"],
+                   predicate=None if pred is None else QueryPredicate.from_dict(pred))
+
+
+# ---------------------------------------------------------------------------------------------
+# Part builders: ObjectSpec -> boxes in the object's local frame (centred on the bounding box)
+# ---------------------------------------------------------------------------------------------
+
+PartBuilder = Callable[[ObjectSpec], list[BoxPart]]
+
+
+def _shade(color: Sequence[int], factor: float) -> tuple[int, int, int]:
+    return tuple(int(min(255, max(0, round(c * factor)))) for c in color)  # type: ignore[return-value]
+
+
+def _part(x: float, y: float, z: float, sx: float, sy: float, sz: float, color: Sequence[int]) -> BoxPart:
+    return BoxPart((x, y, z), (sx, sy, sz), tuple(int(c) for c in color))  # type: ignore[arg-type]
+
+
+def _single_box(o: ObjectSpec) -> list[BoxPart]:
+    return [_part(0.0, 0.0, 0.0, *o.size, o.color)]
+
+
+def _table_parts(o: ObjectSpec) -> list[BoxPart]:
+    sx, sy, sz = o.size
+    top_t, leg = 0.04, 0.05
+    z0 = -sz / 2
+    parts = [_part(0.0, 0.0, sz / 2 - top_t / 2, sx, sy, top_t, o.color)]
+    leg_h = sz - top_t
+    legc = _shade(o.color, 0.7)
+    for ix in (-1, 1):
+        for iy in (-1, 1):
+            parts.append(_part(ix * (sx / 2 - leg / 2 - 0.03), iy * (sy / 2 - leg / 2 - 0.03),
+                               z0 + leg_h / 2, leg, leg, leg_h, legc))
+    return parts
+
+
+def _chair_parts(o: ObjectSpec) -> list[BoxPart]:
+    sx, sy, sz = o.size
+    seat_h, seat_t, leg, back_t = 0.45, 0.04, 0.04, 0.04
+    z0 = -sz / 2
+    legc = _shade(o.color, 0.6)
+    parts = [_part(0.0, 0.0, z0 + seat_h - seat_t / 2, sx, sy, seat_t, o.color)]
+    leg_h = seat_h - seat_t
+    for ix in (-1, 1):
+        for iy in (-1, 1):
+            parts.append(_part(ix * (sx / 2 - leg / 2), iy * (sy / 2 - leg / 2), z0 + leg_h / 2,
+                               leg, leg, leg_h, legc))
+    back_h = sz - seat_h
+    parts.append(_part(0.0, -sy / 2 + back_t / 2, z0 + seat_h + back_h / 2, sx, back_t, back_h,
+                       _shade(o.color, 0.9)))
+    return parts
+
+
+def _sofa_parts(o: ObjectSpec) -> list[BoxPart]:
+    sx, sy, sz = o.size
+    base_h, back_d, arm_w, arm_h = 0.42, 0.2, 0.18, 0.2
+    z0 = -sz / 2
+    parts = [_part(0.0, 0.0, z0 + base_h / 2, sx, sy, base_h, o.color)]
+    back_h = sz - base_h
+    parts.append(_part(0.0, -sy / 2 + back_d / 2, z0 + base_h + back_h / 2, sx, back_d, back_h,
+                       _shade(o.color, 0.9)))
+    arm_d = sy - back_d
+    for ix in (-1, 1):
+        parts.append(_part(ix * (sx / 2 - arm_w / 2), -sy / 2 + back_d + arm_d / 2, z0 + base_h + arm_h / 2,
+                           arm_w, arm_d, arm_h, _shade(o.color, 0.85)))
+    return parts
+
+
+def _shelf_parts(o: ObjectSpec) -> list[BoxPart]:
+    sx, sy, sz = o.size
+    p = 0.02
+    z0 = -sz / 2
+    parts = [_part(ix * (sx / 2 - p / 2), 0.0, 0.0, p, sy, sz, o.color) for ix in (-1, 1)]
+    parts.append(_part(0.0, -sy / 2 + p / 2, 0.0, sx - 2 * p, p, sz, _shade(o.color, 0.8)))
+    n_boards = 5
+    for k in range(n_boards):
+        zc = z0 + p / 2 + k * (sz - p) / (n_boards - 1)
+        parts.append(_part(0.0, p / 2, zc, sx - 2 * p, sy - p, p, _shade(o.color, 1.05)))
+    return parts
+
+
+def _bin_parts(o: ObjectSpec) -> list[BoxPart]:
+    sx, sy, sz = o.size
+    p, b = 0.015, 0.02
+    z0 = -sz / 2
+    side_h = sz - b
+    zc = z0 + b + side_h / 2
+    inner = _shade(o.color, 0.75)
+    return [
+        _part(0.0, 0.0, z0 + b / 2, sx, sy, b, inner),
+        _part(0.0, -sy / 2 + p / 2, zc, sx, p, side_h, o.color),
+        _part(0.0, sy / 2 - p / 2, zc, sx, p, side_h, o.color),
+        _part(-sx / 2 + p / 2, 0.0, zc, p, sy - 2 * p, side_h, o.color),
+        _part(sx / 2 - p / 2, 0.0, zc, p, sy - 2 * p, side_h, o.color),
+    ]
+
+
+def _monitor_parts(o: ObjectSpec) -> list[BoxPart]:
+    sx, sy, sz = o.size
+    base_t, neck_h, screen_d = 0.02, 0.10, 0.03
+    z0 = -sz / 2
+    screen_h = sz - base_t - neck_h
+    return [
+        _part(0.0, 0.0, z0 + base_t / 2, min(0.22, sx), sy, base_t, o.color),
+        _part(0.0, 0.0, z0 + base_t + neck_h / 2, 0.04, 0.04, neck_h, o.color),
+        _part(0.0, 0.0, z0 + base_t + neck_h + screen_h / 2, sx, screen_d, screen_h, o.color),
+    ]
+
+
+def _lamp_parts(o: ObjectSpec) -> list[BoxPart]:
+    sx, sy, sz = o.size
+    base_t, shade_h, pole = 0.03, 0.28, 0.03
+    z0 = -sz / 2
+    pole_h = sz - base_t - shade_h
+    metal = COLOR_PALETTE["grey"]
+    return [
+        _part(0.0, 0.0, z0 + base_t / 2, 0.8 * sx, 0.8 * sy, base_t, metal),
+        _part(0.0, 0.0, z0 + base_t + pole_h / 2, pole, pole, pole_h, metal),
+        _part(0.0, 0.0, sz / 2 - shade_h / 2, sx, sy, shade_h, o.color),
+    ]
+
+
+def _plant_parts(o: ObjectSpec) -> list[BoxPart]:
+    sx, sy, sz = o.size
+    pot_h = 0.35 * sz
+    z0 = -sz / 2
+    terracotta = (170, 90, 55)
+    return [
+        _part(0.0, 0.0, z0 + pot_h / 2, 0.6 * sx, 0.6 * sy, pot_h, terracotta),
+        _part(0.0, 0.0, z0 + pot_h + (sz - pot_h) / 2, sx, sy, sz - pot_h, o.color),
+    ]
+
+
+#: Category -> geometry builder; unknown categories render as their bounding box.
+PART_BUILDERS: dict[str, PartBuilder] = {
+    "table": _table_parts,
+    "chair": _chair_parts,
+    "sofa": _sofa_parts,
+    "shelf": _shelf_parts,
+    "bin": _bin_parts,
+    "monitor": _monitor_parts,
+    "lamp": _lamp_parts,
+    "plant": _plant_parts,
+}
+
+
+def object_parts(o: ObjectSpec) -> list[BoxPart]:
+    """Local-frame boxes of ``o`` (its bounding box when the category has no builder)."""
+    return PART_BUILDERS.get(o.category, _single_box)(o)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _rot_z(yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _boxes_overlap(
+    c1: Sequence[float], s1: Sequence[float], yaw1: float,
+    c2: Sequence[float], s2: Sequence[float], yaw2: float,
+    tol: float = 1e-6, clearance: float = 0.0,
+) -> bool:
+    """True when two z-yawed boxes share volume deeper than ``tol`` (touching is not overlap).
+
+    ``clearance`` inflates both footprints (not heights), so "keep 5 cm apart" and "may stand on"
+    are both expressible. Separating-axis test on the four horizontal face normals + the z interval.
+    """
+    z_overlap = min(c1[2] + s1[2] / 2, c2[2] + s2[2] / 2) - max(c1[2] - s1[2] / 2, c2[2] - s2[2] / 2)
+    if z_overlap <= tol:
+        return False
+    h1 = np.array([s1[0] / 2 + clearance / 2, s1[1] / 2 + clearance / 2])
+    h2 = np.array([s2[0] / 2 + clearance / 2, s2[1] / 2 + clearance / 2])
+    a1 = np.array([[math.cos(yaw1), math.sin(yaw1)], [-math.sin(yaw1), math.cos(yaw1)]])  # rows: local x, y
+    a2 = np.array([[math.cos(yaw2), math.sin(yaw2)], [-math.sin(yaw2), math.cos(yaw2)]])
+    d = np.array([c2[0] - c1[0], c2[1] - c1[1]])
+    for axis in (*a1, *a2):
+        r1 = np.sum(h1 * np.abs(a1 @ axis))
+        r2 = np.sum(h2 * np.abs(a2 @ axis))
+        if abs(d @ axis) >= r1 + r2 - tol:
+            return False
+    return True
+
+
+def _footprint_corners(center: Sequence[float], size: Sequence[float], yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    local = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) * [size[0] / 2, size[1] / 2]
+    return local @ np.array([[c, s], [-s, c]]) + [center[0], center[1]]
+
+
+def _horizontal_distance(a: ObjectSpec, b: ObjectSpec) -> float:
+    return math.hypot(a.center[0] - b.center[0], a.center[1] - b.center[1])
+
+
+def _rests_on(a: ObjectSpec, b: ObjectSpec) -> bool:
+    """``a`` stands on ``b``: its bottom touches b's top and its centre is over b's footprint."""
+    return (a.instance_id != b.instance_id and abs(a.bottom - b.top) <= _REST_TOL
+            and b.contains_xy(a.center[:2]))
+
+
+def _unit_box() -> tuple[np.ndarray, np.ndarray]:
+    """Corners of a unit cube centred at 0 and 12 outward-facing (counter-clockwise) triangles."""
+    corners = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    tris = []
+    for a in range(3):
+        b, c = (a + 1) % 3, (a + 2) % 3
+        for side in (0, 1):
+            quad = []
+            for sb, sc in ((0, 0), (1, 0), (1, 1), (0, 1)):  # CCW in the (b, c) plane, seen from +a
+                bits = [0, 0, 0]
+                bits[a], bits[b], bits[c] = side, sb, sc
+                quad.append(4 * bits[0] + 2 * bits[1] + bits[2])
+            t1, t2 = [quad[0], quad[1], quad[2]], [quad[0], quad[2], quad[3]]
+            if side == 0:  # the -a face is seen from -a: reverse the winding
+                t1, t2 = t1[::-1], t2[::-1]
+            tris += [t1, t2]
+    return corners, np.array(tris, dtype=np.int32)
+
+
+_UNIT_CORNERS, _UNIT_TRIANGLES = _unit_box()
+
+
+@lru_cache(maxsize=8)
+def _camera_rays(intrinsics: CameraIntrinsics) -> np.ndarray:
+    """(H*W, 3) float32 camera-frame pixel rays with z = 1 (cached: one camera renders many frames)."""
+    rays = intrinsics.pixel_rays().reshape(-1, 3).astype(np.float32)
+    rays.flags.writeable = False
+    return rays
+
+
+def _rodrigues(rotvec: np.ndarray) -> np.ndarray:
+    theta = float(np.linalg.norm(rotvec))
+    if theta < 1e-12:
+        return np.eye(3)
+    k = rotvec / theta
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(theta) * kx + (1 - math.cos(theta)) * kx @ kx
+
+
+# ---------------------------------------------------------------------------------------------
+# Appearance: deterministic texture and a Kinect-like depth noise model
+# ---------------------------------------------------------------------------------------------
+
+_LIGHT_DIR = np.array([0.35, -0.25, 1.0]) / np.linalg.norm([0.35, -0.25, 1.0])  # towards the light
+_AMBIENT, _DIFFUSE = 0.5, 0.5
+
+
+_NOISE_N = 1024  # lattice period of the texture tables: 1024 cells >= 10 m, no visible repetition
+
+
+@lru_cache(maxsize=1)
+def _noise_table() -> np.ndarray:
+    """Fixed pseudo-random lattice values in [-1, 1) (PCG64 with a constant seed: same on every machine)."""
+    table = np.random.default_rng(0x5EED).uniform(-1.0, 1.0, _NOISE_N * _NOISE_N).astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+def _lattice(iu: np.ndarray, iv: np.ndarray, salt: np.ndarray) -> np.ndarray:
+    """Table value of integer cell (iu, iv), shifted per ``salt`` so objects get different patterns."""
+    mask = np.int32(_NOISE_N - 1)
+    return np.take(_noise_table(), ((iu + salt * np.int32(131)) & mask) * np.int32(_NOISE_N)
+                   + ((iv + salt * np.int32(71)) & mask))
+
+
+def _surface_texture(u: np.ndarray, v: np.ndarray, salt: np.ndarray) -> np.ndarray:
+    """Multiplicative brightness factor (about 1 +- 0.08) from face-tangent coordinates (metres).
+
+    Smooth value noise (6 cm cells, smoothstep-bilinear) plus a 1 cm grain. Being a function of
+    the surface point, it moves with the surface across views, which gives photometric methods
+    something to track; tangent coordinates avoid flicker on faces lying on lattice boundaries.
+    """
+    cu, cv = u / np.float32(0.06), v / np.float32(0.06)
+    fu, fv = np.floor(cu), np.floor(cv)
+    iu, iv = fu.astype(np.int32), fv.astype(np.int32)
+    au, av = cu - fu, cv - fv
+    au, av = au * au * (3 - 2 * au), av * av * (3 - 2 * av)
+    coarse = ((_lattice(iu, iv, salt) * (1 - au) + _lattice(iu + 1, iv, salt) * au) * (1 - av)
+              + (_lattice(iu, iv + 1, salt) * (1 - au) + _lattice(iu + 1, iv + 1, salt) * au) * av)
+    gu = np.floor(u / np.float32(0.01)).astype(np.int32)
+    gv = np.floor(v / np.float32(0.01)).astype(np.int32)
+    grain = _lattice(gu, gv, salt + 509)
+    return 1.0 + 0.05 * coarse + 0.03 * grain
+
+
+def apply_depth_noise(
+    depth: np.ndarray,
+    rng: np.random.Generator,
+    incidence_cos: np.ndarray | None = None,
+    min_range: float = 0.4,
+    max_range: float = 8.0,
+    dropout: float = 0.01,
+    grazing_cos: float = 0.2,
+) -> np.ndarray:
+    """Kinect-like degradation of a perfect z-depth image (metres in, metres out, 0 = no reading).
+
+    Axial noise sigma(z) = 1.2 mm + 1.9 mm * (z - 0.4 m)^2 (the structured-light model of Nguyen,
+    Izadi & Lovell, 2012), returns lost outside ``[min_range, max_range]``, on surfaces seen at
+    grazing angles (``incidence_cos`` = |cos| between ray and normal below ``grazing_cos``) and at
+    random (``dropout``). Lets tests check that fusion tolerates real-sensor artefacts.
+    """
+    z = np.asarray(depth, dtype=np.float64)
+    valid = np.isfinite(z) & (z > 0)
+    sigma = 0.0012 + 0.0019 * (z - 0.4) ** 2
+    noisy = z + rng.standard_normal(z.shape) * sigma
+    lost = ~valid | (z < min_range) | (z > max_range) | (rng.random(z.shape) < dropout) | (noisy <= 0)
+    if incidence_cos is not None:
+        lost |= np.asarray(incidence_cos) < grazing_cos
+    noisy[lost] = 0.0
+    return noisy.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Procedural layout
+# ---------------------------------------------------------------------------------------------
+
+
+_Sampler = Callable[[], tuple[float, float, float, float]]  # -> (x, y, z of the bottom, yaw)
+
+
+class _LayoutError(RuntimeError):
+    """The random draw boxed itself in; the generator retries with the next draws."""
+
+
+class _Layout:
+    """Places objects one by one with rejection sampling against everything placed so far."""
+
+    def __init__(self, rng: np.random.Generator, room_size: tuple[float, float, float]) -> None:
+        self.rng = rng
+        self.lx, self.ly, self.h = room_size
+        self.objects: list[ObjectSpec] = []
+        # (center, size, yaw) boxes nothing may enter: placed objects plus keep-out zones.
+        self.obstacles: list[tuple[tuple[float, float, float], tuple[float, float, float], float]] = []
+
+    def uniform(self, lo: float, hi: float) -> float:
+        return float(self.rng.uniform(lo, hi))
+
+    def pick_color(self, category: str) -> str:
+        names = CATEGORY_COLORS[category]
+        return names[int(self.rng.integers(len(names)))]
+
+    def add(self, category: str, center: Sequence[float], size: Sequence[float], yaw: float = 0.0,
+            color_name: str | None = None, obstacle: bool = True) -> ObjectSpec:
+        name = color_name or self.pick_color(category)
+        o = ObjectSpec(len(self.objects) + 1, category, name, COLOR_PALETTE[name], tuple(center),
+                       tuple(size), yaw, list(CATEGORY_AFFORDANCES.get(category, ())))
+        self.objects.append(o)
+        if obstacle:
+            self.obstacles.append((o.center, o.size, o.yaw))
+        return o
+
+    def wall_length(self, wall: int) -> float:
+        return self.lx if wall in (0, 2) else self.ly
+
+    def wall_pose(self, wall: int, s: float, depth: float, gap: float) -> tuple[float, float, float]:
+        """(x, y, yaw) of an object of footprint depth ``depth`` with its back ``gap`` from ``wall``.
+
+        Walls: 0 = y=0, 1 = x=lx, 2 = y=ly, 3 = x=0; ``s`` runs along the wall; the object's local
+        +y (front) faces into the room and its local x runs along the wall.
+        """
+        off = gap + depth / 2
+        if wall == 0:
+            return s, off, 0.0
+        if wall == 1:
+            return self.lx - off, s, math.pi / 2
+        if wall == 2:
+            return s, self.ly - off, math.pi
+        return off, s, -math.pi / 2
+
+    def inside(self, center: Sequence[float], size: Sequence[float], yaw: float) -> bool:
+        xy = _footprint_corners(center, size, yaw)
+        return bool(np.all(xy >= -1e-9) and np.all(xy[:, 0] <= self.lx + 1e-9)
+                    and np.all(xy[:, 1] <= self.ly + 1e-9)
+                    and center[2] - size[2] / 2 >= -1e-9 and center[2] + size[2] / 2 <= self.h + 1e-9)
+
+    def fits(self, center: Sequence[float], size: Sequence[float], yaw: float,
+             clearance: float = 0.05) -> bool:
+        if not self.inside(center, size, yaw):
+            return False
+        return not any(_boxes_overlap(center, size, yaw, c, s, y, clearance=clearance)
+                       for c, s, y in self.obstacles)
+
+    def place(self, category: str, size: Sequence[float], sampler: _Sampler, tries: int = 80,
+              clearance: float = 0.05, color_name: str | None = None) -> ObjectSpec:
+        """Draw (x, y, z_bottom, yaw) from ``sampler`` until the object fits; add it."""
+        for _ in range(tries):
+            x, y, zb, yaw = sampler()
+            center = (x, y, zb + size[2] / 2)
+            if self.fits(center, size, yaw, clearance):
+                return self.add(category, center, size, yaw, color_name)
+        raise _LayoutError(f"could not place a {category}")
+
+    def against_wall(self, size: Sequence[float], gap: float = 0.01, walls: Sequence[int] = (0, 1, 2, 3)
+                     ) -> _Sampler:
+        def sample() -> tuple[float, float, float, float]:
+            wall = int(walls[int(self.rng.integers(len(walls)))])
+            length = self.wall_length(wall)
+            s = self.uniform(size[0] / 2 + 0.05, max(size[0] / 2 + 0.05, length - size[0] / 2 - 0.05))
+            x, y, yaw = self.wall_pose(wall, s, size[1], gap)
+            return x, y, 0.0, yaw
+        return sample
+
+    def free_standing(self, yaw_choices: Sequence[float] | None = None, yaw_jitter: float = 0.1
+                      ) -> _Sampler:
+        def sample() -> tuple[float, float, float, float]:
+            if yaw_choices is None:
+                yaw = self.uniform(-math.pi, math.pi)
+            else:
+                base = yaw_choices[int(self.rng.integers(len(yaw_choices)))]
+                yaw = base + self.uniform(-yaw_jitter, yaw_jitter)
+            return self.uniform(0.3, self.lx - 0.3), self.uniform(0.3, self.ly - 0.3), 0.0, yaw
+        return sample
+
+    def on_top_of(self, support: ObjectSpec, size: Sequence[float], inset: float, back: float | None = None,
+                  ) -> _Sampler:
+        """Positions on ``support``'s top face; ``back`` pins the object near the support's back edge."""
+        def sample() -> tuple[float, float, float, float]:
+            hu = max(0.0, support.size[0] / 2 - size[0] / 2 - inset)
+            hv = max(0.0, support.size[1] / 2 - size[1] / 2 - inset)
+            u = self.uniform(-hu, hu)
+            v = -support.size[1] / 2 + size[1] / 2 + back if back is not None else self.uniform(-hv, hv)
+            c, s = math.cos(support.yaw), math.sin(support.yaw)
+            x = support.center[0] + c * u - s * v
+            y = support.center[1] + s * u + c * v
+            return x, y, support.top, support.yaw
+        return sample
+
+
+def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], list[ObjectSpec]]:
+    """One attempt at a furnished room; raises :class:`_LayoutError` when a piece does not fit."""
+    room = (round(float(rng.uniform(4.7, 5.3)), 2), round(float(rng.uniform(3.7, 4.3)), 2), 2.6)
+    lx, ly, h = room
+    lay = _Layout(rng, room)
+    t = 0.1  # shell thickness; the shell lies outside the interior so nothing inside touches it
+    lay.add("floor", (lx / 2, ly / 2, -t / 2), (lx + 2 * t, ly + 2 * t, t), obstacle=False)
+    lay.add("ceiling", (lx / 2, ly / 2, h + t / 2), (lx + 2 * t, ly + 2 * t, t), obstacle=False)
+    lay.add("wall", (lx / 2, -t / 2, h / 2), (lx + 2 * t, t, h), obstacle=False)
+    lay.add("wall", (lx + t / 2, ly / 2, h / 2), (t, ly, h), obstacle=False)
+    lay.add("wall", (lx / 2, ly + t / 2, h / 2), (lx + 2 * t, t, h), obstacle=False)
+    lay.add("wall", (-t / 2, ly / 2, h / 2), (t, ly, h), obstacle=False)
+
+    # Door (with a swing area nobody may block) and a window on another wall.
+    door_wall = int(rng.integers(4))
+    door_size = (0.9, 0.04, 2.05)
+    s_door = lay.uniform(0.8, lay.wall_length(door_wall) - 0.8)
+    x, y, yaw = lay.wall_pose(door_wall, s_door, door_size[1], 0.0)
+    door = lay.add("door", (x, y, door_size[2] / 2), door_size, yaw)
+    x, y, yaw = lay.wall_pose(door_wall, s_door, 1.0, door_size[1])
+    lay.obstacles.append(((x, y, 1.0), (1.1, 1.0, 2.0), yaw))
+
+    window_wall = int((door_wall + rng.integers(1, 4)) % 4)
+    win_size = (lay.uniform(1.0, 1.4), 0.03, lay.uniform(1.0, 1.2))
+    s_win = lay.uniform(0.4 + win_size[0] / 2, lay.wall_length(window_wall) - 0.4 - win_size[0] / 2)
+    x, y, yaw = lay.wall_pose(window_wall, s_win, win_size[1], 0.0)
+    lay.add("window", (x, y, 0.9 + win_size[2] / 2), win_size, yaw)
+
+    # Tall pieces go against walls, keeping the middle of the room free for the camera path.
+    shelf_size = (lay.uniform(0.8, 1.0), lay.uniform(0.3, 0.4), lay.uniform(1.7, 1.9))
+    lay.place("shelf", shelf_size, lay.against_wall(shelf_size))
+    sofa_size = (lay.uniform(1.8, 2.1), lay.uniform(0.85, 0.95), lay.uniform(0.78, 0.88))
+    lay.place("sofa", sofa_size, lay.against_wall(sofa_size))
+
+    tables = []
+    for k in range(2):
+        size = (lay.uniform(1.2, 1.6), lay.uniform(0.7, 0.8), lay.uniform(0.72, 0.76))
+        if k == 0 and rng.random() < 0.7:  # the desk: under the window, as in most offices
+            def under_window(size: tuple[float, float, float] = size) -> tuple[float, float, float, float]:
+                x, y, yaw = lay.wall_pose(window_wall, s_win + lay.uniform(-0.2, 0.2), size[1], 0.01)
+                return x, y, 0.0, yaw
+            sampler = under_window
+        elif k == 0 or rng.random() < 0.5:  # the desk stays at a wall, out of the camera's path
+            sampler = lay.against_wall(size)
+        else:
+            sampler = lay.free_standing((0.0, math.pi / 2), 0.1)
+        tables.append(lay.place("table", size, sampler, clearance=0.15))
+
+    mon_size = (lay.uniform(0.5, 0.6), 0.18, lay.uniform(0.42, 0.48))
+    mon_table = tables[0]  # a monitor (top ~1.25 m) on the desk at the wall, below the camera's path
+    lay.place("monitor", mon_size, lay.on_top_of(mon_table, mon_size, inset=0.1, back=0.06), clearance=0.0)
+    cup_size = (lay.uniform(0.075, 0.09), 0.0, lay.uniform(0.09, 0.11))
+    cup_size = (cup_size[0], cup_size[0], cup_size[2])
+    cup_table = tables[int(rng.integers(2))]
+    lay.place("cup", cup_size, lay.on_top_of(cup_table, cup_size, inset=0.1), clearance=0.05)
+
+    n_chairs = int(rng.integers(2, 5))
+    chair_size = (lay.uniform(0.44, 0.5), lay.uniform(0.48, 0.54), lay.uniform(0.85, 0.95))
+    for _ in range(n_chairs):
+        def at_table() -> tuple[float, float, float, float]:
+            tb = tables[int(rng.integers(2))]
+            side = int(rng.integers(4))  # 0: +y, 1: -y, 2: +x, 3: -x of the table
+            gap = lay.uniform(0.05, 0.2)
+            if side < 2:
+                u = lay.uniform(-tb.size[0] / 2 + chair_size[0] / 2, tb.size[0] / 2 - chair_size[0] / 2)
+                v = (1 if side == 0 else -1) * (tb.size[1] / 2 + gap + chair_size[1] / 2)
+            else:
+                u = (1 if side == 2 else -1) * (tb.size[0] / 2 + gap + chair_size[1] / 2)
+                v = lay.uniform(-0.1, 0.1)
+            facing = (math.pi, 0.0, math.pi / 2, -math.pi / 2)[side]  # chair front towards the table
+            c, s = math.cos(tb.yaw), math.sin(tb.yaw)
+            yaw = tb.yaw + facing + lay.uniform(-0.15, 0.15)
+            return tb.center[0] + c * u - s * v, tb.center[1] + s * u + c * v, 0.0, yaw
+        try:
+            lay.place("chair", chair_size, at_table, tries=60)
+        except _LayoutError:
+            lay.place("chair", chair_size, lay.free_standing(), tries=60)
+
+    # Two identical bins: one near the door, one clearly farther, so "the bin closest to the door"
+    # has a well-defined answer that needs spatial reasoning.
+    bin_size = (lay.uniform(0.28, 0.34), 0.0, lay.uniform(0.4, 0.5))
+    bin_size = (bin_size[0], bin_size[0], bin_size[2])
+    bin_color = lay.pick_color("bin")
+    inward = np.array([-math.sin(door.yaw), math.cos(door.yaw)])
+    along = np.array([math.cos(door.yaw), math.sin(door.yaw)])
+
+    def near_door() -> tuple[float, float, float, float]:
+        p = np.array(door.center[:2]) + inward * lay.uniform(0.35, 1.6) + along * lay.uniform(-1.5, 1.5)
+        return float(p[0]), float(p[1]), 0.0, lay.uniform(-math.pi, math.pi)
+
+    bin_a = lay.place("bin", bin_size, near_door, color_name=bin_color)
+    d_a = _horizontal_distance(bin_a, door)
+    for _ in range(80):
+        sampler = lay.against_wall(bin_size, gap=0.05) if rng.random() < 0.5 else lay.free_standing()
+        x, y, zb, yaw = sampler()
+        center = (x, y, bin_size[2] / 2)
+        farther = math.hypot(x - door.center[0], y - door.center[1]) - d_a >= 1.0
+        if farther and lay.fits(center, bin_size, yaw):
+            lay.add("bin", center, bin_size, yaw, bin_color)
+            break
+    else:
+        raise _LayoutError("could not place the second bin")
+
+    lamp_size = (0.35, 0.35, lay.uniform(1.55, 1.7))
+
+    def near_wall_gap(size: Sequence[float], lo: float, hi: float) -> _Sampler:
+        def sample() -> tuple[float, float, float, float]:
+            return lay.against_wall(size, gap=lay.uniform(lo, hi))()
+        return sample
+
+    lay.place("lamp", lamp_size, near_wall_gap(lamp_size, 0.05, 0.2))
+    plant_w = lay.uniform(0.4, 0.5)
+    plant_size = (plant_w, plant_w, lay.uniform(0.8, 1.1))
+    lay.place("plant", plant_size, near_wall_gap(plant_size, 0.02, 0.3))
+    return room, lay.objects
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+# ---------------------------------------------------------------------------------------------
+
+
+def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
+    """All template queries whose predicate singles out exactly one object, in a fixed order.
+
+    A description with a relation ("closest to", "with ... on it") is only kept when the same
+    description without it is ambiguous, so spatial queries really need the relation.
+    """
+    out: dict[str, SceneQuery] = {}
+
+    def offer(text: str, kind: str, pred: QueryPredicate,
+              ambiguous_without: QueryPredicate | None = None) -> None:
+        ids = scene.select(pred)
+        if len(ids) != 1 or text in out:
+            return
+        if ambiguous_without is not None and len(scene.select(ambiguous_without)) < 2:
+            return
+        out[text] = SceneQuery(text, ids[0], kind, pred)
+
+    counts = Counter(o.category for o in scene.objects)
+    anchors = [a for a in _ANCHOR_CATEGORIES if counts[a] == 1]
+    targets = [o for o in scene.objects if o.category not in ("floor", "ceiling", "wall")]
+
+    for o in targets:
+        offer(f"the {o.category}", "explicit", QueryPredicate(category=o.category))
+        offer(f"the {o.color_name} {o.category}", "explicit",
+              QueryPredicate(category=o.category, color_name=o.color_name),
+              ambiguous_without=QueryPredicate(category=o.category))
+
+    for aff in sorted({a for o in scene.objects for a in o.affordances}):
+        phrase = AFFORDANCE_PHRASES.get(aff, f"something to {aff}")
+        base = QueryPredicate(affordance=aff)
+        offer(phrase, "affordance", base)
+        for anchor in (a for a in anchors if a in ("door", "window")):  # the landmarks people use
+            ap = QueryPredicate(category=anchor)
+            offer(f"{phrase}, whichever is closest to the {anchor}", "affordance",
+                  replace(base, nearest_to=ap), ambiguous_without=base)
+            offer(f"{phrase}, whichever is farthest from the {anchor}", "affordance",
+                  replace(base, farthest_from=ap), ambiguous_without=base)
+
+    for cat in sorted(c for c, n in counts.items() if n >= 2 and c not in STRUCTURE_CATEGORIES):
+        base = QueryPredicate(category=cat)
+        for anchor in anchors:
+            if anchor == cat:
+                continue
+            ap = QueryPredicate(category=anchor)
+            offer(f"the {cat} closest to the {anchor}", "spatial", replace(base, nearest_to=ap), base)
+            offer(f"the {cat} farthest from the {anchor}", "spatial", replace(base, farthest_from=ap), base)
+        members = [o for o in scene.objects if o.category == cat]
+        loads = sorted({o.category for o in scene.objects for m in members if _rests_on(o, m)})
+        for load in loads:
+            offer(f"the {cat} with the {load} on it", "spatial",
+                  replace(base, supports=QueryPredicate(category=load)), base)
+            # "the cup on the table by the window": the thing on the support picked out spatially
+            for anchor in ("window", "door"):
+                if anchor in anchors:
+                    support = replace(base, nearest_to=QueryPredicate(category=anchor))
+                    offer(f"the {load} on the {cat} by the {anchor}", "spatial",
+                          QueryPredicate(category=load, on=support))
+    return list(out.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The scene
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _RenderedView:
+    color: np.ndarray
+    depth: np.ndarray
+    instance: np.ndarray
+    incidence_cos: np.ndarray
+
+
+@dataclass
+class SyntheticScene:
+    """A simulated room: objects (with the shell), queries with verified answers, and a renderer.
+
+    Build one with :meth:`generate` (reproducible from a seed) or directly from specs for
+    hand-made test scenes. Geometry is built lazily on first render / labelling and cached, so
+    treat ``objects`` as frozen from then on (or build a new scene).
+    """
+
+    room_size: tuple[float, float, float]
+    objects: list[ObjectSpec]
+    queries: list[SceneQuery] = field(default_factory=list)
+    seed: int | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.room_size = _vec3(self.room_size, "room_size", positive=True)
+        self.objects = list(self.objects)
+        self.queries = list(self.queries)
+        ids = [o.instance_id for o in self.objects]
+        if len(set(ids)) != len(ids):
+            dup = sorted(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(f"duplicate instance ids {dup}")
+        if max(ids, default=0) > np.iinfo(np.uint16).max:
+            raise ValueError("instance ids must fit in 16 bits (they are stored in uint16 PNGs)")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The Open3D ray caster cannot be pickled (multiprocessing, deepcopy); it is rebuilt on demand.
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def generate(cls, seed: int) -> SyntheticScene:
+        """A furnished ~5 x 4 x 2.6 m room; the same ``seed`` always gives the same scene."""
+        rng = np.random.default_rng(seed)
+        for _ in range(200):
+            try:
+                room, objects = _layout_room(rng)
+            except _LayoutError:
+                continue
+            scene = cls(room, objects, seed=int(seed))
+            scene.queries = _generate_queries(scene)
+            if any(q.predicate is not None and q.predicate.category == "bin" and q.predicate.nearest_to
+                   is not None and q.predicate.nearest_to.category == "door" for q in scene.queries):
+                return scene
+        raise RuntimeError(f"could not lay out a room for seed {seed}")  # pragma: no cover
+
+    # -- lookups ----------------------------------------------------------------------------------
+
+    def object(self, instance_id: int) -> ObjectSpec:
+        for o in self.objects:
+            if o.instance_id == instance_id:
+                return o
+        raise KeyError(f"no object with instance id {instance_id}")
+
+    @property
+    def furnished_objects(self) -> list[ObjectSpec]:
+        """Objects other than the room shell (floor, ceiling, walls, door, window)."""
+        return [o for o in self.objects if not o.is_structure]
+
+    def boxes(self) -> list[SceneBox]:
+        """Every part of every object as a world-frame box."""
+        out = []
+        for o in self.objects:
+            rot = _rot_z(o.yaw)
+            for p in object_parts(o):
+                c = rot @ np.array(p.center) + np.array(o.center)
+                out.append(SceneBox(o.instance_id, tuple(float(v) for v in c), p.size, o.yaw, p.color))
+        return out
+
+    def interpenetrations(self, tol: float = 1e-4) -> list[tuple[int, int]]:
+        """Pairs of different objects whose parts share volume deeper than ``tol`` metres."""
+        boxes = self.boxes()
+        hits: set[tuple[int, int]] = set()
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                if a.instance_id == b.instance_id:
+                    continue
+                key = (min(a.instance_id, b.instance_id), max(a.instance_id, b.instance_id))
+                if key not in hits and _boxes_overlap(a.center, a.size, a.yaw, b.center, b.size, b.yaw, tol):
+                    hits.add(key)
+        return sorted(hits)
+
+    # -- query semantics --------------------------------------------------------------------------
+
+    def select(self, predicate: QueryPredicate) -> list[int]:
+        """Instance ids (sorted) of the objects that satisfy ``predicate`` in this scene."""
+        p = predicate
+        cands = [o for o in self.objects
+                 if (p.category is None or o.category == p.category)
+                 and (p.color_name is None or o.color_name == p.color_name)
+                 and (p.affordance is None or p.affordance in o.affordances)]
+        if p.on is not None:
+            supports = [self.object(i) for i in self.select(p.on)]
+            cands = [c for c in cands if any(_rests_on(c, s) for s in supports)]
+        if p.supports is not None:
+            loads = [self.object(i) for i in self.select(p.supports)]
+            cands = [c for c in cands if any(_rests_on(ld, c) for ld in loads)]
+        for anchor_pred, sign in ((p.nearest_to, 1.0), (p.farthest_from, -1.0)):
+            if anchor_pred is None:
+                continue
+            anchor_ids = self.select(anchor_pred)
+            if len(anchor_ids) != 1:
+                return []  # "the door" must itself be unambiguous
+            anchor = self.object(anchor_ids[0])
+            cands = [c for c in cands if c.instance_id != anchor.instance_id]
+            if len(cands) >= 2:
+                ranked = sorted(cands, key=lambda c: sign * _horizontal_distance(c, anchor))
+                first, second = (_horizontal_distance(c, anchor) for c in ranked[:2])
+                gap = sign * (second - first)
+                if gap < SPATIAL_MARGIN:
+                    return []
+                cands = ranked[:1]
+        return sorted(c.instance_id for c in cands)
+
+    def query_is_unique(self, query: SceneQuery) -> bool:
+        """True when the query's predicate picks out exactly its target (and the target exists)."""
+        if query.predicate is None or all(o.instance_id != query.target_instance_id for o in self.objects):
+            return False
+        return self.select(query.predicate) == [query.target_instance_id]
+
+    # -- geometry ---------------------------------------------------------------------------------
+
+    def _geometry(self) -> tuple[o3d.t.geometry.RaycastingScene, dict[str, np.ndarray]]:
+        """Ray caster plus per-triangle tables (instance, lit albedo, normal, tangents), built once.
+
+        Faces are planar, so lighting and the texture's tangent frame are per-triangle constants:
+        precomputing them keeps per-pixel work to a few gathers.
+        """
+        if "raycaster" not in self._cache:
+            boxes = self.boxes()
+            nb = len(boxes)
+            verts = np.empty((nb * 8, 3))
+            for k, b in enumerate(boxes):
+                verts[8 * k:8 * k + 8] = (_UNIT_CORNERS * b.size) @ _rot_z(b.yaw).T + b.center
+            tris = (_UNIT_TRIANGLES[None, :, :] + 8 * np.arange(nb)[:, None, None]).reshape(-1, 3)
+            v0, v1, v2 = verts[tris[:, 0]], verts[tris[:, 1]], verts[tris[:, 2]]
+            normal = np.cross(v1 - v0, v2 - v0)
+            normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+            helper = np.zeros_like(normal)
+            vertical = np.abs(normal[:, 2]) > 0.9
+            helper[vertical, 0] = 1.0
+            helper[~vertical, 2] = 1.0
+            t1 = np.cross(helper, normal)
+            t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
+            t2 = np.cross(normal, t1)
+            albedo = np.repeat(np.array([b.color for b in boxes], dtype=np.float64).reshape(-1, 3), 12, 0)
+            lambert = _AMBIENT + _DIFFUSE * np.clip(normal @ _LIGHT_DIR, 0.0, None)
+            tables = {
+                "instance": np.repeat([b.instance_id for b in boxes], 12).astype(np.int32),
+                "lit_albedo": (albedo * lambert[:, None]).astype(np.float32),
+                "normal": normal.astype(np.float32),
+                "t1": t1.astype(np.float32),
+                "t2": t2.astype(np.float32),
+            }
+            rc = o3d.t.geometry.RaycastingScene()
+            rc.add_triangles(o3d.core.Tensor(verts.astype(np.float32)),
+                             o3d.core.Tensor(tris.astype(np.uint32)))
+            self._cache.update(raycaster=rc, tables=tables)
+        return self._cache["raycaster"], self._cache["tables"]
+
+    @property
+    def raycasting_scene(self) -> o3d.t.geometry.RaycastingScene:
+        """The Open3D ray caster of this scene (for custom ray queries in tests and tools)."""
+        return self._geometry()[0]
+
+    def _render_view(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,  # noqa: N803
+                     with_incidence: bool = False) -> _RenderedView:
+        pose = np.asarray(T_world_cam, dtype=np.float64)
+        if not is_rigid_transform(pose):
+            raise ValueError("T_world_cam must be a finite rigid 4x4 transform")
+        rc, tab = self._geometry()
+        cam_rays = _camera_rays(intrinsics)
+        n = cam_rays.shape[0]
+        rays = np.empty((n, 6), dtype=np.float32)
+        rays[:, :3] = pose[:3, 3]
+        d = rays[:, 3:]
+        np.matmul(cam_rays, pose[:3, :3].T.astype(np.float32), out=d)  # z = 1 rays: hit parameter = z-depth
+        ans = rc.cast_rays(o3d.core.Tensor.from_numpy(rays))
+        t_hit = ans["t_hit"].numpy()
+        prim = ans["primitive_ids"].numpy()
+        hit = np.isfinite(t_hit)
+        everything_hit = bool(hit.all())  # the usual case inside a closed room: skip the masking
+        idx = prim.astype(np.intp) if everything_hit else prim[hit].astype(np.intp)
+        t = t_hit if everything_hit else t_hit[hit]
+        if not everything_hit:
+            d = d[hit]
+
+        origin = pose[:3, 3].astype(np.float32)
+        t1, t2 = np.take(tab["t1"], idx, axis=0), np.take(tab["t2"], idx, axis=0)
+        u = np.take(tab["t1"] @ origin, idx) + t * np.einsum("ij,ij->i", d, t1)
+        v = np.take(tab["t2"] @ origin, idx) + t * np.einsum("ij,ij->i", d, t2)
+        inst = np.take(tab["instance"], idx)
+        rgb = np.take(tab["lit_albedo"], idx, axis=0) * _surface_texture(u, v, inst)[:, None]
+        rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+        shape = (intrinsics.height, intrinsics.width)
+        if everything_hit:
+            color, depth, instance = rgb, t.astype(np.float32), inst
+        else:
+            color = np.zeros((n, 3), dtype=np.uint8)
+            color[hit] = rgb
+            depth = np.zeros(n, dtype=np.float32)
+            depth[hit] = t
+            instance = np.zeros(n, dtype=np.int32)
+            instance[hit] = inst
+        incidence = np.zeros(n, dtype=np.float32)
+        if with_incidence:
+            normal = np.take(tab["normal"], idx, axis=0)
+            incidence[hit] = np.abs(np.einsum("ij,ij->i", normal, d)) / np.linalg.norm(d, axis=1)
+        return _RenderedView(color.reshape(*shape, 3), depth.reshape(shape), instance.reshape(shape),
+                             incidence.reshape(shape))
+
+    def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray  # noqa: N803
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Render ``(color uint8 HxWx3, depth float32 HxW z-depth metres, instance int32 HxW)``.
+
+        Pixels whose ray hits nothing get colour 0, depth 0 and instance 0. Depth is exact
+        (no noise); see :func:`apply_depth_noise` and :meth:`record_sequence` for sensor effects.
+        """
+        v = self._render_view(intrinsics, T_world_cam)
+        return v.color, v.depth, v.instance
+
+    def label_points(self, points: np.ndarray, max_distance: float = 0.05) -> np.ndarray:
+        """Ground-truth instance id of the surface nearest each (N, 3) world point, 0 beyond ``max_distance``.
+
+        This is how 3D masks are scored: a predicted map point counts for the object whose surface
+        it lies on. Non-finite points get 0.
+        """
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        out = np.zeros(p.shape[0], dtype=np.int32)
+        finite = np.all(np.isfinite(p), axis=1)
+        if not finite.any():
+            return out
+        rc, tab = self._geometry()
+        q = p[finite]
+        ans = rc.compute_closest_points(o3d.core.Tensor(q.astype(np.float32)))
+        closest = ans["points"].numpy().astype(np.float64)
+        prim = ans["primitive_ids"].numpy().astype(np.int64)
+        dist = np.linalg.norm(q - closest, axis=1)
+        labels = tab["instance"][prim]
+        labels[dist > max_distance] = 0
+        out[finite] = labels
+        return out
+
+    # -- camera path ------------------------------------------------------------------------------
+
+    def trajectory(self, n_frames: int, seed: int = 0) -> list[np.ndarray]:
+        """``T_world_cam`` poses of a hand-held scan: one smooth loop around the room.
+
+        The camera walks an ellipse 1.1 m inside the walls at 1.35-1.55 m height, looking across
+        the room and slightly down (so each wall-side object is seen from the far side of the
+        loop), with slow sway, a little roll and small per-frame hand jitter.
+        """
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        rng = np.random.default_rng(seed)
+        lx, ly, _ = self.room_size
+        c = np.array([lx / 2, ly / 2])
+        ax, ay = max(lx / 2 - 1.1, 0.25), max(ly / 2 - 1.1, 0.25)
+        start = rng.uniform(0, 2 * math.pi)
+        direction = 1.0 if rng.random() < 0.5 else -1.0
+        ph = rng.uniform(0, 2 * math.pi, size=6)
+        poses = []
+        for k in range(n_frames):
+            s = start + direction * 2 * math.pi * k / n_frames
+            eye_xy = c + [ax * math.cos(s), ay * math.sin(s)]
+            eye_xy = eye_xy + 0.08 * np.array([math.sin(2 * s + ph[0]), math.sin(3 * s + ph[1])])
+            eye = np.array([*eye_xy, 1.45 + 0.1 * math.sin(2 * s + ph[2])]) + rng.normal(0, 0.003, 3)
+            toward = c - eye_xy
+            heading = math.atan2(toward[1], toward[0]) + 0.35 * math.sin(3 * s + ph[3])
+            target = np.array([eye[0] + 2.2 * math.cos(heading), eye[1] + 2.2 * math.sin(heading),
+                               0.7 + 0.15 * math.sin(2 * s + ph[4])])
+            pose = look_at(eye, target)
+            roll = 0.03 * math.sin(4 * s + ph[5])
+            pose[:3, :3] = pose[:3, :3] @ _rot_z(roll) @ _rodrigues(rng.normal(0, 0.003, 3))
+            poses.append(pose)
+        return poses
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SCENE_FORMAT,
+            "version": SCENE_VERSION,
+            "seed": self.seed,
+            "room_size": list(self.room_size),
+            "objects": [o.to_dict() for o in self.objects],
+            "queries": [q.to_dict() for q in self.queries],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SyntheticScene:
+        if not isinstance(d, dict) or d.get("format") != SCENE_FORMAT:
+            raise ValueError(f"not a {SCENE_FORMAT} document")
+        if d.get("version") != SCENE_VERSION:
+            raise ValueError(f"unsupported scene version {d.get('version')!r} (expected {SCENE_VERSION})")
+        try:
+            return cls(
+                room_size=d["room_size"],
+                objects=[ObjectSpec.from_dict(o) for o in d["objects"]],
+                queries=[SceneQuery.from_dict(q) for q in d["queries"]],
+                seed=d.get("seed"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed scene document: {exc!r}") from exc
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``directory/scene.json`` (objects, queries, seed, version); returns its path."""
+        path = Path(directory) / SCENE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SyntheticScene:
+        """Read a scene saved by :meth:`save` (``directory`` may also be the json file itself)."""
+        path = Path(directory)
+        if path.is_dir():
+            path = path / SCENE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no scene file at {path}")
+        try:
+            doc = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        try:
+            return cls.from_dict(doc)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def record_sequence(
+        self,
+        directory: str | Path,
+        intrinsics: CameraIntrinsics,
+        poses: Sequence[np.ndarray],
+        depth_noise: bool = False,
+        noise_seed: int = 0,
+        fps: float = 30.0,
+    ) -> Path:
+        """Render ``poses`` into a sun3d-style folder (read it with ``sequence_io.FolderSequence``).
+
+        Layout: ``directory/camera-intrinsics.txt``, ``directory/scene.json`` and
+        ``directory/seq-01/frame-XXXXXX.{color,depth,instance}.png`` + ``.pose.txt``. The instance
+        image is the ground truth of the noise-free render (also where noisy depth was dropped).
+        Refuses to write into a sequence folder that already holds frames, so stale frames from an
+        earlier, longer recording cannot be read back as part of this one.
+        """
+        from reasoning_seg.sequence_io import write_frame, write_intrinsics_txt
+
+        root = Path(directory)
+        seq = root / "seq-01"
+        if seq.is_dir() and any(seq.glob("frame-*")):
+            raise FileExistsError(f"{seq} already contains frames")
+        seq.mkdir(parents=True, exist_ok=True)
+        write_intrinsics_txt(root / "camera-intrinsics.txt", intrinsics)
+        self.save(root)
+        rng = np.random.default_rng(noise_seed)
+        for i, pose in enumerate(poses):
+            view = self._render_view(intrinsics, pose, with_incidence=depth_noise)
+            depth = apply_depth_noise(view.depth, rng, view.incidence_cos) if depth_noise else view.depth
+            frame = RGBDFrame(view.color, depth, intrinsics, np.asarray(pose, dtype=np.float64),
+                              stamp=i / fps, frame_id=i)
+            write_frame(seq, frame, instance=view.instance)
+        return root

@@ -1,0 +1,118 @@
+"""Choosing which keyframes the 2D reasoning model looks at for a query.
+
+REALM's global stage (K-means over camera poses for diversity, then the views that see the most of
+the scene for coverage) adapted to a keyframe window: cluster the window's poses into N clusters
+and take, from each cluster, the keyframe that sees the most map points. MLLM-For3D §3.1 selects
+views at random; that strategy is kept for comparison. More views is not monotonically better
+(MLLM-For3D Table 4: 4 views beat 2 and 8), so N is a parameter, not "as many as possible".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from reasoning_seg.camera import visible_pixels
+from reasoning_seg.config import ViewSelectionConfig
+from reasoning_seg.keyframes import Keyframe
+
+
+def pose_features(keyframes: Sequence[Keyframe], direction_weight: float = 1.0) -> np.ndarray:
+    """(K, 6) position + scaled viewing direction: two cameras at one spot looking apart are distinct."""
+    pos = np.array([kf.T_world_cam[:3, 3] for kf in keyframes])
+    fwd = np.array([kf.T_world_cam[:3, 2] for kf in keyframes])
+    return np.hstack([pos, direction_weight * fwd])
+
+
+def coverage(keyframes: Sequence[Keyframe], points: np.ndarray, tolerance: float) -> np.ndarray:
+    """(K,) number of ``points`` each keyframe sees (visibility-checked against its depth)."""
+    out = np.zeros(len(keyframes), dtype=np.int64)
+    for i, kf in enumerate(keyframes):
+        f = kf.frame
+        vis, _ = visible_pixels(points, f.T_world_cam, f.intrinsics, f.depth, tolerance)
+        out[i] = int(vis.sum())
+    return out
+
+
+def spatial_subsample(points: np.ndarray, max_points: int) -> np.ndarray:
+    """About ``max_points`` of ``points``, chosen by a hash of their millimetre coordinates.
+
+    Unlike a random draw this depends only on the point set, not its order, so the same map (for
+    example after save/load, which extracts points in another order) selects the same views.
+    """
+    if len(points) <= max_points:
+        return points
+    q = np.round(np.asarray(points) * 1000.0).astype(np.int64)
+    h = (q[:, 0] * 73856093) ^ (q[:, 1] * 19349663) ^ (q[:, 2] * 83492791)
+    keep = (h % 1_000_003) < int(1_000_003 * max_points / len(points))
+    return points[keep]
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
+    """Labels of a small deterministic k-means (k-means++ seeding); k <= len(x)."""
+    rng = np.random.default_rng(seed)
+    centers = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d2 = np.min(((x[:, None, :] - np.array(centers)[None]) ** 2).sum(-1), axis=1)
+        if d2.sum() <= 0:
+            centers.append(x[rng.integers(len(x))])
+        else:
+            centers.append(x[rng.choice(len(x), p=d2 / d2.sum())])
+    c = np.array(centers)
+    labels = np.zeros(len(x), dtype=np.int64)
+    for _ in range(iters):
+        labels = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+        new = np.array([x[labels == j].mean(0) if np.any(labels == j) else c[j] for j in range(k)])
+        if np.allclose(new, c):
+            break
+        c = new
+    return labels
+
+
+def select_views(
+    keyframes: Sequence[Keyframe],
+    map_points: np.ndarray,
+    num_views: int,
+    config: ViewSelectionConfig,
+    visibility_tolerance: float,
+) -> list[Keyframe]:
+    """Pick up to ``num_views`` keyframes for a query, ordered by keyframe id.
+
+    Strategies: ``random`` (MLLM-For3D), ``diverse`` (one per pose cluster, nearest its centre),
+    ``diverse_coverage`` (one per pose cluster, the one seeing most map points; REALM).
+    """
+    kfs = list(keyframes)
+    if num_views <= 0 or not kfs:
+        return []
+    if len(kfs) <= num_views:
+        return sorted(kfs, key=lambda kf: kf.keyframe_id)
+    rng = np.random.default_rng(config.seed)
+    if config.strategy == "random":
+        idx = rng.choice(len(kfs), size=num_views, replace=False)
+        return sorted((kfs[i] for i in idx), key=lambda kf: kf.keyframe_id)
+
+    feats = pose_features(kfs)
+    labels = kmeans(feats, num_views, config.seed)
+    if config.strategy == "diverse_coverage":
+        pts = spatial_subsample(map_points, config.max_points)
+        score = coverage(kfs, pts, visibility_tolerance).astype(np.float64)
+    elif config.strategy == "diverse":
+        score = np.zeros(len(kfs))
+    else:
+        raise ValueError(f"unknown view selection strategy '{config.strategy}'")
+    chosen: list[int] = []
+    for j in range(num_views):
+        members = np.flatnonzero(labels == j)
+        if members.size == 0:
+            continue
+        centre = feats[members].mean(0)
+        dist = np.linalg.norm(feats[members] - centre, axis=1)
+        # Highest score first; ties (and the 'diverse' strategy) go to the most central member.
+        order = np.lexsort((dist, -score[members]))
+        chosen.append(int(members[order[0]]))
+    # k-means can leave a cluster empty; fill up with the best remaining views so N is honoured.
+    if len(chosen) < num_views:
+        rest = [i for i in np.argsort(-score, kind="stable") if i not in chosen]
+        chosen.extend(int(i) for i in rest[: num_views - len(chosen)])
+    return sorted((kfs[i] for i in chosen), key=lambda kf: kf.keyframe_id)

@@ -1,0 +1,65 @@
+"""Pictures a person can check at a glance: the map from above and from the side, target in red.
+
+Pure numpy + Pillow (no display, no OpenGL), so it works in CI and on headless robots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from reasoning_seg.result import OrientedBox
+
+
+def _panel(pts: np.ndarray, cols: np.ndarray, target: np.ndarray, box: OrientedBox | None, axes: tuple[int, int],
+           lo: np.ndarray, scale: float, size: tuple[int, int], title: str) -> Image.Image:
+    w, h = size
+    img = np.full((h, w, 3), 30, dtype=np.uint8)
+
+    def to_px(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = ((p[:, axes[0]] - lo[0]) * scale).astype(int) + 10
+        y = h - 10 - ((p[:, axes[1]] - lo[1]) * scale).astype(int)
+        return np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
+
+    if len(pts):
+        # Paint far-to-near along the hidden axis so nearer surfaces win.
+        hidden = 3 - axes[0] - axes[1]
+        order = np.argsort(pts[:, hidden] if hidden == 2 else -pts[:, hidden])
+        x, y = to_px(pts[order])
+        img[y, x] = (np.clip(cols[order], 0, 1) * 200).astype(np.uint8)
+    if len(target):
+        x, y = to_px(target)
+        for dx in (0, 1):
+            for dy in (0, 1):
+                img[np.clip(y + dy, 0, h - 1), np.clip(x + dx, 0, w - 1)] = (255, 40, 40)
+    pil = Image.fromarray(img)
+    draw = ImageDraw.Draw(pil)
+    if box is not None and np.any(box.size > 0):
+        c = box.corners()
+        x, y = to_px(c)
+        edges = [(0, 1), (0, 2), (1, 3), (2, 3), (4, 5), (4, 6), (5, 7), (6, 7), (0, 4), (1, 5), (2, 6), (3, 7)]
+        for i, j in edges:
+            draw.line([(x[i], y[i]), (x[j], y[j])], fill=(255, 220, 0), width=2)
+    draw.text((8, 6), title, fill=(255, 255, 255))
+    return pil
+
+
+def render_map_picture(path: str | Path, map_points: np.ndarray, map_colors: np.ndarray,
+                       target_points: np.ndarray, box: OrientedBox | None, title: str,
+                       width: int = 900) -> None:
+    """Write a PNG with a top view (x-y) and a side view (x-z) of the map, target in red, box in yellow."""
+    pts = np.asarray(map_points, dtype=np.float64)
+    allp = np.vstack([pts, np.asarray(target_points).reshape(-1, 3)]) if len(pts) else np.zeros((1, 3))
+    lo, hi = allp.min(0), allp.max(0)
+    span = np.maximum(hi - lo, 1e-3)
+    scale = (width - 20) / span[0]
+    top_h = int(span[1] * scale) + 20
+    side_h = int(span[2] * scale) + 20
+    top = _panel(pts, map_colors, target_points, box, (0, 1), lo[[0, 1]], scale, (width, top_h), f"top view: {title}")
+    side = _panel(pts, map_colors, target_points, box, (0, 2), lo[[0, 2]], scale, (width, side_h), "side view")
+    out = Image.new("RGB", (width, top_h + side_h + 4), (0, 0, 0))
+    out.paste(top, (0, 0))
+    out.paste(side, (0, top_h + 4))
+    out.save(path)

@@ -1,0 +1,129 @@
+"""The real node graph over DDS on loopback: player -> node -> service -> target on the right object."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from reasoning_seg.camera import CameraIntrinsics
+from reasoning_seg.msg import SegmentationResult
+from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix
+from reasoning_seg.ros.node import ReasoningSegNode
+from reasoning_seg.ros.player import play
+from reasoning_seg.ros.query_client import spin_until_done, call_segment
+from reasoning_seg.sim.scene import SyntheticScene
+from reasoning_seg.srv import LoadMap, SaveMap
+from std_srvs.srv import Trigger
+
+pytestmark = pytest.mark.ros
+
+INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
+VOXEL = 0.04
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    scene = SyntheticScene.generate(3)
+    scene.save(tmp_path / "scene")
+    scene.record_sequence(tmp_path / "seq", INTR, scene.trajectory(45, seed=3))
+    return scene, tmp_path
+
+
+@pytest.fixture
+def running_node(ros_context, recorded):
+    """The reasoning_seg node with default parameters except the voxel size, spun in a thread."""
+    scene, tmp = recorded
+    node = ReasoningSegNode(context=ros_context, parameter_overrides=[
+        Parameter("segmenter.scene", value=str(tmp / "scene")),
+        Parameter("map.voxel_size", value=VOXEL),
+        Parameter("fusion.visibility_tolerance", value=0.08),
+        Parameter("map_publish_period", value=0.5),
+    ])
+    executor = MultiThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield node
+    executor.shutdown()
+    thread.join(timeout=5)
+    node.destroy_node()
+
+
+def call(client, srv_type, name, request, timeout=30.0):
+    c = client.create_client(srv_type, name)
+    assert c.wait_for_service(timeout_sec=timeout)
+    future = c.call_async(request)
+    spin_until_done(client, future, timeout)
+    client.destroy_client(c)
+    return future.result()
+
+
+def test_player_node_and_service_find_the_target(ros_context, recorded, running_node, tmp_path):
+    scene, tmp = recorded
+    client = rclpy.create_node("test_client", context=ros_context)
+    results: list[SegmentationResult] = []
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    client.create_subscription(SegmentationResult, "/reasoning_seg/result", results.append, latched)
+    try:
+        # A query before any frame: clear answer, node stays up.
+        early = call_segment(client, "the red chair", timeout=30.0)
+        assert not early.success and "empty" in early.message
+
+        summary = play({"folder": str(tmp / "seq"), "wait_for_subscribers": 1}, context=ros_context, timeout_sec=60)
+        assert summary.steps == 45
+        stats = running_node.pipeline.stats
+        deadline = time.monotonic() + 10
+        while stats.frames_integrated < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stats.frames_integrated >= 40, (stats, running_node.rejected)  # default best-effort QoS on loopback
+
+        furniture = {o.instance_id for o in scene.objects if not o.is_structure}
+        q = next(q for q in scene.queries if q.kind == "spatial" and q.target_instance_id in furniture)
+        resp = call_segment(client, q.text, timeout=60.0)
+        assert resp.success and resp.result.found, resp.message
+        r = resp.result
+        assert r.header.frame_id == "map" and r.num_points == r.cloud.width * r.cloud.height > 20
+        cloud = cloud_msg_to_numpy(r.cloud)
+        pts = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=1)
+        on_target = scene.label_points(pts, max_distance=1.5 * VOXEL) == q.target_instance_id
+        assert on_target.mean() > 0.9
+        assert np.all((cloud["confidence"] >= 0.5) & (cloud["confidence"] <= 1.0))
+        centre = pose_to_matrix(r.box.center)[:3, 3]
+        np.testing.assert_allclose(centre, pts.mean(0), atol=max(r.box.size.x, r.box.size.y, r.box.size.z))
+        assert [t.stage for t in r.timings] == ["snapshot", "view_selection", "segmentation", "fusion",
+                                                "packaging", "publishing"]
+        assert len(r.keyframe_ids) == 4
+
+        # The same result is published for other nodes (latched).
+        deadline = time.monotonic() + 5
+        ex = SingleThreadedExecutor(context=ros_context)
+        ex.add_node(client)
+        while not results and time.monotonic() < deadline:
+            ex.spin_once(timeout_sec=0.1)
+        ex.remove_node(client)
+        ex.shutdown()
+        assert results and results[-1].query == q.text and results[-1].num_points == r.num_points
+
+        # Bad queries get a clear message and the node keeps serving.
+        assert "empty" in call_segment(client, "   ").message
+        assert "limit" in call_segment(client, "x" * 10240).message
+        assert not call_segment(client, "a dragon made of cheese").result.found
+
+        # Save, clear, load: the answer survives the round trip.
+        saved = call(client, SaveMap, "/reasoning_seg/save_map", SaveMap.Request(directory=str(tmp_path / "map")))
+        assert saved.success, saved.message
+        assert call(client, Trigger, "/reasoning_seg/clear_map", Trigger.Request()).success
+        assert "empty" in call_segment(client, q.text).message
+        bad = call(client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "nope")))
+        assert not bad.success and "current map kept" in bad.message
+        loaded = call(client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "map")))
+        assert loaded.success, loaded.message
+        again = call_segment(client, q.text, timeout=60.0)
+        assert again.result.found and again.result.num_points == r.num_points
+    finally:
+        client.destroy_node()
