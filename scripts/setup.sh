@@ -188,14 +188,30 @@ fi
 
 # Make `.venv/bin/python` find the interfaces even without `source scripts/env.sh` (IDEs, tools
 # that spawn Python with a scrubbed environment): a .pth in the venv appends the install tree to
-# sys.path and adds its lib/ to LD_LIBRARY_PATH and AMENT_PREFIX_PATH. The file sorts before
-# ros_wheels_bootstrapper.pth, whose re-exec then hands the amended environment to the loader.
-pth="$SITE/reasoning_seg_dev.pth"
-pth_content="$INSTALL/lib/python$PYVER/site-packages
-import os; exec(\"for _k, _v in (('LD_LIBRARY_PATH', ('$INSTALL/lib', '$VENV/lib')), ('AMENT_PREFIX_PATH', ('$INSTALL', '$VENV'))):\\n    _p = [_x for _x in os.environ.get(_k, '').split(os.pathsep) if _x]\\n    os.environ[_k] = os.pathsep.join([_x for _x in _v if _x not in _p] + _p)\")"
-if [ ! -f "$pth" ] || [ "$(cat "$pth")" != "$pth_content" ]; then
-    printf '%s\n' "$pth_content" >"$pth"
-fi
+# sys.path and imports a tiny module that adds its lib/ to LD_LIBRARY_PATH and AMENT_PREFIX_PATH.
+# The .pth sorts before ros_wheels_bootstrapper.pth, whose re-exec of the interpreter then hands
+# the amended LD_LIBRARY_PATH to the dynamic loader.
+write_if_changed() { if [ ! -f "$1" ] || [ "$(cat "$1")" != "$2" ]; then printf '%s\n' "$2" >"$1"; fi; }
+devenv_py="$(cat <<EOF
+"""Written by scripts/setup.sh: environment for the interfaces built in ros2_ws/install."""
+
+import os
+
+for _key, _paths in (
+    ("LD_LIBRARY_PATH", ("$INSTALL/lib", "$VENV/lib")),
+    ("AMENT_PREFIX_PATH", ("$INSTALL", "$VENV")),
+):
+    _cur = [p for p in os.environ.get(_key, "").split(os.pathsep) if p]
+    os.environ[_key] = os.pathsep.join([p for p in _paths if p not in _cur] + _cur)
+EOF
+)"
+devenv_pth="$(cat <<EOF
+$INSTALL/lib/python$PYVER/site-packages
+import _reasoning_seg_devenv
+EOF
+)"
+write_if_changed "$SITE/_reasoning_seg_devenv.py" "$devenv_py"
+write_if_changed "$SITE/reasoning_seg_dev.pth" "$devenv_pth"
 
 # --- 5. Editable install of the Python package ----------------------------------------------------
 edit_hash="$(hash_inputs "v$SETUP_VERSION" "$ROOT" "$deps_hash" -- pyproject.toml)"

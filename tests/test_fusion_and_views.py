@@ -27,9 +27,13 @@ def seg(mask, conf=0.9):
 def test_occluded_point_gets_no_vote_and_visible_point_outside_mask_votes_no():
     T = np.eye(4)
     depth = np.full((48, 64), 2.0, np.float32)
-    pts = np.array([[0.0, 0.0, 2.0],    # visible, inside the mask
-                    [0.0, 0.0, 3.0],    # behind the wall: occluded
-                    [0.5, 0.0, 2.0]])   # visible, outside the mask
+    pts = np.array(
+        [
+            [0.0, 0.0, 2.0],  # visible, inside the mask
+            [0.0, 0.0, 3.0],  # behind the wall: occluded
+            [0.5, 0.0, 2.0],
+        ]
+    )  # visible, outside the mask
     mask = np.zeros((48, 64), bool)
     mask[20:28, 28:36] = True
     r = fuse_naive(pts, [view(T, depth)], [seg(mask)], FusionConfig())
@@ -70,11 +74,15 @@ def test_gravity_aligned_box_recovers_a_rotated_box():
 
 
 def ring_keyframes(n):
-    win = KeyframeWindow(KeyframeConfig(window_size=100, min_translation=0.0, min_rotation_deg=0.0, max_interval=0))
+    win = KeyframeWindow(
+        KeyframeConfig(window_size=100, min_translation=0.0, min_rotation_deg=0.0, max_interval=0)
+    )
     for i in range(n):
         a = 2 * np.pi * i / n
         T = look_at([2 * np.cos(a), 2 * np.sin(a), 1.0], [0, 0, 0.5])
-        win.add(RGBDFrame(np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 2.0, np.float32), INTR, T, i / 30))
+        win.add(
+            RGBDFrame(np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 2.0, np.float32), INTR, T, i / 30)
+        )
     return win.snapshot()
 
 
@@ -109,9 +117,13 @@ def test_kmeans_separates_obvious_clusters():
 
 
 def test_keyframe_window_is_bounded_and_motion_gated():
-    win = KeyframeWindow(KeyframeConfig(window_size=3, min_translation=0.5, min_rotation_deg=90, max_interval=0))
-    f = lambda x: RGBDFrame(np.zeros((48, 64, 3), np.uint8), np.ones((48, 64), np.float32), INTR,  # noqa: E731
-                            np.array([[1, 0, 0, x], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
+    win = KeyframeWindow(
+        KeyframeConfig(window_size=3, min_translation=0.5, min_rotation_deg=90, max_interval=0)
+    )
+    def f(x):
+        T = np.eye(4)
+        T[0, 3] = x
+        return RGBDFrame(np.zeros((48, 64, 3), np.uint8), np.ones((48, 64), np.float32), INTR, T)
     kept = [win.offer(f(x)) is not None for x in [0, 0.1, 0.6, 0.7, 1.2, 1.8, 2.4]]
     assert kept == [True, False, True, False, True, True, True]
     assert len(win) == 3 and [k.keyframe_id for k in win] == [2, 3, 4]
@@ -145,10 +157,17 @@ def test_config_rejects_bad_values_and_unknown_names(tmp_path):
     cfg = PipelineConfig()
     cfg.update({"map.voxel_size": 0.05, "views.strategy": "random"})
     assert cfg.map.voxel_size == 0.05
-    for bad in [{"map.voxel_size": -1.0}, {"views.strategy": "best"}, {"views.num_views": 2.5},
-                {"nope.x": 1}, {"map.voxel_size": float("nan")}]:
+    for bad in [
+        {"map.voxel_size": -1.0},
+        {"views.strategy": "best"},
+        {"views.num_views": 2.5},
+        {"nope.x": 1},
+        {"map.voxel_size": float("nan")},
+    ]:
         with pytest.raises(ValueError):
             PipelineConfig().update(bad)
     f = tmp_path / "p.yaml"
-    f.write_text("reasoning_seg:\n  ros__parameters:\n    map_frame: odom\n    map:\n      voxel_size: 0.03\n")
+    f.write_text(
+        "reasoning_seg:\n  ros__parameters:\n    map_frame: odom\n    map:\n      voxel_size: 0.03\n"
+    )
     assert PipelineConfig.from_yaml(f).map.voxel_size == 0.03

@@ -9,16 +9,16 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_srvs.srv import Trigger
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix
 from reasoning_seg.ros.node import ReasoningSegNode
 from reasoning_seg.ros.player import play
-from reasoning_seg.ros.query_client import spin_until_done, call_segment
+from reasoning_seg.ros.query_client import call_segment, spin_until_done
 from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.srv import LoadMap, SaveMap
-from std_srvs.srv import Trigger
 
 pytestmark = pytest.mark.ros
 
@@ -38,12 +38,15 @@ def recorded(tmp_path):
 def running_node(ros_context, recorded):
     """The reasoning_seg node with default parameters except the voxel size, spun in a thread."""
     scene, tmp = recorded
-    node = ReasoningSegNode(context=ros_context, parameter_overrides=[
-        Parameter("segmenter.scene", value=str(tmp / "scene")),
-        Parameter("map.voxel_size", value=VOXEL),
-        Parameter("fusion.visibility_tolerance", value=0.08),
-        Parameter("map_publish_period", value=0.5),
-    ])
+    node = ReasoningSegNode(
+        context=ros_context,
+        parameter_overrides=[
+            Parameter("segmenter.scene", value=str(tmp / "scene")),
+            Parameter("map.voxel_size", value=VOXEL),
+            Parameter("fusion.visibility_tolerance", value=0.08),
+            Parameter("map_publish_period", value=0.5),
+        ],
+    )
     executor = MultiThreadedExecutor(context=ros_context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
@@ -67,20 +70,27 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
     scene, tmp = recorded
     client = rclpy.create_node("test_client", context=ros_context)
     results: list[SegmentationResult] = []
-    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    latched = QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
     client.create_subscription(SegmentationResult, "/reasoning_seg/result", results.append, latched)
     try:
         # A query before any frame: clear answer, node stays up.
         early = call_segment(client, "the red chair", timeout=30.0)
         assert not early.success and "empty" in early.message
 
-        summary = play({"folder": str(tmp / "seq"), "wait_for_subscribers": 1}, context=ros_context, timeout_sec=60)
+        summary = play(
+            {"folder": str(tmp / "seq"), "wait_for_subscribers": 1}, context=ros_context, timeout_sec=60
+        )
         assert summary.steps == 45
         stats = running_node.pipeline.stats
         deadline = time.monotonic() + 10
         while stats.frames_integrated < 40 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert stats.frames_integrated >= 40, (stats, running_node.rejected)  # default best-effort QoS on loopback
+        assert stats.frames_integrated >= 40, (
+            stats,
+            running_node.rejected,
+        )  # default best-effort QoS on loopback
 
         furniture = {o.instance_id for o in scene.objects if not o.is_structure}
         q = next(q for q in scene.queries if q.kind == "spatial" and q.target_instance_id in furniture)
@@ -95,8 +105,14 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
         assert np.all((cloud["confidence"] >= 0.5) & (cloud["confidence"] <= 1.0))
         centre = pose_to_matrix(r.box.center)[:3, 3]
         np.testing.assert_allclose(centre, pts.mean(0), atol=max(r.box.size.x, r.box.size.y, r.box.size.z))
-        assert [t.stage for t in r.timings] == ["snapshot", "view_selection", "segmentation", "fusion",
-                                                "packaging", "publishing"]
+        assert [t.stage for t in r.timings] == [
+            "snapshot",
+            "view_selection",
+            "segmentation",
+            "fusion",
+            "packaging",
+            "publishing",
+        ]
         assert len(r.keyframe_ids) == 4
 
         # The same result is published for other nodes (latched).
@@ -115,13 +131,19 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
         assert not call_segment(client, "a dragon made of cheese").result.found
 
         # Save, clear, load: the answer survives the round trip.
-        saved = call(client, SaveMap, "/reasoning_seg/save_map", SaveMap.Request(directory=str(tmp_path / "map")))
+        saved = call(
+            client, SaveMap, "/reasoning_seg/save_map", SaveMap.Request(directory=str(tmp_path / "map"))
+        )
         assert saved.success, saved.message
         assert call(client, Trigger, "/reasoning_seg/clear_map", Trigger.Request()).success
         assert "empty" in call_segment(client, q.text).message
-        bad = call(client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "nope")))
+        bad = call(
+            client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "nope"))
+        )
         assert not bad.success and "current map kept" in bad.message
-        loaded = call(client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "map")))
+        loaded = call(
+            client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "map"))
+        )
         assert loaded.success, loaded.message
         again = call_segment(client, q.text, timeout=60.0)
         assert again.result.found and again.result.num_points == r.num_points

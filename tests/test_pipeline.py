@@ -31,8 +31,14 @@ def frames(scene):
 
 def make_pipeline(scene, frames, **overrides):
     cfg = PipelineConfig()
-    cfg.update({"map.voxel_size": VOXEL, "fusion.visibility_tolerance": 0.08, "keyframes.min_translation": 0.1,
-                **overrides})
+    cfg.update(
+        {
+            "map.voxel_size": VOXEL,
+            "fusion.visibility_tolerance": 0.08,
+            "keyframes.min_translation": 0.1,
+            **overrides,
+        }
+    )
     pipe = ReasoningSegPipeline(cfg, SimulatedSegmenter(scene))
     for f in frames:
         pipe.add_frame(f)
@@ -70,7 +76,9 @@ def test_query_the_model_does_not_understand_is_not_found(pipe):
     assert "not found" in r.message
 
 
-@pytest.mark.parametrize("text,why", [("", "empty"), ("   \n", "empty"), ("?!", "no words"), ("x" * 10000, "limit")])
+@pytest.mark.parametrize(
+    "text,why", [("", "empty"), ("   \n", "empty"), ("?!", "no words"), ("x" * 10000, "limit")]
+)
 def test_bad_queries_get_a_clear_error(pipe, text, why):
     r = pipe.query(text)
     assert not r.success and why in r.message

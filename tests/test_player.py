@@ -198,10 +198,22 @@ def _write_bag(path: Path, storage: str, frames: list) -> list[tuple[str, Any]]:
     msgs = []
     for i, (color, _depth, T) in enumerate(frames):  # noqa: N806
         t = 50.0 + 0.04 * i
-        msgs.append(("/camera/color/image_raw", "sensor_msgs/msg/Image", t,
-                     numpy_to_image_msg(color, "rgb8", make_header("cam", t))))
-        msgs.append(("/tracker/pose", "geometry_msgs/msg/PoseStamped", t,
-                     PoseStamped(header=make_header("map", t), pose=matrix_to_pose(T))))
+        msgs.append(
+            (
+                "/camera/color/image_raw",
+                "sensor_msgs/msg/Image",
+                t,
+                numpy_to_image_msg(color, "rgb8", make_header("cam", t)),
+            )
+        )
+        msgs.append(
+            (
+                "/tracker/pose",
+                "geometry_msgs/msg/PoseStamped",
+                t,
+                PoseStamped(header=make_header("map", t), pose=matrix_to_pose(T)),
+            )
+        )
     if storage == "ros1":
         from rosbags.rosbag1 import Writer as Writer1
 
@@ -233,9 +245,7 @@ def test_bag_is_replayed_byte_exact_with_remap(ros_context: Any, tmp_path: Path,
     frames = _frames(4)
     bag = tmp_path / ("rec.bag" if storage == "ros1" else "rec")
     written = _write_bag(bag, storage, frames)
-    rec = Recorder.create(
-        ros_context, {"color": TOPICS["color"], "pose": ("camera/pose", PoseStamped)}
-    )
+    rec = Recorder.create(ros_context, {"color": TOPICS["color"], "pose": ("camera/pose", PoseStamped)})
     try:
         summary = play(
             {"bag": str(bag), "wait_for_subscribers": 1, "topic_remap": ["/tracker/pose:=camera/pose"]},

@@ -189,8 +189,14 @@ def test_cloud_reader_handles_foreign_layouts() -> None:
     """Organised cloud with padded points and rows, a uint32 rgb and a non-float field."""
     h, w, step, row_step = 2, 3, 24, 80
     n = h * w
-    dt = np.dtype({"names": ["x", "y", "z", "rgb", "ring"], "formats": ["<f4", "<f4", "<f4", "<u4", "<u2"],
-                   "offsets": [0, 4, 8, 16, 20], "itemsize": step})
+    dt = np.dtype(
+        {
+            "names": ["x", "y", "z", "rgb", "ring"],
+            "formats": ["<f4", "<f4", "<f4", "<u4", "<u2"],
+            "offsets": [0, 4, 8, 16, 20],
+            "itemsize": step,
+        }
+    )
     rec = np.zeros(n, dtype=dt)
     rec["x"], rec["y"], rec["z"] = np.arange(n), -np.arange(n), 2 * np.arange(n)
     rec["rgb"] = np.arange(n) * 0x010203

@@ -131,12 +131,15 @@ def test_write_frame_handles_invalid_depth(tmp_path: Path) -> None:
 # --- errors ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", [
-    "nan 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n",  # NaN
-    "2 0 0 0\n0 2 0 0\n0 0 2 0\n0 0 0 1\n",  # scaled, not rigid
-    "1 0 0 0\n0 1 0 0\n0 0 1 0\n",  # 3x4
-    "this is not a pose",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "nan 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n",  # NaN
+        "2 0 0 0\n0 2 0 0\n0 0 2 0\n0 0 0 1\n",  # scaled, not rigid
+        "1 0 0 0\n0 1 0 0\n0 0 1 0\n",  # 3x4
+        "this is not a pose",
+    ],
+)
 def test_corrupt_pose_is_a_clear_error(recorded, tmp_path: Path, content: str) -> None:
     root = _copy(recorded[0], tmp_path / "rec")
     bad = root / "seq-01" / "frame-000002.pose.txt"

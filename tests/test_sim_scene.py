@@ -206,8 +206,9 @@ def test_projection_round_trip_through_rendered_frames(
 def test_label_points_distance_threshold(scene: SyntheticScene) -> None:
     lx, ly, h = scene.room_size
     floor_id = next(o.instance_id for o in scene.objects if o.category == "floor")
-    pts = np.array([[0.7 * lx, 0.5 * ly, 0.03], [0.5 * lx, 0.5 * ly, h - 0.6], [np.nan, 0.0, 0.0],
-                    [lx / 2, ly / 2, 0.0]])
+    pts = np.array(
+        [[0.7 * lx, 0.5 * ly, 0.03], [0.5 * lx, 0.5 * ly, h - 0.6], [np.nan, 0.0, 0.0], [lx / 2, ly / 2, 0.0]]
+    )
     labels = scene.label_points(pts, max_distance=0.05)
     assert labels.dtype == np.int32
     assert labels[2] == 0 and labels[3] == floor_id and labels[1] == 0
@@ -255,12 +256,17 @@ def test_every_furnished_object_is_seen_from_several_views(
 
 def _brute_force(scene: SyntheticScene, p: QueryPredicate) -> list[int]:
     """Independent (loop-by-loop) evaluation of the predicate forms the generator uses."""
+
     def rests_on(a: ObjectSpec, b: ObjectSpec) -> bool:
         return a is not b and abs(a.bottom - b.top) < 0.01 and b.contains_xy(a.center[:2])
 
-    c = [o for o in scene.objects
-         if p.category in (None, o.category) and p.color_name in (None, o.color_name)
-         and (p.affordance is None or p.affordance in o.affordances)]
+    c = [
+        o
+        for o in scene.objects
+        if p.category in (None, o.category)
+        and p.color_name in (None, o.color_name)
+        and (p.affordance is None or p.affordance in o.affordances)
+    ]
     if p.on is not None:
         c = [o for o in c if any(rests_on(o, scene.object(i)) for i in _brute_force(scene, p.on))]
     if p.supports is not None:

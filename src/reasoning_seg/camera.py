@@ -46,7 +46,7 @@ class CameraIntrinsics:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
     @classmethod
-    def from_K(cls, K: np.ndarray, width: int, height: int) -> CameraIntrinsics:  # noqa: N803
+    def from_K(cls, K: np.ndarray, width: int, height: int) -> CameraIntrinsics:  # noqa: N802
         """Build from a 3x3 (or row-major 9-element) intrinsic matrix."""
         K = np.asarray(K, dtype=np.float64).reshape(3, 3)
         return cls(int(width), int(height), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))

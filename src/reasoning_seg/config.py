@@ -16,10 +16,17 @@ from typing import Any
 import yaml
 
 
-def knob(default: Any, description: str, lo: float | None = None, hi: float | None = None,
-         choices: tuple[str, ...] | None = None) -> Any:
+def knob(
+    default: Any,
+    description: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     """A config field with its documentation and valid range (used for ROS parameter descriptors)."""
-    return field(default=default, metadata={"description": description, "range": (lo, hi), "choices": choices})
+    return field(
+        default=default, metadata={"description": description, "range": (lo, hi), "choices": choices}
+    )
 
 
 @dataclass
@@ -30,10 +37,15 @@ class MapConfig:
     trunc_voxels: float = knob(4.0, "TSDF truncation distance in voxels.", 1.0, 20.0)
     depth_min: float = knob(0.2, "Depth readings nearer than this (m) are ignored.", 0.0, 10.0)
     depth_max: float = knob(5.0, "Depth readings beyond this (m) are ignored.", 0.1, 50.0)
-    min_weight: float = knob(0.5, "Minimum TSDF weight (observations) for a voxel to count as surface.", 0.0, 1000.0)
-    block_count: int = knob(40000, "Initial hash-map capacity in voxel blocks (grows as needed).", 100, 10_000_000)
+    min_weight: float = knob(
+        0.5, "Minimum TSDF weight (observations) for a voxel to count as surface.", 0.0, 1000.0
+    )
+    block_count: int = knob(
+        40000, "Initial hash-map capacity in voxel blocks (grows as needed).", 100, 10_000_000
+    )
     min_valid_depth_fraction: float = knob(
-        0.05, "Frames with fewer valid depth pixels than this fraction are rejected.", 0.0, 1.0)
+        0.05, "Frames with fewer valid depth pixels than this fraction are rejected.", 0.0, 1.0
+    )
     device: str = knob("CPU:0", "Open3D device for integration, e.g. CPU:0 or CUDA:0.")
 
 
@@ -43,7 +55,9 @@ class KeyframeConfig:
 
     window_size: int = knob(30, "Maximum number of keyframes kept (oldest dropped first).", 1, 1000)
     min_translation: float = knob(0.15, "New keyframe when the camera moved this far (m) ...", 0.0, 100.0)
-    min_rotation_deg: float = knob(15.0, "... or turned this much (degrees) since the last keyframe.", 0.0, 180.0)
+    min_rotation_deg: float = knob(
+        15.0, "... or turned this much (degrees) since the last keyframe.", 0.0, 180.0
+    )
     max_interval: float = knob(5.0, "... or this many seconds passed (0 disables).", 0.0, 3600.0)
 
 
@@ -52,10 +66,15 @@ class ViewSelectionConfig:
     """Choosing the views the 2D model runs on (REALM global stage, adapted to a keyframe window)."""
 
     num_views: int = knob(4, "Views per query (MLLM-For3D Table 4: 4 views was best).", 1, 64)
-    strategy: str = knob("diverse_coverage", "random | diverse | diverse_coverage (k-means over poses, "
-                         "then the view seeing most map voxels in each cluster).",
-                         choices=("random", "diverse", "diverse_coverage"))
-    max_points: int = knob(20000, "Map points sampled to score coverage (bounds cost on large maps).", 100, 10_000_000)
+    strategy: str = knob(
+        "diverse_coverage",
+        "random | diverse | diverse_coverage (k-means over poses, "
+        "then the view seeing most map voxels in each cluster).",
+        choices=("random", "diverse", "diverse_coverage"),
+    )
+    max_points: int = knob(
+        20000, "Map points sampled to score coverage (bounds cost on large maps).", 100, 10_000_000
+    )
     seed: int = knob(0, "Seed for random selection and k-means initialisation.", 0, 2**31 - 1)
 
 
@@ -63,31 +82,46 @@ class ViewSelectionConfig:
 class FusionConfig:
     """Lifting per-view masks onto the map."""
 
-    method: str = knob("naive", "naive: unweighted average of visible views' masks (MLLM-For3D Table 4 (a)).",
-                       choices=("naive",))
+    method: str = knob(
+        "naive",
+        "naive: unweighted average of visible views' masks (MLLM-For3D Table 4 (a)).",
+        choices=("naive",),
+    )
     visibility_tolerance: float = knob(
-        0.05, "A map point is visible in a view when its depth is within this (m) of the view's depth.", 0.001, 1.0)
+        0.05,
+        "A map point is visible in a view when its depth is within this (m) of the view's depth.",
+        0.001,
+        1.0,
+    )
     min_confidence: float = knob(0.0, "Views whose mask confidence is below this give no votes.", 0.0, 1.0)
-    min_mask_pixels: int = knob(0, "Views whose mask has fewer pixels than this give no votes.", 0, 10_000_000)
+    min_mask_pixels: int = knob(
+        0, "Views whose mask has fewer pixels than this give no votes.", 0, 10_000_000
+    )
 
 
 @dataclass
 class QueryConfig:
     """Turning the fused probability into the published target."""
 
-    score_threshold: float = knob(0.5, "Points with fused probability >= this belong to the target.", 0.0, 1.0)
+    score_threshold: float = knob(
+        0.5, "Points with fused probability >= this belong to the target.", 0.0, 1.0
+    )
     min_points: int = knob(20, "Fewer target points than this means 'not found'.", 1, 10_000_000)
     max_query_chars: int = knob(2000, "Longer queries are rejected with an error.", 1, 1_000_000)
     cluster_radius: float = knob(
-        0.0, "If > 0, keep only the largest cluster of target points (DBSCAN eps in m).", 0.0, 1.0)
+        0.0, "If > 0, keep only the largest cluster of target points (DBSCAN eps in m).", 0.0, 1.0
+    )
 
 
 @dataclass
 class SegmenterConfig:
     """The frozen 2D reasoning-segmentation model."""
 
-    backend: str = knob("simulated", "simulated (ground-truth driven simulation of an MLLM; needs "
-                        "segmenter.scene) ", choices=("simulated",))
+    backend: str = knob(
+        "simulated",
+        "simulated (ground-truth driven simulation of an MLLM; needs segmenter.scene) ",
+        choices=("simulated",),
+    )
     scene: str = knob("", "For the simulated backend: directory of the synthetic scene (scene.json).")
     embedding_dim: int = knob(256, "Dimension of the projected [SEG] embedding.", 1, 65536)
 
@@ -170,7 +204,11 @@ def _coerce(name: str, value: Any, current: Any, meta: dict[str, Any]) -> Any:
 def _find_ros_parameters(data: dict[str, Any], node_name: str | None) -> dict[str, Any]:
     for key, val in data.items():
         if isinstance(val, dict) and "ros__parameters" in val:
-            if node_name is None or key in (node_name, "/**", f"/{node_name}") or key.endswith(f"/{node_name}"):
+            if (
+                node_name is None
+                or key in (node_name, "/**", f"/{node_name}")
+                or key.endswith(f"/{node_name}")
+            ):
                 return val["ros__parameters"] or {}
     return data
 

@@ -68,35 +68,50 @@ def main(argv: list[str] | None = None) -> int:
     poses = scene.trajectory(a.frames, seed=a.seed)
     scene.record_sequence(out / "sequence", intr, poses)
     t_record = time.perf_counter() - t0
-    print(f"[demo] simulated scene (seed {a.seed}) recorded: {a.frames} frames in {t_record:.1f} s -> "
-          f"{out / 'sequence'}", flush=True)
+    print(
+        f"[demo] simulated scene (seed {a.seed}) recorded: {a.frames} frames in {t_record:.1f} s -> "
+        f"{out / 'sequence'}",
+        flush=True,
+    )
 
     params_file = default_params_file()
     voxel = PipelineConfig.from_yaml(params_file).map.voxel_size
     log = open(out / "node.log", "w")  # noqa: SIM115 - closed in finally
-    node_proc = subprocess.Popen(node_command(params_file, overrides={"segmenter.scene": str(out / "scene")}),
-                                 stdout=log, stderr=subprocess.STDOUT)
+    node_proc = subprocess.Popen(
+        node_command(params_file, overrides={"segmenter.scene": str(out / "scene")}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     rclpy.init()
     client = rclpy.create_node("reasoning_seg_demo")
     latest: dict[str, object] = {}
-    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    client.create_subscription(DiagnosticArray, "/diagnostics",
-                               lambda m: latest.__setitem__("diag", {kv.key: kv.value for s in m.status
-                                                                     for kv in s.values}), 10)
-    client.create_subscription(PointCloud2, "/reasoning_seg/map_cloud", lambda m: latest.__setitem__("map", m),
-                               latched)
+    latched = QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
+    client.create_subscription(
+        DiagnosticArray,
+        "/diagnostics",
+        lambda m: latest.__setitem__("diag", {kv.key: kv.value for s in m.status for kv in s.values}),
+        10,
+    )
+    client.create_subscription(
+        PointCloud2, "/reasoning_seg/map_cloud", lambda m: latest.__setitem__("map", m), latched
+    )
     summary: dict = {"seed": a.seed, "frames": a.frames, "record_s": round(t_record, 2), "queries": []}
     code = 0
     try:
-        seg_client = client.create_client(__import__("reasoning_seg.srv", fromlist=["Segment"]).Segment,
-                                          "/reasoning_seg/segment")
+        seg_client = client.create_client(
+            __import__("reasoning_seg.srv", fromlist=["Segment"]).Segment, "/reasoning_seg/segment"
+        )
         if not seg_client.wait_for_service(timeout_sec=60.0):
             raise RuntimeError("the node did not come up; see node.log")
         client.destroy_client(seg_client)
         t_play = time.perf_counter()
-        player = subprocess.Popen(player_command(str(out / "sequence"), overrides={"rate": a.rate,
-                                                                                   "wait_for_subscribers": 1}),
-                                  stdout=log, stderr=subprocess.STDOUT)
+        player = subprocess.Popen(
+            player_command(str(out / "sequence"), overrides={"rate": a.rate, "wait_for_subscribers": 1}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         while player.poll() is None:
             rclpy.spin_once(client, timeout_sec=0.1)
         # Let the node finish integrating what is queued, then read its counters.
@@ -105,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             rclpy.spin_once(client, timeout_sec=0.1)
         summary["playback_s"] = round(time.perf_counter() - t_play, 2)
         summary["node_counters"] = latest.get("diag", {})
-        print(f"[demo] playback done in {summary['playback_s']} s; node counters: {summary['node_counters']}",
-              flush=True)
+        print(
+            f"[demo] playback done in {summary['playback_s']} s; node counters: {summary['node_counters']}",
+            flush=True,
+        )
 
         deadline = time.perf_counter() + 15.0
         while "map" not in latest and time.perf_counter() < deadline:
@@ -120,22 +137,40 @@ def main(argv: list[str] | None = None) -> int:
             resp = call_segment(client, q.text, timeout=120.0)
             s = result_summary(resp.success, resp.message, resp.result)
             cloud = cloud_msg_to_numpy(resp.result.cloud)
-            pred = np.stack([cloud["x"], cloud["y"], cloud["z"]], 1) if resp.result.num_points else np.zeros((0, 3))
+            pred = (
+                np.stack([cloud["x"], cloud["y"], cloud["z"]], 1)
+                if resp.result.num_points
+                else np.zeros((0, 3))
+            )
             gt = map_pts[gt_labels == q.target_instance_id]
             prec, rec = precision_recall(pred, gt, voxel)
             s["kind"] = q.kind
-            s["ground_truth"] = {"target_instance_id": q.target_instance_id, "iou": round(voxel_iou(pred, gt, voxel), 4),
-                                 "precision": round(prec, 4), "recall": round(rec, 4), "gt_voxels_in_map": len(gt)}
+            s["ground_truth"] = {
+                "target_instance_id": q.target_instance_id,
+                "iou": round(voxel_iou(pred, gt, voxel), 4),
+                "precision": round(prec, 4),
+                "recall": round(rec, 4),
+                "gt_voxels_in_map": len(gt),
+            }
             if resp.result.num_points:
                 write_ply(out / f"target_{i}.ply", resp.result)
             T = pose_to_matrix(resp.result.box.center)
             sz = resp.result.box.size
             box = OrientedBox(T[:3, 3], T[:3, :3], np.array([sz.x, sz.y, sz.z]))
-            render_map_picture(out / f"target_{i}.png", map_pts, map_cols, pred, box,
-                               f"'{q.text}' -> {resp.result.num_points} pts, IoU {s['ground_truth']['iou']:.2f}")
+            render_map_picture(
+                out / f"target_{i}.png",
+                map_pts,
+                map_cols,
+                pred,
+                box,
+                f"'{q.text}' -> {resp.result.num_points} pts, IoU {s['ground_truth']['iou']:.2f}",
+            )
             summary["queries"].append(s)
-            print(f"[demo] '{q.text}' ({q.kind}): {resp.message}; IoU vs ground truth "
-                  f"{s['ground_truth']['iou']:.3f}; timings {s['timings_s']}", flush=True)
+            print(
+                f"[demo] '{q.text}' ({q.kind}): {resp.message}; IoU vs ground truth "
+                f"{s['ground_truth']['iou']:.3f}; timings {s['timings_s']}",
+                flush=True,
+            )
             if not resp.success:
                 code = 1
     except Exception as exc:  # noqa: BLE001 - report, clean up, non-zero exit

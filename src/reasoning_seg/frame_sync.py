@@ -93,10 +93,12 @@ class PoseBuffer:
     def add(self, stamp: float, T_world_cam: np.ndarray) -> None:  # noqa: N803
         """Insert a pose; out-of-order poses are placed by stamp."""
         if self._stamps and stamp < self._stamps[-1]:
-            items = sorted([*zip(self._stamps, self._poses, strict=True), (stamp, T_world_cam)], key=lambda x: x[0])
+            items = sorted(
+                [*zip(self._stamps, self._poses, strict=True), (stamp, T_world_cam)], key=lambda x: x[0]
+            )
             self._stamps.clear()
             self._poses.clear()
-            for s, p in items[-(self._stamps.maxlen or len(items)):]:
+            for s, p in items[-(self._stamps.maxlen or len(items)) :]:
                 self._stamps.append(s)
                 self._poses.append(p)
             return

@@ -26,7 +26,7 @@ class RGBDFrame:
     frame_id: int = 0
 
 
-class FrameRejected(ValueError):
+class FrameRejected(ValueError):  # noqa: N818 - reads as the event it reports
     """A frame that cannot be integrated; ``reason`` is a short stable key for counters/diagnostics."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -35,7 +35,9 @@ class FrameRejected(ValueError):
         self.detail = detail
 
 
-def sanitize_frame(frame: RGBDFrame, depth_min: float, depth_max: float, min_valid_fraction: float) -> RGBDFrame:
+def sanitize_frame(
+    frame: RGBDFrame, depth_min: float, depth_max: float, min_valid_fraction: float
+) -> RGBDFrame:
     """Return a frame safe to integrate, or raise :class:`FrameRejected` with a counted reason.
 
     Rules (why: a single bad frame must never corrupt a map that took minutes to build):
@@ -60,8 +62,10 @@ def sanitize_frame(frame: RGBDFrame, depth_min: float, depth_max: float, min_val
     if color.shape[:2] != depth.shape:
         ch, cw = color.shape[:2]
         if abs(cw / ch - intr.width / intr.height) > 0.01:
-            raise FrameRejected("size_mismatch", f"colour {cw}x{ch} and depth {intr.width}x{intr.height} "
-                                "have different aspect ratios")
+            raise FrameRejected(
+                "size_mismatch",
+                f"colour {cw}x{ch} and depth {intr.width}x{intr.height} have different aspect ratios",
+            )
         rows = (np.arange(intr.height) * ch // intr.height).astype(np.int64)
         cols = (np.arange(intr.width) * cw // intr.width).astype(np.int64)
         color = color[rows][:, cols]
@@ -73,5 +77,11 @@ def sanitize_frame(frame: RGBDFrame, depth_min: float, depth_max: float, min_val
     valid = float(np.count_nonzero(d)) / d.size
     if valid < min_valid_fraction:
         raise FrameRejected("no_depth", f"only {valid:.1%} of depth pixels are valid")
-    return RGBDFrame(np.ascontiguousarray(color), d, intr, np.asarray(frame.T_world_cam, dtype=np.float64),
-                     frame.stamp, frame.frame_id)
+    return RGBDFrame(
+        np.ascontiguousarray(color),
+        d,
+        intr,
+        np.asarray(frame.T_world_cam, dtype=np.float64),
+        frame.stamp,
+        frame.frame_id,
+    )

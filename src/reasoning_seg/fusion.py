@@ -59,8 +59,9 @@ def fuse_naive(
         if reason:
             continue
         weights[i] = 1.0
-        visible, pix = visible_pixels(points, view.T_world_cam, view.intrinsics, view.depth,
-                                      config.visibility_tolerance)
+        visible, pix = visible_pixels(
+            points, view.T_world_cam, view.intrinsics, view.depth, config.visibility_tolerance
+        )
         inside = seg.mask.reshape(-1)[pix[visible]]
         votes[visible] += inside
         observed[visible] += 1
@@ -70,8 +71,12 @@ def fuse_naive(
     return FusionResult(prob, observed, weights, reasons)
 
 
-def fuse(points: np.ndarray, views: Sequence[ViewInput], segmentations: Sequence[ViewSegmentation],
-         config: FusionConfig) -> FusionResult:
+def fuse(
+    points: np.ndarray,
+    views: Sequence[ViewInput],
+    segmentations: Sequence[ViewSegmentation],
+    config: FusionConfig,
+) -> FusionResult:
     """Dispatch on ``config.method``."""
     if config.method == "naive":
         return fuse_naive(points, views, segmentations, config)

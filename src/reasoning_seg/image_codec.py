@@ -45,6 +45,7 @@ class EncodingInfo:
 
     @property
     def bytes_per_pixel(self) -> int:
+        """Bytes of one pixel (all channels)."""
         return self.dtype.itemsize * self.channels
 
 

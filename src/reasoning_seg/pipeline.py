@@ -1,5 +1,6 @@
-"""The ROS-free pipeline: frames in, queries answered. Read :meth:`ReasoningSegPipeline.query` top
-down to follow a query through every stage.
+"""The ROS-free pipeline: frames in, queries answered.
+
+Read :meth:`ReasoningSegPipeline.query` top down to follow a query through every stage.
 
 Threading: ingestion (``add_frame``) and queries may run on different threads. The map and the
 keyframe window are guarded by one lock, held only for integration and for taking a snapshot; the
@@ -76,6 +77,7 @@ class StageTimer:
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        """Time the ``with`` block as ``stage`` (repeated stages accumulate)."""
         t0 = time.perf_counter()
         try:
             yield
@@ -124,8 +126,11 @@ class ReasoningSegPipeline:
         score_threshold: float | None = None,
         progress: ProgressCallback | None = None,
     ) -> QueryResult:
-        """Answer ``text`` with the target's map points. Never raises for bad input or a failing
-        model: the result's ``success``/``message`` say what went wrong."""
+        """Answer ``text`` with the target's map points.
+
+        Never raises for bad input or a failing model: the result's ``success``/``message`` say what
+        went wrong.
+        """
         timer = StageTimer()
         cfg = self.config
         n_views = num_views if num_views and num_views > 0 else cfg.views.num_views
@@ -147,9 +152,19 @@ class ReasoningSegPipeline:
             # 2. Choose the views the 2D model will see (REALM global stage).
             _report(progress, "view_selection", 0, n_views)
             with timer("view_selection"):
-                chosen = select_views(window, surface.points, n_views, cfg.views, cfg.fusion.visibility_tolerance)
-                views = [ViewInput(kf.keyframe_id, kf.frame.color, kf.frame.depth, kf.frame.intrinsics,
-                                   kf.frame.T_world_cam) for kf in chosen]
+                chosen = select_views(
+                    window, surface.points, n_views, cfg.views, cfg.fusion.visibility_tolerance
+                )
+                views = [
+                    ViewInput(
+                        kf.keyframe_id,
+                        kf.frame.color,
+                        kf.frame.depth,
+                        kf.frame.intrinsics,
+                        kf.frame.T_world_cam,
+                    )
+                    for kf in chosen
+                ]
 
             # 3. Run the frozen 2D reasoning-segmentation model on each view.
             with timer("segmentation"):
@@ -164,24 +179,47 @@ class ReasoningSegPipeline:
 
             # 5. Threshold, describe the target, report.
             with timer("packaging"):
-                result = package_result(query, surface.points, surface.colors, fused.probability, threshold,
-                                        cfg.query.min_points, cfg.query.cluster_radius)
+                result = package_result(
+                    query,
+                    surface.points,
+                    surface.colors,
+                    fused.probability,
+                    threshold,
+                    cfg.query.min_points,
+                    cfg.query.cluster_radius,
+                )
         except QueryError as exc:
-            return QueryResult(str(text)[:200], False, False, str(exc), timings=timer.seconds,
-                               segmenter=getattr(self.segmenter, "name", ""), method="fusion")
+            return QueryResult(
+                str(text)[:200],
+                False,
+                False,
+                str(exc),
+                timings=timer.seconds,
+                segmenter=getattr(self.segmenter, "name", ""),
+                method="fusion",
+            )
 
         result.method = "fusion"
         result.segmenter = self.segmenter.name
         result.keyframe_ids = [v.keyframe_id for v in views]
         result.answer = _best_answer(segs, fused.view_weights)
         result.view_reports = [
-            {"keyframe_id": v.keyframe_id, "confidence": float(s.confidence), "weight": float(w),
-             "mask_pixels": int(np.count_nonzero(s.mask)), "filtered": r, "answer": s.answer}
+            {
+                "keyframe_id": v.keyframe_id,
+                "confidence": float(s.confidence),
+                "weight": float(w),
+                "mask_pixels": int(np.count_nonzero(s.mask)),
+                "filtered": r,
+                "answer": s.answer,
+            }
             for v, s, w, r in zip(views, segs, fused.view_weights, fused.filtered_reasons, strict=True)
         ] + [{"failed": f} for f in failures]
         if not result.found and not fused.view_weights.any():
-            result.message = "not found: every view was filtered out (" + "; ".join(
-                r for r in fused.filtered_reasons if r) + ")"
+            result.message = (
+                "not found: every view was filtered out ("
+                + "; ".join(r for r in fused.filtered_reasons if r)
+                + ")"
+            )
         result.timings = timer.seconds
         _report(progress, "done", len(views), len(views))
         return result
@@ -189,8 +227,11 @@ class ReasoningSegPipeline:
     def _segment(
         self, views: list[ViewInput], query: str, progress: ProgressCallback | None
     ) -> tuple[list[ViewInput], list[ViewSegmentation], list[str]]:
-        """Run the model batched; if the batch fails (e.g. out of memory), retry view by view and
-        drop only the views that fail, so one bad view cannot sink the query."""
+        """Run the model batched, falling back to one view at a time.
+
+        If the batch fails (e.g. out of memory), each view is retried alone and only the views that
+        fail are dropped, so one bad view cannot sink the query.
+        """
         seg = self.segmenter
         assert seg is not None
         _report(progress, "segmentation", 0, len(views))
@@ -244,10 +285,13 @@ class ReasoningSegPipeline:
             arrays[f"color_{k.keyframe_id}"] = f.color
             arrays[f"depth_{k.keyframe_id}"] = f.depth
             arrays[f"pose_{k.keyframe_id}"] = f.T_world_cam
-            arrays[f"meta_{k.keyframe_id}"] = np.array([i.width, i.height, i.fx, i.fy, i.cx, i.cy, f.stamp,
-                                                        f.frame_id], dtype=np.float64)
+            arrays[f"meta_{k.keyframe_id}"] = np.array(
+                [i.width, i.height, i.fx, i.fy, i.cx, i.cy, f.stamp, f.frame_id], dtype=np.float64
+            )
         np.savez_compressed(d / "keyframes.npz", **arrays)
-        (d / "state.json").write_text(json.dumps({"format": _STATE_FORMAT, "keyframes": len(window)}, indent=2))
+        (d / "state.json").write_text(
+            json.dumps({"format": _STATE_FORMAT, "keyframes": len(window)}, indent=2)
+        )
 
     def load(self, directory: str | Path) -> None:
         """Replace map and keyframes with a saved state; on any error nothing changes."""
@@ -269,8 +313,17 @@ class ReasoningSegPipeline:
                 for kid in z["ids"]:
                     m = z[f"meta_{kid}"]
                     intr = CameraIntrinsics(int(m[0]), int(m[1]), *map(float, m[2:6]))
-                    window.add(RGBDFrame(z[f"color_{kid}"], z[f"depth_{kid}"], intr, z[f"pose_{kid}"],
-                                         float(m[6]), int(m[7])), keyframe_id=int(kid))
+                    window.add(
+                        RGBDFrame(
+                            z[f"color_{kid}"],
+                            z[f"depth_{kid}"],
+                            intr,
+                            z[f"pose_{kid}"],
+                            float(m[6]),
+                            int(m[7]),
+                        ),
+                        keyframe_id=int(kid),
+                    )
         except (OSError, KeyError, ValueError, EOFError) as exc:
             raise ValueError(f"{d / 'keyframes.npz'} is missing or corrupt: {exc}") from exc
         with self._lock:

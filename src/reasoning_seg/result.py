@@ -24,11 +24,14 @@ class OrientedBox:
 
     @classmethod
     def empty(cls) -> OrientedBox:
+        """A zero-size box at the origin (the box of a query that found nothing)."""
         return cls(np.zeros(3), np.eye(3), np.zeros(3))
 
     def corners(self) -> np.ndarray:
         """(8, 3) corners in the map frame."""
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+        signs = np.array(
+            [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64
+        )
         return self.center + (signs * self.size / 2.0) @ self.rotation.T
 
     def contains(self, points: np.ndarray, margin: float = 0.0) -> np.ndarray:
@@ -56,8 +59,11 @@ def gravity_aligned_box(points: np.ndarray) -> OrientedBox:
 
 @dataclass
 class QueryResult:
-    """The answer to one query, in the map frame. ``success`` means the query ran; ``found`` that a
-    target was segmented (a query can succeed and find nothing: 'not found' is a valid answer)."""
+    """The answer to one query, in the map frame.
+
+    ``success`` means the query ran; ``found`` that a target was segmented (a query can succeed and
+    find nothing: 'not found' is a valid answer).
+    """
 
     query: str
     success: bool
@@ -78,12 +84,22 @@ class QueryResult:
     def summary(self) -> dict:
         """JSON-serialisable summary (no point arrays)."""
         return {
-            "query": self.query, "success": self.success, "found": self.found, "message": self.message,
-            "num_points": int(len(self.points)), "confidence": float(self.confidence),
-            "box": {"center": self.box.center.tolist(), "rotation": self.box.rotation.tolist(),
-                    "size": self.box.size.tolist()},
-            "answer": self.answer, "method": self.method, "segmenter": self.segmenter,
-            "keyframe_ids": list(self.keyframe_ids), "timings_s": dict(self.timings),
+            "query": self.query,
+            "success": self.success,
+            "found": self.found,
+            "message": self.message,
+            "num_points": int(len(self.points)),
+            "confidence": float(self.confidence),
+            "box": {
+                "center": self.box.center.tolist(),
+                "rotation": self.box.rotation.tolist(),
+                "size": self.box.size.tolist(),
+            },
+            "answer": self.answer,
+            "method": self.method,
+            "segmenter": self.segmenter,
+            "keyframe_ids": list(self.keyframe_ids),
+            "timings_s": dict(self.timings),
             "views": self.view_reports,
         }
 
@@ -128,11 +144,21 @@ def package_result(
         sel[idx[~keep]] = False
     n = int(sel.sum())
     if n < min_points:
-        return QueryResult(query, True, False,
-                           f"not found: {n} map points reached probability {score_threshold:.2f} "
-                           f"(need {min_points})")
+        return QueryResult(
+            query,
+            True,
+            False,
+            f"not found: {n} map points reached probability {score_threshold:.2f} (need {min_points})",
+        )
     pts, prob = points[sel], probability[sel]
     return QueryResult(
-        query, True, True, f"found {n} points", points=pts, colors=colors[sel],
-        point_confidence=prob.astype(np.float32), box=gravity_aligned_box(pts),
-        confidence=float(prob.mean()))
+        query,
+        True,
+        True,
+        f"found {n} points",
+        points=pts,
+        colors=colors[sel],
+        point_confidence=prob.astype(np.float32),
+        box=gravity_aligned_box(pts),
+        confidence=float(prob.mean()),
+    )

@@ -21,8 +21,11 @@ from reasoning_seg.camera import CameraIntrinsics
 
 @dataclass(frozen=True)
 class ViewInput:
-    """What a segmenter gets per view. Pose and depth are there for backends that need geometry
-    (the simulation renders ground truth at the pose); a real MLLM only looks at ``color``."""
+    """What a segmenter gets per view.
+
+    Pose and depth are there for backends that need geometry (the simulation renders ground truth
+    at the pose); a real MLLM only looks at ``color``.
+    """
 
     keyframe_id: int
     color: np.ndarray  # (H, W, 3) uint8 RGB
@@ -77,7 +80,9 @@ def segmenter_from_config(backend: str, scene: str = "", embedding_dim: int = 25
     """
     if backend == "simulated":
         if not scene:
-            raise ValueError("segmenter.backend 'simulated' needs segmenter.scene (a synthetic scene directory)")
+            raise ValueError(
+                "segmenter.backend 'simulated' needs segmenter.scene (a synthetic scene directory)"
+            )
         from reasoning_seg.sim.scene import SyntheticScene
         from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
 

@@ -114,8 +114,9 @@ class FolderSequence:
     sequences would glue unrelated trajectories together.
     """
 
-    def __init__(self, root: str | Path, depth_scale: float = 1000.0, fps: float = 30.0,
-                 sequence: str | None = None) -> None:
+    def __init__(
+        self, root: str | Path, depth_scale: float = 1000.0, fps: float = 30.0, sequence: str | None = None
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"sequence folder not found: {self.root}")
@@ -141,8 +142,10 @@ class FolderSequence:
                 if not Path(str(stem) + suffix).is_file():
                     raise FileNotFoundError(f"frame {n} has a colour image but no {stem.name}{suffix}")
 
-        intr_path = next((d / INTRINSICS_FILE for d in (self.directory, self.root)
-                          if (d / INTRINSICS_FILE).is_file()), None)
+        intr_path = next(
+            (d / INTRINSICS_FILE for d in (self.directory, self.root) if (d / INTRINSICS_FILE).is_file()),
+            None,
+        )
         if intr_path is None:
             raise FileNotFoundError(f"no {INTRINSICS_FILE} in {self.directory} or {self.root}")
         first = Path(str(self._stems[self.frame_numbers[0]]) + ".color.png")
@@ -159,8 +162,11 @@ class FolderSequence:
             return d
         if any(_FRAME_RE.match(p.name) for p in self.root.iterdir()):
             return self.root
-        seqs = sorted(d for d in self.root.glob("seq-*")
-                      if d.is_dir() and any(_FRAME_RE.match(p.name) for p in d.iterdir()))
+        seqs = sorted(
+            d
+            for d in self.root.glob("seq-*")
+            if d.is_dir() and any(_FRAME_RE.match(p.name) for p in d.iterdir())
+        )
         if not seqs:
             raise FileNotFoundError(f"no frame-*.color.png in {self.root} or {self.root}/seq-*/")
         if len(seqs) > 1:
@@ -196,8 +202,14 @@ class FolderSequence:
                 f"{raw.shape[1]}x{raw.shape[0]} do not match the sequence's {size[1]}x{size[0]}"
             )
         depth = depth_to_metres(raw, "16UC1", self.depth_scale)
-        return RGBDFrame(color=color, depth=depth, intrinsics=self.intrinsics, T_world_cam=self.pose(index),
-                         stamp=number / self.fps, frame_id=number)
+        return RGBDFrame(
+            color=color,
+            depth=depth,
+            intrinsics=self.intrinsics,
+            T_world_cam=self.pose(index),
+            stamp=number / self.fps,
+            frame_id=number,
+        )
 
     def __iter__(self) -> Iterator[RGBDFrame]:
         for i in range(len(self)):
@@ -211,8 +223,9 @@ class FolderSequence:
         return _read_uint16_png(path, "instance image").astype(np.int32)
 
 
-def write_frame(directory: str | Path, frame: RGBDFrame, instance: np.ndarray | None = None,
-                depth_scale: float = 1000.0) -> Path:
+def write_frame(
+    directory: str | Path, frame: RGBDFrame, instance: np.ndarray | None = None, depth_scale: float = 1000.0
+) -> Path:
     """Write one frame as ``frame-XXXXXX.*`` into ``directory``; returns the common path stem.
 
     Depth is stored in 1/``depth_scale`` m units (mm); readings that do not fit in 16 bits are

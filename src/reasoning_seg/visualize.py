@@ -13,8 +13,17 @@ from PIL import Image, ImageDraw
 from reasoning_seg.result import OrientedBox
 
 
-def _panel(pts: np.ndarray, cols: np.ndarray, target: np.ndarray, box: OrientedBox | None, axes: tuple[int, int],
-           lo: np.ndarray, scale: float, size: tuple[int, int], title: str) -> Image.Image:
+def _panel(
+    pts: np.ndarray,
+    cols: np.ndarray,
+    target: np.ndarray,
+    box: OrientedBox | None,
+    axes: tuple[int, int],
+    lo: np.ndarray,
+    scale: float,
+    size: tuple[int, int],
+    title: str,
+) -> Image.Image:
     w, h = size
     img = np.full((h, w, 3), 30, dtype=np.uint8)
 
@@ -39,16 +48,35 @@ def _panel(pts: np.ndarray, cols: np.ndarray, target: np.ndarray, box: OrientedB
     if box is not None and np.any(box.size > 0):
         c = box.corners()
         x, y = to_px(c)
-        edges = [(0, 1), (0, 2), (1, 3), (2, 3), (4, 5), (4, 6), (5, 7), (6, 7), (0, 4), (1, 5), (2, 6), (3, 7)]
+        edges = [
+            (0, 1),
+            (0, 2),
+            (1, 3),
+            (2, 3),
+            (4, 5),
+            (4, 6),
+            (5, 7),
+            (6, 7),
+            (0, 4),
+            (1, 5),
+            (2, 6),
+            (3, 7),
+        ]
         for i, j in edges:
             draw.line([(x[i], y[i]), (x[j], y[j])], fill=(255, 220, 0), width=2)
     draw.text((8, 6), title, fill=(255, 255, 255))
     return pil
 
 
-def render_map_picture(path: str | Path, map_points: np.ndarray, map_colors: np.ndarray,
-                       target_points: np.ndarray, box: OrientedBox | None, title: str,
-                       width: int = 900) -> None:
+def render_map_picture(
+    path: str | Path,
+    map_points: np.ndarray,
+    map_colors: np.ndarray,
+    target_points: np.ndarray,
+    box: OrientedBox | None,
+    title: str,
+    width: int = 900,
+) -> None:
     """Write a PNG with a top view (x-y) and a side view (x-z) of the map, target in red, box in yellow."""
     pts = np.asarray(map_points, dtype=np.float64)
     allp = np.vstack([pts, np.asarray(target_points).reshape(-1, 3)]) if len(pts) else np.zeros((1, 3))
@@ -57,8 +85,12 @@ def render_map_picture(path: str | Path, map_points: np.ndarray, map_colors: np.
     scale = (width - 20) / span[0]
     top_h = int(span[1] * scale) + 20
     side_h = int(span[2] * scale) + 20
-    top = _panel(pts, map_colors, target_points, box, (0, 1), lo[[0, 1]], scale, (width, top_h), f"top view: {title}")
-    side = _panel(pts, map_colors, target_points, box, (0, 2), lo[[0, 2]], scale, (width, side_h), "side view")
+    top = _panel(
+        pts, map_colors, target_points, box, (0, 1), lo[[0, 1]], scale, (width, top_h), f"top view: {title}"
+    )
+    side = _panel(
+        pts, map_colors, target_points, box, (0, 2), lo[[0, 2]], scale, (width, side_h), "side view"
+    )
     out = Image.new("RGB", (width, top_h + side_h + 4), (0, 0, 0))
     out.paste(top, (0, 0))
     out.paste(side, (0, top_h + 4))

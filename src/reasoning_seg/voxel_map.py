@@ -72,13 +72,17 @@ class VoxelMap:
         K = o3d.core.Tensor(frame.intrinsics.K, o3d.core.float64)
         extrinsic = o3d.core.Tensor(np.linalg.inv(frame.T_world_cam), o3d.core.float64)
         depth = o3d.t.geometry.Image(o3d.core.Tensor(np.ascontiguousarray(frame.depth, dtype=np.float32))).to(
-            self._device)
+            self._device
+        )
         color = o3d.t.geometry.Image(
-            o3d.core.Tensor(np.ascontiguousarray(frame.color, dtype=np.float32) / 255.0)).to(self._device)
+            o3d.core.Tensor(np.ascontiguousarray(frame.color, dtype=np.float32) / 255.0)
+        ).to(self._device)
         blocks = self._grid.compute_unique_block_coordinates(
-            depth, K, extrinsic, 1.0, c.depth_max, trunc_voxel_multiplier=c.trunc_voxels)
-        self._grid.integrate(blocks, depth, color, K, K, extrinsic, 1.0, c.depth_max,
-                             trunc_voxel_multiplier=c.trunc_voxels)
+            depth, K, extrinsic, 1.0, c.depth_max, trunc_voxel_multiplier=c.trunc_voxels
+        )
+        self._grid.integrate(
+            blocks, depth, color, K, K, extrinsic, 1.0, c.depth_max, trunc_voxel_multiplier=c.trunc_voxels
+        )
         self.frames_integrated += 1
         self._version += 1
         self._surface = None
@@ -111,7 +115,11 @@ class VoxelMap:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self._grid.save(str(d / "voxel_grid.npz"))
-        meta = {"format": _FORMAT, "voxel_size": self.config.voxel_size, "frames_integrated": self.frames_integrated}
+        meta = {
+            "format": _FORMAT,
+            "voxel_size": self.config.voxel_size,
+            "frames_integrated": self.frames_integrated,
+        }
         (d / "voxel_map.json").write_text(json.dumps(meta, indent=2))
 
     def load(self, directory: str | Path) -> None:
@@ -119,7 +127,9 @@ class VoxelMap:
         d = Path(directory)
         meta_path, grid_path = d / "voxel_map.json", d / "voxel_grid.npz"
         if not meta_path.is_file() or not grid_path.is_file():
-            raise FileNotFoundError(f"{d} does not contain a saved voxel map (voxel_map.json + voxel_grid.npz)")
+            raise FileNotFoundError(
+                f"{d} does not contain a saved voxel map (voxel_map.json + voxel_grid.npz)"
+            )
         try:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -127,8 +137,10 @@ class VoxelMap:
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise ValueError(f"{meta_path} is not a {_FORMAT} file")
         if not np.isclose(float(meta.get("voxel_size", -1)), self.config.voxel_size):
-            raise ValueError(f"saved map has voxel size {meta.get('voxel_size')} m but this map uses "
-                             f"{self.config.voxel_size} m")
+            raise ValueError(
+                f"saved map has voxel size {meta.get('voxel_size')} m but this map uses "
+                f"{self.config.voxel_size} m"
+            )
         try:
             grid = o3d.t.geometry.VoxelBlockGrid.load(str(grid_path)).to(self._device)
         except Exception as exc:  # Open3D raises RuntimeError/ValueError subclasses inconsistently

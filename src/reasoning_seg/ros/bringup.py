@@ -36,7 +36,9 @@ def default_params_file() -> Path:
     return share_dir() / "config" / "reasoning_seg.yaml"
 
 
-def node_command(params_file: Path, namespace: str = "", overrides: dict[str, object] | None = None) -> list[str]:
+def node_command(
+    params_file: Path, namespace: str = "", overrides: dict[str, object] | None = None
+) -> list[str]:
     """Command line of the reasoning_seg node with a params file and ``-p name:=value`` overrides."""
     cmd = [sys.executable, "-m", "reasoning_seg.ros.node", "--ros-args", "--params-file", str(params_file)]
     if namespace:
@@ -48,8 +50,11 @@ def node_command(params_file: Path, namespace: str = "", overrides: dict[str, ob
 
 def player_command(source: str, namespace: str = "", overrides: dict[str, object] | None = None) -> list[str]:
     """Command line of the player for a folder sequence or a rosbag2/MCAP file."""
-    kind = "bag" if Path(source).suffix in (".db3", ".mcap", ".bag") or (Path(source) / "metadata.yaml").exists() \
+    kind = (
+        "bag"
+        if Path(source).suffix in (".db3", ".mcap", ".bag") or (Path(source) / "metadata.yaml").exists()
         else "folder"
+    )
     cmd = [sys.executable, "-m", "reasoning_seg.ros.player", "--ros-args", "-p", f"{kind}:={source}"]
     if namespace:
         cmd += ["-r", f"__ns:={namespace}"]
@@ -69,13 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="reasoning_seg_bringup", description=__doc__.split("\n\n")[0])
     p.add_argument("--params-file", type=Path, default=default_params_file())
     p.add_argument("--namespace", default="")
-    p.add_argument("--sequence", default="", help="folder sequence or rosbag2/MCAP to play (omit for a live camera)")
+    p.add_argument(
+        "--sequence", default="", help="folder sequence or rosbag2/MCAP to play (omit for a live camera)"
+    )
     p.add_argument("--rate", type=float, default=1.0, help="playback rate multiplier")
     p.add_argument("--loop", action="store_true", help="loop the recording")
     p.add_argument("--segmenter", default="", help="override segmenter.backend")
     p.add_argument("--scene", default="", help="override segmenter.scene (simulated backend)")
     p.add_argument("--device", default="", help="override map.device (e.g. CUDA:0)")
-    p.add_argument("--use-rviz", action="store_true", help="start rviz2 with config/reasoning_seg.rviz if installed")
+    p.add_argument(
+        "--use-rviz", action="store_true", help="start rviz2 with config/reasoning_seg.rviz if installed"
+    )
     a = p.parse_args(argv)
 
     overrides: dict[str, object] = {}
@@ -87,11 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         overrides["map.device"] = a.device
     procs = [subprocess.Popen(node_command(a.params_file, a.namespace, overrides))]
     if a.sequence:
-        procs.append(subprocess.Popen(player_command(str(Path(a.sequence).resolve()), a.namespace,
-                                                     {"rate": a.rate, "loop": a.loop, "start_delay": 2.0})))
+        procs.append(
+            subprocess.Popen(
+                player_command(
+                    str(Path(a.sequence).resolve()),
+                    a.namespace,
+                    {"rate": a.rate, "loop": a.loop, "start_delay": 2.0},
+                )
+            )
+        )
     if a.use_rviz:
         if shutil.which("rviz2"):
-            procs.append(subprocess.Popen(["rviz2", "-d", str(share_dir() / "config" / "reasoning_seg.rviz")]))
+            procs.append(
+                subprocess.Popen(["rviz2", "-d", str(share_dir() / "config" / "reasoning_seg.rviz")])
+            )
         else:
             print("reasoning_seg_bringup: rviz2 is not installed here; skipping it", file=sys.stderr)
     try:

@@ -33,6 +33,7 @@ from reasoning_seg.frames import FrameRejected, RGBDFrame
 from reasoning_seg.msg import SegmentationResult, StageTiming
 from reasoning_seg.pipeline import QueryCancelled, ReasoningSegPipeline
 from reasoning_seg.result import QueryResult
+from reasoning_seg.ros.conversions import box_marker as make_box_marker
 from reasoning_seg.ros.conversions import (
     camera_info_to_intrinsics,
     delete_all_marker,
@@ -46,7 +47,6 @@ from reasoning_seg.ros.conversions import (
     stamp_to_sec,
     transform_to_matrix,
 )
-from reasoning_seg.ros.conversions import box_marker as make_box_marker
 from reasoning_seg.ros.conversions import text_marker as make_text_marker
 from reasoning_seg.ros.params import declare_and_read
 from reasoning_seg.segmenter import Segmenter, segmenter_from_config
@@ -57,7 +57,9 @@ try:  # real ROS 2 installs; not available from PyPI wheels
 except ImportError:  # pragma: no cover - depends on the installation
     tf2_ros = None
 
-_LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+_LATCHED = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
 
 
 class ReasoningSegNode(Node):
@@ -98,11 +100,14 @@ class ReasoningSegNode(Node):
         qos = qos_profile_sensor_data if self.cfg.sensor_qos == "sensor_data" else QoSProfile(depth=10)
         self.create_subscription(Image, "camera/color/image_raw", self._on_color, qos, callback_group=sensors)
         self.create_subscription(Image, "camera/depth/image_raw", self._on_depth, qos, callback_group=sensors)
-        self.create_subscription(CameraInfo, "camera/color/camera_info", self._on_info, qos, callback_group=sensors)
+        self.create_subscription(
+            CameraInfo, "camera/color/camera_info", self._on_info, qos, callback_group=sensors
+        )
         if self._tf_buffer is None:
             self.create_subscription(PoseStamped, "camera/pose", self._on_pose, qos, callback_group=sensors)
-            self.create_subscription(TransformStamped, "camera/transform", self._on_transform, qos,
-                                     callback_group=sensors)
+            self.create_subscription(
+                TransformStamped, "camera/transform", self._on_transform, qos, callback_group=sensors
+            )
 
         self.pub_map = self.create_publisher(PointCloud2, "~/map_cloud", _LATCHED)
         self.pub_target = self.create_publisher(PointCloud2, "~/target_cloud", _LATCHED)
@@ -111,9 +116,15 @@ class ReasoningSegNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self.create_service(Segment, "~/segment", self._on_segment, callback_group=queries)
-        self._action = ActionServer(self, SegmentQuery, "~/segment_query", execute_callback=self._on_action,
-                                    goal_callback=lambda _g: GoalResponse.ACCEPT,
-                                    cancel_callback=lambda _g: CancelResponse.ACCEPT, callback_group=queries)
+        self._action = ActionServer(
+            self,
+            SegmentQuery,
+            "~/segment_query",
+            execute_callback=self._on_action,
+            goal_callback=lambda _g: GoalResponse.ACCEPT,
+            cancel_callback=lambda _g: CancelResponse.ACCEPT,
+            callback_group=queries,
+        )
         self.create_service(SaveMap, "~/save_map", self._on_save, callback_group=admin)
         self.create_service(LoadMap, "~/load_map", self._on_load, callback_group=admin)
         self.create_service(Trigger, "~/clear_map", self._on_clear, callback_group=admin)
@@ -124,7 +135,8 @@ class ReasoningSegNode(Node):
         self.get_logger().info(
             f"reasoning_seg up: map frame '{self.cfg.map_frame}', pose from "
             f"{'TF' if self._tf_buffer else 'camera/pose or camera/transform topics'}, voxel "
-            f"{pipe_cfg.map.voxel_size} m, segmenter '{pipe_cfg.segmenter.backend}'")
+            f"{pipe_cfg.map.voxel_size} m, segmenter '{pipe_cfg.segmenter.backend}'"
+        )
 
     # ------------------------------------------------------------------ model
     def _load_model(self) -> None:
@@ -171,7 +183,9 @@ class ReasoningSegNode(Node):
 
     def _add_pose(self, header: Header, T: np.ndarray) -> None:  # noqa: N803
         if header.frame_id and header.frame_id != self.cfg.map_frame:
-            self._reject("wrong_pose_frame", f"pose is in '{header.frame_id}', expected '{self.cfg.map_frame}'")
+            self._reject(
+                "wrong_pose_frame", f"pose is in '{header.frame_id}', expected '{self.cfg.map_frame}'"
+            )
             return
         self._poses.add(stamp_to_sec(header.stamp), T)
 
@@ -193,8 +207,12 @@ class ReasoningSegNode(Node):
             return T
         frame = self.cfg.camera_frame or color.header.frame_id
         try:  # pragma: no cover - needs tf2_ros
-            tf = self._tf_buffer.lookup_transform(self.cfg.map_frame, frame, color.header.stamp,
-                                                  rclpy.duration.Duration(seconds=self.cfg.tf_timeout))
+            tf = self._tf_buffer.lookup_transform(
+                self.cfg.map_frame,
+                frame,
+                color.header.stamp,
+                rclpy.duration.Duration(seconds=self.cfg.tf_timeout),
+            )
             return transform_to_matrix(tf.transform)
         except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated exception types
             self._reject("no_pose", f"TF {self.cfg.map_frame} <- {frame}: {exc}")
@@ -231,11 +249,15 @@ class ReasoningSegNode(Node):
         def progress(stage: str, done: int, total: int) -> None:
             if goal_handle.is_cancel_requested:
                 raise QueryCancelled()
-            goal_handle.publish_feedback(SegmentQuery.Feedback(stage=stage, views_done=done, views_total=total))
+            goal_handle.publish_feedback(
+                SegmentQuery.Feedback(stage=stage, views_done=done, views_total=total)
+            )
 
         out = SegmentQuery.Result()
         try:
-            result, out.result = self._run_query(g.query, g.num_views, g.score_threshold, g.target_frame, progress)
+            result, out.result = self._run_query(
+                g.query, g.num_views, g.score_threshold, g.target_frame, progress
+            )
         except QueryCancelled:
             goal_handle.canceled()
             out.success, out.message = False, "cancelled"
@@ -247,22 +269,32 @@ class ReasoningSegNode(Node):
             goal_handle.abort()
         return out
 
-    def _run_query(self, text: str, num_views: int, threshold: float, target_frame: str,
-                   progress=None) -> tuple[QueryResult, SegmentationResult]:
+    def _run_query(
+        self, text: str, num_views: int, threshold: float, target_frame: str, progress=None
+    ) -> tuple[QueryResult, SegmentationResult]:
         header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
         if target_frame and target_frame != self.cfg.map_frame:
-            r = QueryResult(text[:200], False, False, f"target_frame '{target_frame}' is not supported: results are "
-                            f"reported in the map frame '{self.cfg.map_frame}' (transform them with TF)")
+            r = QueryResult(
+                text[:200],
+                False,
+                False,
+                f"target_frame '{target_frame}' is not supported: results are "
+                f"reported in the map frame '{self.cfg.map_frame}' (transform them with TF)",
+            )
             return r, self._result_msg(r, header)
         if self.model_status != "ready":
             r = QueryResult(text[:200], False, False, f"2D model not ready ({self.model_status})")
             return r, self._result_msg(r, header)
         queue = self.cfg.concurrent_queries == "queue"
         if not self._query_lock.acquire(blocking=queue, timeout=self.cfg.query_wait_timeout if queue else -1):
-            r = QueryResult(text[:200], False, False, "busy: another query is running (concurrent_queries=reject)")
+            r = QueryResult(
+                text[:200], False, False, "busy: another query is running (concurrent_queries=reject)"
+            )
             return r, self._result_msg(r, header)
         try:
-            result = self.pipeline.query(text, num_views=num_views, score_threshold=threshold, progress=progress)
+            result = self.pipeline.query(
+                text, num_views=num_views, score_threshold=threshold, progress=progress
+            )
             t0 = time.perf_counter()
             msg = self._result_msg(result, header)
             if result.success:
@@ -282,8 +314,9 @@ class ReasoningSegNode(Node):
         m.query, m.found, m.message, m.answer = r.query, r.found, r.message, r.answer
         m.method, m.segmenter = r.method, r.segmenter
         colors = (np.clip(r.colors, 0, 1) * 255).astype(np.uint8) if len(r.points) else None
-        m.cloud = points_to_cloud_msg(r.points, header, colors=colors,
-                                      fields={"confidence": r.point_confidence.astype(np.float32)})
+        m.cloud = points_to_cloud_msg(
+            r.points, header, colors=colors, fields={"confidence": r.point_confidence.astype(np.float32)}
+        )
         T = np.eye(4)
         T[:3, :3], T[:3, 3] = r.box.rotation, r.box.center
         m.box.center = matrix_to_pose(T)
@@ -299,23 +332,29 @@ class ReasoningSegNode(Node):
         markers = MarkerArray()
         markers.markers.append(delete_all_marker(header))
         if r.found:
-            markers.markers.append(make_box_marker(r.box.center, r.box.rotation, r.box.size, header, ns="target"))
+            markers.markers.append(
+                make_box_marker(r.box.center, r.box.rotation, r.box.size, header, ns="target")
+            )
             top = r.box.center + np.array([0.0, 0.0, r.box.size[2] / 2 + 0.1])
-            markers.markers.append(make_text_marker(top, f"{r.query[:60]} ({r.confidence:.2f})", header,
-                                                    ns="target_label"))
+            markers.markers.append(
+                make_text_marker(top, f"{r.query[:60]} ({r.confidence:.2f})", header, ns="target_label")
+            )
         if self.cfg.publish_frustums:
             used = set(r.keyframe_ids)
             for i, kf in enumerate(k for k in self.pipeline.keyframes.snapshot() if k.keyframe_id in used):
-                markers.markers.append(frustum_marker(kf.T_world_cam, kf.frame.intrinsics, 0.3, header,
-                                                      ns="views", id=i))
+                markers.markers.append(
+                    frustum_marker(kf.T_world_cam, kf.frame.intrinsics, 0.3, header, ns="views", id=i)
+                )
         self.pub_markers.publish(markers)
 
     # ------------------------------------------------------------------ map services and timers
     def _on_save(self, req: SaveMap.Request, resp: SaveMap.Response) -> SaveMap.Response:
         try:
             self.pipeline.save(req.directory)
-            resp.success, resp.message = True, f"saved map and {len(self.pipeline.keyframes)} keyframes to " \
-                                               f"{req.directory}"
+            resp.success, resp.message = (
+                True,
+                f"saved map and {len(self.pipeline.keyframes)} keyframes to {req.directory}",
+            )
         except Exception as exc:  # noqa: BLE001 - reported to the caller, node stays up
             resp.success, resp.message = False, f"save failed: {exc}"
         return resp
@@ -351,12 +390,22 @@ class ReasoningSegNode(Node):
         status = DiagnosticStatus(name="reasoning_seg: mapping and queries", hardware_id="reasoning_seg")
         ok = self.model_status == "ready" and s.frames_integrated > 0
         status.level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
-        status.message = "ok" if ok else (f"model {self.model_status}" if self.model_status != "ready"
-                                          else "no frames integrated yet")
-        values = {"frames_received": s.frames_received, "frames_integrated": s.frames_integrated,
-                  "keyframes": len(self.pipeline.keyframes), "map_blocks": self.pipeline.map.num_blocks,
-                  "model": self.model_status, "queries_served": self._queries_served,
-                  "sync_dropped": self._sync.dropped}
+        status.message = (
+            "ok"
+            if ok
+            else (
+                f"model {self.model_status}" if self.model_status != "ready" else "no frames integrated yet"
+            )
+        )
+        values = {
+            "frames_received": s.frames_received,
+            "frames_integrated": s.frames_integrated,
+            "keyframes": len(self.pipeline.keyframes),
+            "map_blocks": self.pipeline.map.num_blocks,
+            "model": self.model_status,
+            "queries_served": self._queries_served,
+            "sync_dropped": self._sync.dropped,
+        }
         values.update({f"dropped.{k}": v for k, v in sorted(dropped.items())})
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()), status=[status])

@@ -99,6 +99,7 @@ class PlaybackSummary:
     per_topic: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
+        """One-line human summary for the log."""
         rate = self.recorded_s / self.wall_s if self.wall_s > 0 else float("nan")
         return (
             f"played {self.steps} steps / {self.messages} messages from {self.source} in {self.wall_s:.2f} s "
@@ -442,6 +443,7 @@ class PlayerNode(Node):
             self.finished.set_result(s)
 
     def destroy_node(self) -> None:
+        """Close the bag reader (if any) before the node goes."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -29,13 +29,23 @@ def result_summary(success: bool, message: str, r: SegmentationResult) -> dict:
     """JSON-friendly view of a reply (what the CLI prints and the demo writes)."""
     T = pose_to_matrix(r.box.center) if r.num_points else np.eye(4)
     return {
-        "success": success, "message": message, "query": r.query, "found": r.found,
-        "confidence": round(float(r.confidence), 4), "num_points": int(r.num_points), "answer": r.answer,
-        "method": r.method, "segmenter": r.segmenter, "frame_id": r.header.frame_id,
-        "box": {"center": T[:3, 3].round(4).tolist(), "size": [round(r.box.size.x, 4), round(r.box.size.y, 4),
-                                                               round(r.box.size.z, 4)],
-                "rotation": T[:3, :3].round(6).tolist()},
-        "keyframe_ids": list(r.keyframe_ids), "timings_s": {t.stage: round(t.seconds, 5) for t in r.timings},
+        "success": success,
+        "message": message,
+        "query": r.query,
+        "found": r.found,
+        "confidence": round(float(r.confidence), 4),
+        "num_points": int(r.num_points),
+        "answer": r.answer,
+        "method": r.method,
+        "segmenter": r.segmenter,
+        "frame_id": r.header.frame_id,
+        "box": {
+            "center": T[:3, 3].round(4).tolist(),
+            "size": [round(r.box.size.x, 4), round(r.box.size.y, 4), round(r.box.size.z, 4)],
+            "rotation": T[:3, :3].round(6).tolist(),
+        },
+        "keyframe_ids": list(r.keyframe_ids),
+        "timings_s": {t.stage: round(t.seconds, 5) for t in r.timings},
     }
 
 
@@ -45,18 +55,33 @@ def write_ply(path: str | Path, r: SegmentationResult) -> int:
     pts = np.stack([data["x"], data["y"], data["z"]], axis=1) if "x" in data else np.zeros((0, 3))
     rgb = data.get("rgb", np.zeros((len(pts), 3), np.uint8))
     conf = data.get("confidence", np.zeros(len(pts), np.float32))
-    lines = ["ply", "format ascii 1.0", f"element vertex {len(pts)}", "property float x", "property float y",
-             "property float z", "property uchar red", "property uchar green", "property uchar blue",
-             "property float confidence", "end_header"]
-    lines += [f"{p[0]:.5f} {p[1]:.5f} {p[2]:.5f} {c[0]} {c[1]} {c[2]} {s:.4f}"
-              for p, c, s in zip(pts, rgb, conf, strict=True)]
+    lines = [
+        "ply",
+        "format ascii 1.0",
+        f"element vertex {len(pts)}",
+        "property float x",
+        "property float y",
+        "property float z",
+        "property uchar red",
+        "property uchar green",
+        "property uchar blue",
+        "property float confidence",
+        "end_header",
+    ]
+    lines += [
+        f"{p[0]:.5f} {p[1]:.5f} {p[2]:.5f} {c[0]} {c[1]} {c[2]} {s:.4f}"
+        for p, c, s in zip(pts, rgb, conf, strict=True)
+    ]
     Path(path).write_text("\n".join(lines) + "\n")
     return len(pts)
 
 
 def spin_until_done(node: Node, future, timeout: float) -> None:
-    """Spin ``node`` until ``future`` is done, on an executor of the node's own context (tests and
-    embedding applications run nodes in non-default contexts, which the global executor can't spin)."""
+    """Spin ``node`` until ``future`` is done, on an executor of the node's own context.
+
+    Tests and embedding applications run nodes in non-default contexts, which the global executor
+    cannot spin.
+    """
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     try:
@@ -66,16 +91,26 @@ def spin_until_done(node: Node, future, timeout: float) -> None:
         executor.shutdown()
 
 
-def call_segment(node: Node, query: str, num_views: int = 0, score_threshold: float = 0.0,
-                 target_frame: str = "", service: str = "/reasoning_seg/segment",
-                 timeout: float = 60.0) -> Segment.Response:
+def call_segment(
+    node: Node,
+    query: str,
+    num_views: int = 0,
+    score_threshold: float = 0.0,
+    target_frame: str = "",
+    service: str = "/reasoning_seg/segment",
+    timeout: float = 60.0,
+) -> Segment.Response:
     """Call the Segment service and wait; raises TimeoutError when the node does not answer."""
     client = node.create_client(Segment, service)
     try:
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {service} not available after {timeout:.0f}s (is the node running?)")
-        req = Segment.Request(query=query, num_views=num_views, score_threshold=float(score_threshold),
-                              target_frame=target_frame)
+        req = Segment.Request(
+            query=query,
+            num_views=num_views,
+            score_threshold=float(score_threshold),
+            target_frame=target_frame,
+        )
         future = client.call_async(req)
         spin_until_done(node, future, timeout)
         if not future.done():
@@ -85,14 +120,22 @@ def call_segment(node: Node, query: str, num_views: int = 0, score_threshold: fl
         node.destroy_client(client)
 
 
-def call_action(node: Node, query: str, num_views: int, score_threshold: float, target_frame: str,
-                action: str, timeout: float) -> SegmentQuery.Result:
+def call_action(
+    node: Node,
+    query: str,
+    num_views: int,
+    score_threshold: float,
+    target_frame: str,
+    action: str,
+    timeout: float,
+) -> SegmentQuery.Result:
     """Send a SegmentQuery goal, print feedback, return the result."""
     client = ActionClient(node, SegmentQuery, action)
     if not client.wait_for_server(timeout_sec=timeout):
         raise TimeoutError(f"action {action} not available after {timeout:.0f}s")
-    goal = SegmentQuery.Goal(query=query, num_views=num_views, score_threshold=float(score_threshold),
-                             target_frame=target_frame)
+    goal = SegmentQuery.Goal(
+        query=query, num_views=num_views, score_threshold=float(score_threshold), target_frame=target_frame
+    )
 
     def feedback(msg) -> None:
         f = msg.feedback
@@ -130,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("reasoning_seg_query")
     try:
         if a.action:
-            r = call_action(node, a.query, a.views, a.threshold, a.frame, f"{a.node}/segment_query", a.timeout)
+            r = call_action(
+                node, a.query, a.views, a.threshold, a.frame, f"{a.node}/segment_query", a.timeout
+            )
         else:
             r = call_segment(node, a.query, a.views, a.threshold, a.frame, f"{a.node}/segment", a.timeout)
         summary = result_summary(r.success, r.message, r.result)

@@ -191,14 +191,17 @@ class ObjectSpec:
 
     @property
     def bottom(self) -> float:
+        """Height of the lowest point (m)."""
         return self.center[2] - self.size[2] / 2
 
     @property
     def top(self) -> float:
+        """Height of the highest point (m)."""
         return self.center[2] + self.size[2] / 2
 
     @property
     def is_structure(self) -> bool:
+        """Part of the room shell (floor, walls, door, ...) rather than furniture."""
         return self.category in STRUCTURE_CATEGORIES
 
     def contains_xy(self, xy: Sequence[float], tol: float = 1e-9) -> bool:
@@ -209,6 +212,7 @@ class ObjectSpec:
         return abs(lx) <= self.size[0] / 2 + tol and abs(ly) <= self.size[1] / 2 + tol
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (inverse of ``from_dict``)."""
         return {
             "instance_id": self.instance_id,
             "category": self.category,
@@ -222,6 +226,7 @@ class ObjectSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ObjectSpec:
+        """Rebuild from ``to_dict`` output; ValueError on malformed input."""
         return cls(
             instance_id=d["instance_id"],
             category=d["category"],
@@ -283,6 +288,7 @@ class QueryPredicate:
         return replace(self, nearest_to=None, farthest_from=None)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (inverse of ``from_dict``)."""
         out: dict[str, Any] = {}
         for key in ("category", "color_name", "affordance"):
             if getattr(self, key) is not None:
@@ -295,13 +301,25 @@ class QueryPredicate:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QueryPredicate:
-        unknown = set(d) - {"category", "color_name", "affordance", "on", "supports", "nearest_to",
-                            "farthest_from"}
+        """Rebuild from ``to_dict`` output; ValueError on malformed input."""
+        unknown = set(d) - {
+            "category",
+            "color_name",
+            "affordance",
+            "on",
+            "supports",
+            "nearest_to",
+            "farthest_from",
+        }
         if unknown:
             raise ValueError(f"unknown predicate keys {sorted(unknown)}")
         nested = {k: cls.from_dict(d[k]) for k in ("on", "supports", "nearest_to", "farthest_from") if k in d}
-        return cls(category=d.get("category"), color_name=d.get("color_name"),
-                   affordance=d.get("affordance"), **nested)
+        return cls(
+            category=d.get("category"),
+            color_name=d.get("color_name"),
+            affordance=d.get("affordance"),
+            **nested,
+        )
 
 
 @dataclass
@@ -323,17 +341,26 @@ class SceneQuery:
         self.target_instance_id = int(self.target_instance_id)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"text": self.text, "target_instance_id": self.target_instance_id,
-                               "kind": self.kind}
+        """JSON-serialisable form (inverse of ``from_dict``)."""
+        out: dict[str, Any] = {
+            "text": self.text,
+            "target_instance_id": self.target_instance_id,
+            "kind": self.kind,
+        }
         if self.predicate is not None:
             out["predicate"] = self.predicate.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SceneQuery:
+        """Rebuild from ``to_dict`` output; ValueError on malformed input."""
         pred = d.get("predicate")
-        return cls(text=d["text"], target_instance_id=d["target_instance_id"], kind=d["kind"],
-                   predicate=None if pred is None else QueryPredicate.from_dict(pred))
+        return cls(
+            text=d["text"],
+            target_instance_id=d["target_instance_id"],
+            kind=d["kind"],
+            predicate=None if pred is None else QueryPredicate.from_dict(pred),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,8 +391,17 @@ def _table_parts(o: ObjectSpec) -> list[BoxPart]:
     legc = _shade(o.color, 0.7)
     for ix in (-1, 1):
         for iy in (-1, 1):
-            parts.append(_part(ix * (sx / 2 - leg / 2 - 0.03), iy * (sy / 2 - leg / 2 - 0.03),
-                               z0 + leg_h / 2, leg, leg, leg_h, legc))
+            parts.append(
+                _part(
+                    ix * (sx / 2 - leg / 2 - 0.03),
+                    iy * (sy / 2 - leg / 2 - 0.03),
+                    z0 + leg_h / 2,
+                    leg,
+                    leg,
+                    leg_h,
+                    legc,
+                )
+            )
     return parts
 
 
@@ -378,11 +414,13 @@ def _chair_parts(o: ObjectSpec) -> list[BoxPart]:
     leg_h = seat_h - seat_t
     for ix in (-1, 1):
         for iy in (-1, 1):
-            parts.append(_part(ix * (sx / 2 - leg / 2), iy * (sy / 2 - leg / 2), z0 + leg_h / 2,
-                               leg, leg, leg_h, legc))
+            parts.append(
+                _part(ix * (sx / 2 - leg / 2), iy * (sy / 2 - leg / 2), z0 + leg_h / 2, leg, leg, leg_h, legc)
+            )
     back_h = sz - seat_h
-    parts.append(_part(0.0, -sy / 2 + back_t / 2, z0 + seat_h + back_h / 2, sx, back_t, back_h,
-                       _shade(o.color, 0.9)))
+    parts.append(
+        _part(0.0, -sy / 2 + back_t / 2, z0 + seat_h + back_h / 2, sx, back_t, back_h, _shade(o.color, 0.9))
+    )
     return parts
 
 
@@ -392,12 +430,22 @@ def _sofa_parts(o: ObjectSpec) -> list[BoxPart]:
     z0 = -sz / 2
     parts = [_part(0.0, 0.0, z0 + base_h / 2, sx, sy, base_h, o.color)]
     back_h = sz - base_h
-    parts.append(_part(0.0, -sy / 2 + back_d / 2, z0 + base_h + back_h / 2, sx, back_d, back_h,
-                       _shade(o.color, 0.9)))
+    parts.append(
+        _part(0.0, -sy / 2 + back_d / 2, z0 + base_h + back_h / 2, sx, back_d, back_h, _shade(o.color, 0.9))
+    )
     arm_d = sy - back_d
     for ix in (-1, 1):
-        parts.append(_part(ix * (sx / 2 - arm_w / 2), -sy / 2 + back_d + arm_d / 2, z0 + base_h + arm_h / 2,
-                           arm_w, arm_d, arm_h, _shade(o.color, 0.85)))
+        parts.append(
+            _part(
+                ix * (sx / 2 - arm_w / 2),
+                -sy / 2 + back_d + arm_d / 2,
+                z0 + base_h + arm_h / 2,
+                arm_w,
+                arm_d,
+                arm_h,
+                _shade(o.color, 0.85),
+            )
+        )
     return parts
 
 
@@ -495,9 +543,14 @@ def _rot_z(yaw: float) -> np.ndarray:
 
 
 def _boxes_overlap(
-    c1: Sequence[float], s1: Sequence[float], yaw1: float,
-    c2: Sequence[float], s2: Sequence[float], yaw2: float,
-    tol: float = 1e-6, clearance: float = 0.0,
+    c1: Sequence[float],
+    s1: Sequence[float],
+    yaw1: float,
+    c2: Sequence[float],
+    s2: Sequence[float],
+    yaw2: float,
+    tol: float = 1e-6,
+    clearance: float = 0.0,
 ) -> bool:
     """True when two z-yawed boxes share volume deeper than ``tol`` (touching is not overlap).
 
@@ -532,8 +585,9 @@ def _horizontal_distance(a: ObjectSpec, b: ObjectSpec) -> float:
 
 def _rests_on(a: ObjectSpec, b: ObjectSpec) -> bool:
     """``a`` stands on ``b``: its bottom touches b's top and its centre is over b's footprint."""
-    return (a.instance_id != b.instance_id and abs(a.bottom - b.top) <= _REST_TOL
-            and b.contains_xy(a.center[:2]))
+    return (
+        a.instance_id != b.instance_id and abs(a.bottom - b.top) <= _REST_TOL and b.contains_xy(a.center[:2])
+    )
 
 
 def _unit_box() -> tuple[np.ndarray, np.ndarray]:
@@ -597,8 +651,10 @@ def _noise_table() -> np.ndarray:
 def _lattice(iu: np.ndarray, iv: np.ndarray, salt: np.ndarray) -> np.ndarray:
     """Table value of integer cell (iu, iv), shifted per ``salt`` so objects get different patterns."""
     mask = np.int32(_NOISE_N - 1)
-    return np.take(_noise_table(), ((iu + salt * np.int32(131)) & mask) * np.int32(_NOISE_N)
-                   + ((iv + salt * np.int32(71)) & mask))
+    return np.take(
+        _noise_table(),
+        ((iu + salt * np.int32(131)) & mask) * np.int32(_NOISE_N) + ((iv + salt * np.int32(71)) & mask),
+    )
 
 
 def _surface_texture(u: np.ndarray, v: np.ndarray, salt: np.ndarray) -> np.ndarray:
@@ -613,8 +669,9 @@ def _surface_texture(u: np.ndarray, v: np.ndarray, salt: np.ndarray) -> np.ndarr
     iu, iv = fu.astype(np.int32), fv.astype(np.int32)
     au, av = cu - fu, cv - fv
     au, av = au * au * (3 - 2 * au), av * av * (3 - 2 * av)
-    coarse = ((_lattice(iu, iv, salt) * (1 - au) + _lattice(iu + 1, iv, salt) * au) * (1 - av)
-              + (_lattice(iu, iv + 1, salt) * (1 - au) + _lattice(iu + 1, iv + 1, salt) * au) * av)
+    coarse = (_lattice(iu, iv, salt) * (1 - au) + _lattice(iu + 1, iv, salt) * au) * (1 - av) + (
+        _lattice(iu, iv + 1, salt) * (1 - au) + _lattice(iu + 1, iv + 1, salt) * au
+    ) * av
     gu = np.floor(u / np.float32(0.01)).astype(np.int32)
     gv = np.floor(v / np.float32(0.01)).astype(np.int32)
     grain = _lattice(gu, gv, salt + 509)
@@ -677,11 +734,26 @@ class _Layout:
         names = CATEGORY_COLORS[category]
         return names[int(self.rng.integers(len(names)))]
 
-    def add(self, category: str, center: Sequence[float], size: Sequence[float], yaw: float = 0.0,
-            color_name: str | None = None, obstacle: bool = True) -> ObjectSpec:
+    def add(
+        self,
+        category: str,
+        center: Sequence[float],
+        size: Sequence[float],
+        yaw: float = 0.0,
+        color_name: str | None = None,
+        obstacle: bool = True,
+    ) -> ObjectSpec:
         name = color_name or self.pick_color(category)
-        o = ObjectSpec(len(self.objects) + 1, category, name, COLOR_PALETTE[name], tuple(center),
-                       tuple(size), yaw, list(CATEGORY_AFFORDANCES.get(category, ())))
+        o = ObjectSpec(
+            len(self.objects) + 1,
+            category,
+            name,
+            COLOR_PALETTE[name],
+            tuple(center),
+            tuple(size),
+            yaw,
+            list(CATEGORY_AFFORDANCES.get(category, ())),
+        )
         self.objects.append(o)
         if obstacle:
             self.obstacles.append((o.center, o.size, o.yaw))
@@ -707,19 +779,32 @@ class _Layout:
 
     def inside(self, center: Sequence[float], size: Sequence[float], yaw: float) -> bool:
         xy = _footprint_corners(center, size, yaw)
-        return bool(np.all(xy >= -1e-9) and np.all(xy[:, 0] <= self.lx + 1e-9)
-                    and np.all(xy[:, 1] <= self.ly + 1e-9)
-                    and center[2] - size[2] / 2 >= -1e-9 and center[2] + size[2] / 2 <= self.h + 1e-9)
+        return bool(
+            np.all(xy >= -1e-9)
+            and np.all(xy[:, 0] <= self.lx + 1e-9)
+            and np.all(xy[:, 1] <= self.ly + 1e-9)
+            and center[2] - size[2] / 2 >= -1e-9
+            and center[2] + size[2] / 2 <= self.h + 1e-9
+        )
 
-    def fits(self, center: Sequence[float], size: Sequence[float], yaw: float,
-             clearance: float = 0.05) -> bool:
+    def fits(
+        self, center: Sequence[float], size: Sequence[float], yaw: float, clearance: float = 0.05
+    ) -> bool:
         if not self.inside(center, size, yaw):
             return False
-        return not any(_boxes_overlap(center, size, yaw, c, s, y, clearance=clearance)
-                       for c, s, y in self.obstacles)
+        return not any(
+            _boxes_overlap(center, size, yaw, c, s, y, clearance=clearance) for c, s, y in self.obstacles
+        )
 
-    def place(self, category: str, size: Sequence[float], sampler: _Sampler, tries: int = 80,
-              clearance: float = 0.05, color_name: str | None = None) -> ObjectSpec:
+    def place(
+        self,
+        category: str,
+        size: Sequence[float],
+        sampler: _Sampler,
+        tries: int = 80,
+        clearance: float = 0.05,
+        color_name: str | None = None,
+    ) -> ObjectSpec:
         """Draw (x, y, z_bottom, yaw) from ``sampler`` until the object fits; add it."""
         for _ in range(tries):
             x, y, zb, yaw = sampler()
@@ -728,18 +813,19 @@ class _Layout:
                 return self.add(category, center, size, yaw, color_name)
         raise _LayoutError(f"could not place a {category}")
 
-    def against_wall(self, size: Sequence[float], gap: float = 0.01, walls: Sequence[int] = (0, 1, 2, 3)
-                     ) -> _Sampler:
+    def against_wall(
+        self, size: Sequence[float], gap: float = 0.01, walls: Sequence[int] = (0, 1, 2, 3)
+    ) -> _Sampler:
         def sample() -> tuple[float, float, float, float]:
             wall = int(walls[int(self.rng.integers(len(walls)))])
             length = self.wall_length(wall)
             s = self.uniform(size[0] / 2 + 0.05, max(size[0] / 2 + 0.05, length - size[0] / 2 - 0.05))
             x, y, yaw = self.wall_pose(wall, s, size[1], gap)
             return x, y, 0.0, yaw
+
         return sample
 
-    def free_standing(self, yaw_choices: Sequence[float] | None = None, yaw_jitter: float = 0.1
-                      ) -> _Sampler:
+    def free_standing(self, yaw_choices: Sequence[float] | None = None, yaw_jitter: float = 0.1) -> _Sampler:
         def sample() -> tuple[float, float, float, float]:
             if yaw_choices is None:
                 yaw = self.uniform(-math.pi, math.pi)
@@ -747,11 +833,18 @@ class _Layout:
                 base = yaw_choices[int(self.rng.integers(len(yaw_choices)))]
                 yaw = base + self.uniform(-yaw_jitter, yaw_jitter)
             return self.uniform(0.3, self.lx - 0.3), self.uniform(0.3, self.ly - 0.3), 0.0, yaw
+
         return sample
 
-    def on_top_of(self, support: ObjectSpec, size: Sequence[float], inset: float, back: float | None = None,
-                  ) -> _Sampler:
+    def on_top_of(
+        self,
+        support: ObjectSpec,
+        size: Sequence[float],
+        inset: float,
+        back: float | None = None,
+    ) -> _Sampler:
         """Positions on ``support``'s top face; ``back`` pins the object near the support's back edge."""
+
         def sample() -> tuple[float, float, float, float]:
             hu = max(0.0, support.size[0] / 2 - size[0] / 2 - inset)
             hv = max(0.0, support.size[1] / 2 - size[1] / 2 - inset)
@@ -761,6 +854,7 @@ class _Layout:
             x = support.center[0] + c * u - s * v
             y = support.center[1] + s * u + c * v
             return x, y, support.top, support.yaw
+
         return sample
 
 
@@ -802,9 +896,11 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
     for k in range(2):
         size = (lay.uniform(1.2, 1.6), lay.uniform(0.7, 0.8), lay.uniform(0.72, 0.76))
         if k == 0 and rng.random() < 0.7:  # the desk: under the window, as in most offices
+
             def under_window(size: tuple[float, float, float] = size) -> tuple[float, float, float, float]:
                 x, y, yaw = lay.wall_pose(window_wall, s_win + lay.uniform(-0.2, 0.2), size[1], 0.01)
                 return x, y, 0.0, yaw
+
             sampler = under_window
         elif k == 0 or rng.random() < 0.5:  # the desk stays at a wall, out of the camera's path
             sampler = lay.against_wall(size)
@@ -823,6 +919,7 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
     n_chairs = int(rng.integers(2, 5))
     chair_size = (lay.uniform(0.44, 0.5), lay.uniform(0.48, 0.54), lay.uniform(0.85, 0.95))
     for _ in range(n_chairs):
+
         def at_table() -> tuple[float, float, float, float]:
             tb = tables[int(rng.integers(2))]
             side = int(rng.integers(4))  # 0: +y, 1: -y, 2: +x, 3: -x of the table
@@ -837,6 +934,7 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
             c, s = math.cos(tb.yaw), math.sin(tb.yaw)
             yaw = tb.yaw + facing + lay.uniform(-0.15, 0.15)
             return tb.center[0] + c * u - s * v, tb.center[1] + s * u + c * v, 0.0, yaw
+
         try:
             lay.place("chair", chair_size, at_table, tries=60)
         except _LayoutError:
@@ -872,6 +970,7 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
     def near_wall_gap(size: Sequence[float], lo: float, hi: float) -> _Sampler:
         def sample() -> tuple[float, float, float, float]:
             return lay.against_wall(size, gap=lay.uniform(lo, hi))()
+
         return sample
 
     lay.place("lamp", lamp_size, near_wall_gap(lamp_size, 0.05, 0.2))
@@ -894,8 +993,9 @@ def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
     """
     out: dict[str, SceneQuery] = {}
 
-    def offer(text: str, kind: str, pred: QueryPredicate,
-              ambiguous_without: QueryPredicate | None = None) -> None:
+    def offer(
+        text: str, kind: str, pred: QueryPredicate, ambiguous_without: QueryPredicate | None = None
+    ) -> None:
         ids = scene.select(pred)
         if len(ids) != 1 or text in out:
             return
@@ -909,9 +1009,12 @@ def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
 
     for o in targets:
         offer(f"the {o.category}", "explicit", QueryPredicate(category=o.category))
-        offer(f"the {o.color_name} {o.category}", "explicit",
-              QueryPredicate(category=o.category, color_name=o.color_name),
-              ambiguous_without=QueryPredicate(category=o.category))
+        offer(
+            f"the {o.color_name} {o.category}",
+            "explicit",
+            QueryPredicate(category=o.category, color_name=o.color_name),
+            ambiguous_without=QueryPredicate(category=o.category),
+        )
 
     for aff in sorted({a for o in scene.objects for a in o.affordances}):
         phrase = AFFORDANCE_PHRASES.get(aff, f"something to {aff}")
@@ -919,10 +1022,18 @@ def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
         offer(phrase, "affordance", base)
         for anchor in (a for a in anchors if a in ("door", "window")):  # the landmarks people use
             ap = QueryPredicate(category=anchor)
-            offer(f"{phrase}, whichever is closest to the {anchor}", "affordance",
-                  replace(base, nearest_to=ap), ambiguous_without=base)
-            offer(f"{phrase}, whichever is farthest from the {anchor}", "affordance",
-                  replace(base, farthest_from=ap), ambiguous_without=base)
+            offer(
+                f"{phrase}, whichever is closest to the {anchor}",
+                "affordance",
+                replace(base, nearest_to=ap),
+                ambiguous_without=base,
+            )
+            offer(
+                f"{phrase}, whichever is farthest from the {anchor}",
+                "affordance",
+                replace(base, farthest_from=ap),
+                ambiguous_without=base,
+            )
 
     for cat in sorted(c for c, n in counts.items() if n >= 2 and c not in STRUCTURE_CATEGORIES):
         base = QueryPredicate(category=cat)
@@ -935,14 +1046,21 @@ def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
         members = [o for o in scene.objects if o.category == cat]
         loads = sorted({o.category for o in scene.objects for m in members if _rests_on(o, m)})
         for load in loads:
-            offer(f"the {cat} with the {load} on it", "spatial",
-                  replace(base, supports=QueryPredicate(category=load)), base)
+            offer(
+                f"the {cat} with the {load} on it",
+                "spatial",
+                replace(base, supports=QueryPredicate(category=load)),
+                base,
+            )
             # "the cup on the table by the window": the thing on the support picked out spatially
             for anchor in ("window", "door"):
                 if anchor in anchors:
                     support = replace(base, nearest_to=QueryPredicate(category=anchor))
-                    offer(f"the {load} on the {cat} by the {anchor}", "spatial",
-                          QueryPredicate(category=load, on=support))
+                    offer(
+                        f"the {load} on the {cat} by the {anchor}",
+                        "spatial",
+                        QueryPredicate(category=load, on=support),
+                    )
     return list(out.values())
 
 
@@ -1004,14 +1122,20 @@ class SyntheticScene:
                 continue
             scene = cls(room, objects, seed=int(seed))
             scene.queries = _generate_queries(scene)
-            if any(q.predicate is not None and q.predicate.category == "bin" and q.predicate.nearest_to
-                   is not None and q.predicate.nearest_to.category == "door" for q in scene.queries):
+            if any(
+                q.predicate is not None
+                and q.predicate.category == "bin"
+                and q.predicate.nearest_to is not None
+                and q.predicate.nearest_to.category == "door"
+                for q in scene.queries
+            ):
                 return scene
         raise RuntimeError(f"could not lay out a room for seed {seed}")  # pragma: no cover
 
     # -- lookups ----------------------------------------------------------------------------------
 
     def object(self, instance_id: int) -> ObjectSpec:
+        """The object with ``instance_id`` (KeyError if absent)."""
         for o in self.objects:
             if o.instance_id == instance_id:
                 return o
@@ -1037,7 +1161,7 @@ class SyntheticScene:
         boxes = self.boxes()
         hits: set[tuple[int, int]] = set()
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 if a.instance_id == b.instance_id:
                     continue
                 key = (min(a.instance_id, b.instance_id), max(a.instance_id, b.instance_id))
@@ -1050,10 +1174,13 @@ class SyntheticScene:
     def select(self, predicate: QueryPredicate) -> list[int]:
         """Instance ids (sorted) of the objects that satisfy ``predicate`` in this scene."""
         p = predicate
-        cands = [o for o in self.objects
-                 if (p.category is None or o.category == p.category)
-                 and (p.color_name is None or o.color_name == p.color_name)
-                 and (p.affordance is None or p.affordance in o.affordances)]
+        cands = [
+            o
+            for o in self.objects
+            if (p.category is None or o.category == p.category)
+            and (p.color_name is None or o.color_name == p.color_name)
+            and (p.affordance is None or p.affordance in o.affordances)
+        ]
         if p.on is not None:
             supports = [self.object(i) for i in self.select(p.on)]
             cands = [c for c in cands if any(_rests_on(c, s) for s in supports)]
@@ -1096,7 +1223,7 @@ class SyntheticScene:
             nb = len(boxes)
             verts = np.empty((nb * 8, 3))
             for k, b in enumerate(boxes):
-                verts[8 * k:8 * k + 8] = (_UNIT_CORNERS * b.size) @ _rot_z(b.yaw).T + b.center
+                verts[8 * k : 8 * k + 8] = (_UNIT_CORNERS * b.size) @ _rot_z(b.yaw).T + b.center
             tris = (_UNIT_TRIANGLES[None, :, :] + 8 * np.arange(nb)[:, None, None]).reshape(-1, 3)
             v0, v1, v2 = verts[tris[:, 0]], verts[tris[:, 1]], verts[tris[:, 2]]
             normal = np.cross(v1 - v0, v2 - v0)
@@ -1118,8 +1245,9 @@ class SyntheticScene:
                 "t2": t2.astype(np.float32),
             }
             rc = o3d.t.geometry.RaycastingScene()
-            rc.add_triangles(o3d.core.Tensor(verts.astype(np.float32)),
-                             o3d.core.Tensor(tris.astype(np.uint32)))
+            rc.add_triangles(
+                o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(tris.astype(np.uint32))
+            )
             self._cache.update(raycaster=rc, tables=tables)
         return self._cache["raycaster"], self._cache["tables"]
 
@@ -1128,8 +1256,12 @@ class SyntheticScene:
         """The Open3D ray caster of this scene (for custom ray queries in tests and tools)."""
         return self._geometry()[0]
 
-    def _render_view(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,  # noqa: N803
-                     with_incidence: bool = False) -> _RenderedView:
+    def _render_view(
+        self,
+        intrinsics: CameraIntrinsics,
+        T_world_cam: np.ndarray,  # noqa: N803
+        with_incidence: bool = False,
+    ) -> _RenderedView:
         pose = np.asarray(T_world_cam, dtype=np.float64)
         if not is_rigid_transform(pose):
             raise ValueError("T_world_cam must be a finite rigid 4x4 transform")
@@ -1172,11 +1304,15 @@ class SyntheticScene:
         if with_incidence:
             normal = np.take(tab["normal"], idx, axis=0)
             incidence[hit] = np.abs(np.einsum("ij,ij->i", normal, d)) / np.linalg.norm(d, axis=1)
-        return _RenderedView(color.reshape(*shape, 3), depth.reshape(shape), instance.reshape(shape),
-                             incidence.reshape(shape))
+        return _RenderedView(
+            color.reshape(*shape, 3), depth.reshape(shape), instance.reshape(shape), incidence.reshape(shape)
+        )
 
-    def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray  # noqa: N803
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def render(
+        self,
+        intrinsics: CameraIntrinsics,
+        T_world_cam: np.ndarray,  # noqa: N803
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render ``(color uint8 HxWx3, depth float32 HxW z-depth metres, instance int32 HxW)``.
 
         Pixels whose ray hits nothing get colour 0, depth 0 and instance 0. Depth is exact
@@ -1233,8 +1369,13 @@ class SyntheticScene:
             eye = np.array([*eye_xy, 1.45 + 0.1 * math.sin(2 * s + ph[2])]) + rng.normal(0, 0.003, 3)
             toward = c - eye_xy
             heading = math.atan2(toward[1], toward[0]) + 0.35 * math.sin(3 * s + ph[3])
-            target = np.array([eye[0] + 2.2 * math.cos(heading), eye[1] + 2.2 * math.sin(heading),
-                               0.7 + 0.15 * math.sin(2 * s + ph[4])])
+            target = np.array(
+                [
+                    eye[0] + 2.2 * math.cos(heading),
+                    eye[1] + 2.2 * math.sin(heading),
+                    0.7 + 0.15 * math.sin(2 * s + ph[4]),
+                ]
+            )
             pose = look_at(eye, target)
             roll = 0.03 * math.sin(4 * s + ph[5])
             pose[:3, :3] = pose[:3, :3] @ _rot_z(roll) @ _rodrigues(rng.normal(0, 0.003, 3))
@@ -1244,6 +1385,7 @@ class SyntheticScene:
     # -- persistence ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (inverse of ``from_dict``)."""
         return {
             "format": SCENE_FORMAT,
             "version": SCENE_VERSION,
@@ -1255,6 +1397,7 @@ class SyntheticScene:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SyntheticScene:
+        """Rebuild from ``to_dict`` output; ValueError on malformed input."""
         if not isinstance(d, dict) or d.get("format") != SCENE_FORMAT:
             raise ValueError(f"not a {SCENE_FORMAT} document")
         if d.get("version") != SCENE_VERSION:
@@ -1323,7 +1466,8 @@ class SyntheticScene:
         for i, pose in enumerate(poses):
             view = self._render_view(intrinsics, pose, with_incidence=depth_noise)
             depth = apply_depth_noise(view.depth, rng, view.incidence_cos) if depth_noise else view.depth
-            frame = RGBDFrame(view.color, depth, intrinsics, np.asarray(pose, dtype=np.float64),
-                              stamp=i / fps, frame_id=i)
+            frame = RGBDFrame(
+                view.color, depth, intrinsics, np.asarray(pose, dtype=np.float64), stamp=i / fps, frame_id=i
+            )
             write_frame(seq, frame, instance=view.instance)
         return root

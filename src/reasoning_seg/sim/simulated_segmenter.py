@@ -41,7 +41,9 @@ def instance_embedding(scene_key: str, instance_id: int, dim: int) -> np.ndarray
 class SimulatedSegmenter:
     """Ground-truth oracle with LISA's output format (see module docstring: a simulation)."""
 
-    def __init__(self, scene: SyntheticScene, embedding_dim: int = 256, min_visible_fraction: float = 1e-4) -> None:
+    def __init__(
+        self, scene: SyntheticScene, embedding_dim: int = 256, min_visible_fraction: float = 1e-4
+    ) -> None:
         self.scene = scene
         self.embedding_dim = embedding_dim
         # LISA misses objects covering only a handful of pixels; 1e-4 is ~30 px at 640x480.
@@ -65,7 +67,9 @@ class SimulatedSegmenter:
             if not visible:
                 mask[:] = False
             logits = np.where(mask, _LOGIT, -_LOGIT).astype(np.float32)
-            emb = instance_embedding(self._key, target if (visible and target is not None) else 0, self.embedding_dim)
+            emb = instance_embedding(
+                self._key, target if (visible and target is not None) else 0, self.embedding_dim
+            )
             answer = "Sure, it is [SEG]." if visible else "I cannot see it in this image."
             out.append(ViewSegmentation(logits, 0.95 if visible else 0.05, emb, answer))
         return out
