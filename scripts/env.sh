@@ -32,6 +32,7 @@ _rs_venv="$REASONING_SEG_ROOT/.venv"
 if [ ! -x "$_rs_venv/bin/python" ]; then
     echo "scripts/env.sh: $_rs_venv is missing; run 'make setup' (or bash scripts/setup.sh) first" >&2
     unset _rs_venv
+    # shellcheck disable=SC2317  # `exit` is reached when this file is run instead of sourced
     return 1 2>/dev/null || exit 1
 fi
 

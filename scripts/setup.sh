@@ -5,11 +5,13 @@
 #     source scripts/env.sh
 #
 # Steps (each one skipped when its stamp says it is up to date, so a second run takes seconds):
-#   1. system tools: cmake >= 3.20, gcc, g++, make (apt-get installs them only when missing);
+#   1. system tools: cmake >= 3.20, gcc, g++, make (apt-get installs them only when missing, as
+#      for the libraries of step 3);
 #   2. .venv (Python 3.11: the ROS 2 Kilted wheels are cp311 only) with the exact versions of
 #      requirements.txt, installed with --no-deps so nothing is re-resolved;
 #   3. repairs the CMake files of the ROS wheels, which hard-code the include directories of the
-#      machine the wheels were built on (/opt/python/cp311-cp311/...);
+#      machine the wheels were built on (/opt/python/cp311-cp311/...), and installs the shared
+#      libraries Open3D loads when the system lacks them (libusb-1.0-0 on a stock image);
 #   4. builds msg/ srv/ action/ with colcon in ros2_ws (ros2_ws/src/reasoning_seg -> ../..) into
 #      ros2_ws/install, without installing a copy of src/reasoning_seg there;
 #   5. `pip install -e .` (no deps, no build isolation): src/reasoning_seg is imported from the
@@ -106,7 +108,9 @@ if [ ! -x "$VENV/bin/python" ] || ! is_py311 "$VENV/bin/python"; then
             if command -v "$cand" >/dev/null 2>&1 && is_py311 "$cand"; then py="$cand"; break; fi
         done
     fi
-    [ -n "$py" ] && is_py311 "$py" || die "Python 3.11 not found (the ROS 2 wheels are cp311 only); set PYTHON=/path/to/python3.11"
+    if [ -z "$py" ] || ! is_py311 "$py"; then
+        die "Python 3.11 not found (the ROS 2 wheels are cp311 only); set PYTHON=/path/to/python3.11"
+    fi
     log "creating .venv with $(command -v "$py")"
     rm -rf "$VENV"
     "$py" -m venv "$VENV"
@@ -144,6 +148,40 @@ if ! stamp_ok "$deps_stamp" "$deps_hash"; then
     echo "$deps_hash" >"$deps_stamp"
 fi
 
+# --- 3b. Shared libraries that the binary wheels load from the system ---------------------------------
+# Open3D's extension links libusb-1.0, libGL/libEGL, libX11 and libudev. The stock image has all but
+# libusb-1.0 (`import open3d` then fails with "libusb-1.0.so.0: cannot open shared object file").
+# ldd takes milliseconds, so this runs every time; apt-get runs only for what is missing.
+declare -A LIB_PKG=(
+    [libusb-1.0.so.0]=libusb-1.0-0 [libGL.so.1]=libgl1 [libEGL.so.1]=libegl1 [libGLX.so.0]=libglx0
+    [libOpenGL.so.0]=libopengl0 [libX11.so.6]=libx11-6 [libxcb.so.1]=libxcb1 [libudev.so.1]=libudev1
+    [libgomp.so.1]=libgomp1
+)
+check_libs() {
+    # Only the extension and libOpen3D: open3d_torch_ops.so / open3d_tf_ops.so need torch or
+    # TensorFlow, which are optional.
+    ldd "$SITE"/open3d/pybind*.so "$SITE"/open3d/libOpen3D.so* 2>/dev/null \
+        | awk '/=> not found/ {print $1}' | sort -u
+}
+mapfile -t missing_libs < <(check_libs)
+if [ ${#missing_libs[@]} -gt 0 ]; then
+    pkgs=()
+    for lib in "${missing_libs[@]}"; do
+        [ -n "${LIB_PKG[$lib]:-}" ] || die "Open3D needs $lib, which no known Debian package provides here; install it by hand"
+        pkgs+=("${LIB_PKG[$lib]}")
+    done
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing shared libraries Open3D needs: ${pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        quiet apt-get update -q
+        quiet apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+        mapfile -t missing_libs < <(check_libs)
+        [ ${#missing_libs[@]} -eq 0 ] || die "still missing after apt-get install: ${missing_libs[*]}"
+    else
+        die "Open3D needs ${missing_libs[*]}: run 'sudo apt-get install ${pkgs[*]}' and re-run"
+    fi
+fi
+
 # --- 4. Interfaces (colcon build of ros2_ws) --------------------------------------------------------
 # ros2_ws/src/reasoning_seg -> ../.. is committed; recreate it if a checkout lost it.
 if [ ! -L "$WS/src/reasoning_seg" ]; then
@@ -168,7 +206,7 @@ if ! stamp_ok "$iface_stamp" "$iface_hash" || [ ! -d "$INSTALL" ]; then
         cd "$WS"
         # A clean environment: only the venv's ROS, never a sourced /opt/ros or an old overlay.
         env -u PYTHONPATH -u LD_LIBRARY_PATH -u COLCON_PREFIX_PATH -u ROS_DISTRO \
-            PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" \
+            PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" REASONING_SEG_NO_DEVENV=1 \
             AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
             "$VENV/bin/colcon" --log-base log build \
             --base-paths src --build-base build --install-base install \
@@ -197,12 +235,13 @@ devenv_py="$(cat <<EOF
 
 import os
 
-for _key, _paths in (
-    ("LD_LIBRARY_PATH", ("$INSTALL/lib", "$VENV/lib")),
-    ("AMENT_PREFIX_PATH", ("$INSTALL", "$VENV")),
-):
-    _cur = [p for p in os.environ.get(_key, "").split(os.pathsep) if p]
-    os.environ[_key] = os.pathsep.join([p for p in _paths if p not in _cur] + _cur)
+if not os.environ.get("REASONING_SEG_NO_DEVENV"):  # set by setup.sh while it builds
+    for _key, _paths in (
+        ("LD_LIBRARY_PATH", ("$INSTALL/lib", "$VENV/lib")),
+        ("AMENT_PREFIX_PATH", ("$INSTALL", "$VENV")),
+    ):
+        _cur = [p for p in os.environ.get(_key, "").split(os.pathsep) if p]
+        os.environ[_key] = os.pathsep.join([p for p in _paths if p not in _cur] + _cur)
 EOF
 )"
 devenv_pth="$(cat <<EOF

@@ -90,6 +90,11 @@ class PoseBuffer:
     def __len__(self) -> int:
         return len(self._stamps)
 
+    @property
+    def newest_stamp(self) -> float | None:
+        """Stamp of the latest buffered pose (None when empty)."""
+        return self._stamps[-1] if self._stamps else None
+
     def add(self, stamp: float, T_world_cam: np.ndarray) -> None:  # noqa: N803
         """Insert a pose; out-of-order poses are placed by stamp."""
         if self._stamps and stamp < self._stamps[-1]:

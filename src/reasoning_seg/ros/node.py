@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import numpy as np
 import rclpy
@@ -73,6 +73,9 @@ class ReasoningSegNode(Node):
         self._intrinsics = None
         self._sync: ApproximatePairSync = ApproximatePairSync(self.cfg.sync_slop)
         self._poses = PoseBuffer(self.cfg.pose_max_age)
+        # Image pairs that arrived before their pose or the first CameraInfo (a tf2 message filter
+        # would hold them too); bounded, the oldest is decided when it overflows.
+        self._pending: deque[tuple[float, Image, Image]] = deque()
         self._query_lock = threading.Lock()
         self._queries_served = 0
         self._last_map_version = -1
@@ -168,6 +171,8 @@ class ReasoningSegNode(Node):
             self._intrinsics = camera_info_to_intrinsics(msg)
         except ValueError as exc:
             self._reject("bad_camera_info", str(exc))
+            return
+        self._drain_pending(final=False)
 
     def _on_pose(self, msg: PoseStamped) -> None:
         try:
@@ -188,16 +193,42 @@ class ReasoningSegNode(Node):
             )
             return
         self._poses.add(stamp_to_sec(header.stamp), T)
+        self._drain_pending(final=False)
 
     def _on_color(self, msg: Image) -> None:
         pair = self._sync.add_a(stamp_to_sec(msg.header.stamp), msg)
         if pair:
-            self._process(*pair)
+            self._enqueue(*pair)
 
     def _on_depth(self, msg: Image) -> None:
         pair = self._sync.add_b(stamp_to_sec(msg.header.stamp), msg)
         if pair:
-            self._process(*pair)
+            self._enqueue(*pair)
+
+    _MAX_PENDING = 10
+
+    def _enqueue(self, stamp: float, color: Image, depth: Image) -> None:
+        self._pending.append((stamp, color, depth))
+        self._drain_pending(final=False)
+        while len(self._pending) > self._MAX_PENDING:
+            self._process(*self._pending.popleft())
+
+    def _ready(self, stamp: float) -> bool:
+        """Whether a pair can be decided now.
+
+        Camera info must be known and, with topic poses, a pose at or after the pair's stamp must
+        have arrived, so the pose is interpolated rather than extrapolated.
+        """
+        if self._intrinsics is None:
+            return False
+        if self._tf_buffer is not None:
+            return True
+        newest = self._poses.newest_stamp
+        return newest is not None and newest >= stamp
+
+    def _drain_pending(self, final: bool) -> None:
+        while self._pending and (final or self._ready(self._pending[0][0])):
+            self._process(*self._pending.popleft())
 
     def _lookup_pose(self, stamp: float, color: Image) -> np.ndarray | None:
         if self._tf_buffer is None:
@@ -302,8 +333,12 @@ class ReasoningSegNode(Node):
             result.timings["publishing"] = time.perf_counter() - t0
             msg.timings.append(StageTiming(stage="publishing", seconds=result.timings["publishing"]))
             self._queries_served += 1
-            level = self.get_logger().info if result.success else self.get_logger().warning
-            level(f"query '{result.query[:80]}': {result.message}")
+            # rclpy fixes a call site's severity on first use, hence two calls rather than one.
+            text = f"query '{result.query[:80]}': {result.message}"
+            if result.success:
+                self.get_logger().info(text)
+            else:
+                self.get_logger().warning(text)
             return result, msg
         finally:
             self._query_lock.release()
