@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,9 +24,13 @@ import numpy as np
 
 
 def _pick_queries(scene, limit: int) -> list:
-    """One query of each kind first (explicit, affordance, spatial), then the rest, up to ``limit``."""
+    """One query of each kind first (explicit, affordance, spatial), then the rest, up to ``limit``.
+
+    Targets are furniture (not the room shell): what a manipulation stack would be asked about.
+    """
+    furniture = {o.instance_id for o in scene.objects if not o.is_structure}
     seen, first, rest = set(), [], []
-    for q in scene.queries:
+    for q in (q for q in scene.queries if q.target_instance_id in furniture):
         (rest if q.kind in seen else first).append(q)
         seen.add(q.kind)
     return (first + rest)[:limit]
@@ -37,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--frames", type=int, default=90, help="frames in the recorded sequence (30 fps)")
-    p.add_argument("--rate", type=float, default=1.0, help="playback rate multiplier")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.5,
+        help="playback rate multiplier (0.5: player and node share 2 cores here)",
+    )
     p.add_argument("--queries", type=int, default=3, help="how many of the scene's queries to ask")
     p.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", "57")))
     a = p.parse_args(argv)
@@ -66,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     scene.save(out / "scene")
     intr = CameraIntrinsics(640, 480, 525.0, 525.0, 319.5, 239.5)
     poses = scene.trajectory(a.frames, seed=a.seed)
+    shutil.rmtree(out / "sequence", ignore_errors=True)  # the demo owns its output folder
     scene.record_sequence(out / "sequence", intr, poses)
     t_record = time.perf_counter() - t0
     print(
@@ -129,19 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         while "map" not in latest and time.perf_counter() < deadline:
             rclpy.spin_once(client, timeout_sec=0.1)
         m = cloud_msg_to_numpy(latest["map"]) if "map" in latest else {}
-        map_pts = np.stack([m["x"], m["y"], m["z"]], 1) if m else np.zeros((0, 3))
-        map_cols = m["rgb"].astype(np.float32) / 255.0 if m else np.zeros((0, 3), np.float32)
+        map_pts = m["points"].astype(np.float64) if m else np.zeros((0, 3))
+        map_cols = m["colors"].astype(np.float32) / 255.0 if m else np.zeros((0, 3), np.float32)
         gt_labels = scene.label_points(map_pts, max_distance=1.5 * voxel)
 
         for i, q in enumerate(_pick_queries(scene, a.queries)):
             resp = call_segment(client, q.text, timeout=120.0)
             s = result_summary(resp.success, resp.message, resp.result)
             cloud = cloud_msg_to_numpy(resp.result.cloud)
-            pred = (
-                np.stack([cloud["x"], cloud["y"], cloud["z"]], 1)
-                if resp.result.num_points
-                else np.zeros((0, 3))
-            )
+            pred = cloud["points"].astype(np.float64) if resp.result.num_points else np.zeros((0, 3))
             gt = map_pts[gt_labels == q.target_instance_id]
             prec, rec = precision_recall(pred, gt, voxel)
             s["kind"] = q.kind

@@ -37,7 +37,7 @@ def _panel(
         hidden = 3 - axes[0] - axes[1]
         order = np.argsort(pts[:, hidden] if hidden == 2 else -pts[:, hidden])
         x, y = to_px(pts[order])
-        img[y, x] = (np.clip(cols[order], 0, 1) * 200).astype(np.uint8)
+        img[y, x] = (np.clip(cols[order], 0, 1) * 255).astype(np.uint8)
     if len(target):
         x, y = to_px(target)
         for dx in (0, 1):

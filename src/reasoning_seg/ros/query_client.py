@@ -52,8 +52,8 @@ def result_summary(success: bool, message: str, r: SegmentationResult) -> dict:
 def write_ply(path: str | Path, r: SegmentationResult) -> int:
     """Write the target cloud (x y z, rgb, confidence) as ASCII PLY; returns the point count."""
     data = cloud_msg_to_numpy(r.cloud)
-    pts = np.stack([data["x"], data["y"], data["z"]], axis=1) if "x" in data else np.zeros((0, 3))
-    rgb = data.get("rgb", np.zeros((len(pts), 3), np.uint8))
+    pts = data.get("points", np.zeros((0, 3)))
+    rgb = data.get("colors", np.zeros((len(pts), 3), np.uint8))
     conf = data.get("confidence", np.zeros(len(pts), np.float32))
     lines = [
         "ply",
