@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         client.destroy_client(seg_client)
         t_play = time.perf_counter()
         player = subprocess.Popen(
-            player_command(str(out / "sequence"), overrides={"rate": a.rate, "wait_for_subscribers": 1}),
+            player_command(
+                str(out / "sequence"),
+                overrides={"rate": a.rate, "wait_for_subscribers": 1, "start_delay": 1.0},
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -71,7 +71,9 @@ class ReasoningSegNode(Node):
         self.pipeline = ReasoningSegPipeline(pipe_cfg)
         self.rejected: Counter = Counter()
         self._intrinsics = None
-        self._sync: ApproximatePairSync = ApproximatePairSync(self.cfg.sync_slop)
+        # The executor may drain one topic's queue in a burst before the other's, so the pairing queue
+        # is as deep as the subscription queue (30) to never drop a frame whose partner is queued.
+        self._sync: ApproximatePairSync = ApproximatePairSync(self.cfg.sync_slop, queue_size=30)
         self._poses = PoseBuffer(self.cfg.pose_max_age)
         # Image pairs that arrived before their pose or the first CameraInfo (a tf2 message filter
         # would hold them too); bounded, the oldest is decided when it overflows.
@@ -100,7 +102,9 @@ class ReasoningSegNode(Node):
         sensors = MutuallyExclusiveCallbackGroup()
         queries = MutuallyExclusiveCallbackGroup()
         admin = MutuallyExclusiveCallbackGroup()
-        qos = qos_profile_sensor_data if self.cfg.sensor_qos == "sensor_data" else QoSProfile(depth=10)
+        # Reliable (recordings): a deeper queue absorbs bursts while a query or GC stalls the executor;
+        # keep-last history still bounds memory (30 colour + 30 depth images).
+        qos = qos_profile_sensor_data if self.cfg.sensor_qos == "sensor_data" else QoSProfile(depth=30)
         self.create_subscription(Image, "camera/color/image_raw", self._on_color, qos, callback_group=sensors)
         self.create_subscription(Image, "camera/depth/image_raw", self._on_depth, qos, callback_group=sensors)
         self.create_subscription(
