@@ -35,7 +35,7 @@ test: setup
 	@$(ENV) && pytest -q $(PYTEST_ARGS)
 
 demo: setup
-	@$(ENV) && python -m reasoning_seg.demo --out out/demo $(DEMO_ARGS)
+	@$(ENV) && python -m reasoning_seg.ros.demo --out out/demo $(DEMO_ARGS)
 
 format: setup
 	@$(ENV) && ruff check --fix $(PY_DIRS) && ruff format $(PY_DIRS)

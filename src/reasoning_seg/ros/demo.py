@@ -37,7 +37,7 @@ def _pick_queries(scene, limit: int) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``reasoning_seg_demo`` / ``python -m reasoning_seg.demo``."""
+    """Entry point of ``reasoning_seg_demo`` / ``python -m reasoning_seg.ros.demo``."""
     p = argparse.ArgumentParser(prog="reasoning_seg_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     p.add_argument("--seed", type=int, default=3)
