@@ -120,10 +120,12 @@ def test_keyframe_window_is_bounded_and_motion_gated():
     win = KeyframeWindow(
         KeyframeConfig(window_size=3, min_translation=0.5, min_rotation_deg=90, max_interval=0)
     )
+
     def f(x):
         T = np.eye(4)
         T[0, 3] = x
         return RGBDFrame(np.zeros((48, 64, 3), np.uint8), np.ones((48, 64), np.float32), INTR, T)
+
     kept = [win.offer(f(x)) is not None for x in [0, 0.1, 0.6, 0.7, 1.2, 1.8, 2.4]]
     assert kept == [True, False, True, False, True, True, True]
     assert len(win) == 3 and [k.keyframe_id for k in win] == [2, 3, 4]

@@ -16,7 +16,7 @@ from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix
 from reasoning_seg.ros.node import ReasoningSegNode
 from reasoning_seg.ros.player import play
-from reasoning_seg.ros.query_client import call_segment, spin_until_done
+from reasoning_seg.ros.query_client import call_segment, call_service
 from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.srv import LoadMap, SaveMap
 
@@ -59,15 +59,6 @@ def running_node(ros_context, recorded):
     executor.shutdown()
     thread.join(timeout=5)
     node.destroy_node()
-
-
-def call(client, srv_type, name, request, timeout=30.0):
-    c = client.create_client(srv_type, name)
-    assert c.wait_for_service(timeout_sec=timeout)
-    future = c.call_async(request)
-    spin_until_done(client, future, timeout)
-    client.destroy_client(c)
-    return future.result()
 
 
 def test_player_node_and_service_find_the_target(ros_context, recorded, running_node, tmp_path):
@@ -140,17 +131,17 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
 
         # Save, clear, load: the answer survives the round trip.
         before = call_segment(client, q.text, timeout=60.0).result
-        saved = call(
+        saved = call_service(
             client, SaveMap, "/reasoning_seg/save_map", SaveMap.Request(directory=str(tmp_path / "map"))
         )
         assert saved.success, saved.message
-        assert call(client, Trigger, "/reasoning_seg/clear_map", Trigger.Request()).success
+        assert call_service(client, Trigger, "/reasoning_seg/clear_map", Trigger.Request()).success
         assert "empty" in call_segment(client, q.text).message
-        bad = call(
+        bad = call_service(
             client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "nope"))
         )
         assert not bad.success and "current map kept" in bad.message
-        loaded = call(
+        loaded = call_service(
             client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "map"))
         )
         assert loaded.success, loaded.message

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix
     from reasoning_seg.ros.query_client import call_segment, result_summary, write_ply
     from reasoning_seg.sim.scene import SyntheticScene
+    from reasoning_seg.srv import Segment
     from reasoning_seg.visualize import render_map_picture
 
     out = a.out.resolve()
@@ -111,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {"seed": a.seed, "frames": a.frames, "record_s": round(t_record, 2), "queries": []}
     code = 0
     try:
-        seg_client = client.create_client(
-            __import__("reasoning_seg.srv", fromlist=["Segment"]).Segment, "/reasoning_seg/segment"
-        )
+        seg_client = client.create_client(Segment, "/reasoning_seg/segment")
         if not seg_client.wait_for_service(timeout_sec=60.0):
             raise RuntimeError("the node did not come up; see node.log")
         client.destroy_client(seg_client)

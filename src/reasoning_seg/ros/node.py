@@ -176,7 +176,7 @@ class ReasoningSegNode(Node):
         except ValueError as exc:
             self._reject("bad_camera_info", str(exc))
             return
-        self._drain_pending(final=False)
+        self._drain_pending()
 
     def _on_pose(self, msg: PoseStamped) -> None:
         try:
@@ -197,7 +197,7 @@ class ReasoningSegNode(Node):
             )
             return
         self._poses.add(stamp_to_sec(header.stamp), T)
-        self._drain_pending(final=False)
+        self._drain_pending()
 
     def _on_color(self, msg: Image) -> None:
         pair = self._sync.add_a(stamp_to_sec(msg.header.stamp), msg)
@@ -213,7 +213,7 @@ class ReasoningSegNode(Node):
 
     def _enqueue(self, stamp: float, color: Image, depth: Image) -> None:
         self._pending.append((stamp, color, depth))
-        self._drain_pending(final=False)
+        self._drain_pending()
         while len(self._pending) > self._MAX_PENDING:
             self._process(*self._pending.popleft())
 
@@ -230,8 +230,8 @@ class ReasoningSegNode(Node):
         newest = self._poses.newest_stamp
         return newest is not None and newest >= stamp
 
-    def _drain_pending(self, final: bool) -> None:
-        while self._pending and (final or self._ready(self._pending[0][0])):
+    def _drain_pending(self) -> None:
+        while self._pending and self._ready(self._pending[0][0]):
             self._process(*self._pending.popleft())
 
     def _lookup_pose(self, stamp: float, color: Image) -> np.ndarray | None:
@@ -308,24 +308,21 @@ class ReasoningSegNode(Node):
         self, text: str, num_views: int, threshold: float, target_frame: str, progress=None
     ) -> tuple[QueryResult, SegmentationResult]:
         header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
+
+        def refuse(why: str) -> tuple[QueryResult, SegmentationResult]:
+            r = QueryResult(text[:200], False, False, why)
+            return r, self._result_msg(r, header)
+
         if target_frame and target_frame != self.cfg.map_frame:
-            r = QueryResult(
-                text[:200],
-                False,
-                False,
-                f"target_frame '{target_frame}' is not supported: results are "
-                f"reported in the map frame '{self.cfg.map_frame}' (transform them with TF)",
+            return refuse(
+                f"target_frame '{target_frame}' is not supported: results are reported in the map "
+                f"frame '{self.cfg.map_frame}' (transform them with TF)"
             )
-            return r, self._result_msg(r, header)
         if self.model_status != "ready":
-            r = QueryResult(text[:200], False, False, f"2D model not ready ({self.model_status})")
-            return r, self._result_msg(r, header)
+            return refuse(f"2D model not ready ({self.model_status})")
         queue = self.cfg.concurrent_queries == "queue"
         if not self._query_lock.acquire(blocking=queue, timeout=self.cfg.query_wait_timeout if queue else -1):
-            r = QueryResult(
-                text[:200], False, False, "busy: another query is running (concurrent_queries=reject)"
-            )
-            return r, self._result_msg(r, header)
+            return refuse("busy: another query is running (concurrent_queries=reject)")
         try:
             result = self.pipeline.query(
                 text, num_views=num_views, score_threshold=threshold, progress=progress

@@ -91,6 +91,21 @@ def spin_until_done(node: Node, future, timeout: float) -> None:
         executor.shutdown()
 
 
+def call_service(node: Node, srv_type, service: str, request, timeout: float = 60.0):
+    """Call ``service`` and wait for the response; TimeoutError when it is absent or does not answer."""
+    client = node.create_client(srv_type, service)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {service} not available after {timeout:.0f}s (is the node running?)")
+        future = client.call_async(request)
+        spin_until_done(node, future, timeout)
+        if not future.done():
+            raise TimeoutError(f"no answer from {service} within {timeout:.0f}s")
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
 def call_segment(
     node: Node,
     query: str,
@@ -101,23 +116,10 @@ def call_segment(
     timeout: float = 60.0,
 ) -> Segment.Response:
     """Call the Segment service and wait; raises TimeoutError when the node does not answer."""
-    client = node.create_client(Segment, service)
-    try:
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"service {service} not available after {timeout:.0f}s (is the node running?)")
-        req = Segment.Request(
-            query=query,
-            num_views=num_views,
-            score_threshold=float(score_threshold),
-            target_frame=target_frame,
-        )
-        future = client.call_async(req)
-        spin_until_done(node, future, timeout)
-        if not future.done():
-            raise TimeoutError(f"no answer from {service} within {timeout:.0f}s")
-        return future.result()
-    finally:
-        node.destroy_client(client)
+    req = Segment.Request(
+        query=query, num_views=num_views, score_threshold=float(score_threshold), target_frame=target_frame
+    )
+    return call_service(node, Segment, service, req, timeout)
 
 
 def call_action(
