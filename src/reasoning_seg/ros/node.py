@@ -57,6 +57,7 @@ try:  # real ROS 2 installs; not available from PyPI wheels
 except ImportError:  # pragma: no cover - depends on the installation
     tf2_ros = None
 
+_CAMERA_QUEUE = 30  # reliable camera subscription depth, and the colour/depth pairing queue depth
 _LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
@@ -72,8 +73,8 @@ class ReasoningSegNode(Node):
         self.rejected: Counter = Counter()
         self._intrinsics = None
         # The executor may drain one topic's queue in a burst before the other's, so the pairing queue
-        # is as deep as the subscription queue (30) to never drop a frame whose partner is queued.
-        self._sync: ApproximatePairSync = ApproximatePairSync(self.cfg.sync_slop, queue_size=30)
+        # is as deep as the subscription queue to never drop a frame whose partner is queued.
+        self._sync: ApproximatePairSync = ApproximatePairSync(self.cfg.sync_slop, queue_size=_CAMERA_QUEUE)
         self._poses = PoseBuffer(self.cfg.pose_max_age)
         # Image pairs that arrived before their pose or the first CameraInfo (a tf2 message filter
         # would hold them too); bounded, the oldest is decided when it overflows.
@@ -103,8 +104,12 @@ class ReasoningSegNode(Node):
         queries = MutuallyExclusiveCallbackGroup()
         admin = MutuallyExclusiveCallbackGroup()
         # Reliable (recordings): a deeper queue absorbs bursts while a query or GC stalls the executor;
-        # keep-last history still bounds memory (30 colour + 30 depth images).
-        qos = qos_profile_sensor_data if self.cfg.sensor_qos == "sensor_data" else QoSProfile(depth=30)
+        # keep-last history still bounds memory (_CAMERA_QUEUE colour + depth images).
+        qos = (
+            qos_profile_sensor_data
+            if self.cfg.sensor_qos == "sensor_data"
+            else QoSProfile(depth=_CAMERA_QUEUE)
+        )
         self.create_subscription(Image, "camera/color/image_raw", self._on_color, qos, callback_group=sensors)
         self.create_subscription(Image, "camera/depth/image_raw", self._on_depth, qos, callback_group=sensors)
         self.create_subscription(
