@@ -2,7 +2,8 @@
 
 Two sources, chosen by parameter:
 
-- ``folder``: a 3DMatch/Sun3D-style folder read by :class:`reasoning_seg.sequence_io.FolderSequence`;
+- ``folder``: a 3DMatch/Sun3D-style folder (:class:`reasoning_seg.sequence_io.FolderSequence`) or a
+  ScanNet-style export (:class:`reasoning_seg.scannet_io.ScanNetSequence`), told apart by layout;
   each frame becomes an ``rgb8`` colour ``Image``, a ``16UC1`` (millimetre) or ``32FC1`` (metre)
   depth ``Image``, a ``CameraInfo`` and a ``PoseStamped`` (``T_map_camera`` in ``map_frame``), all
   with the same stamp; images and camera info carry ``camera_frame``.
@@ -116,7 +117,10 @@ def _descriptor(text: str) -> ParameterDescriptor:
 
 # name -> (default, description); declared in this order.
 _PARAMS: dict[str, tuple[Any, str]] = {
-    "folder": ("", "Folder sequence root (FolderSequence layout). Exactly one of folder / bag."),
+    "folder": (
+        "",
+        "Recorded sequence folder (3DMatch/Sun3D or ScanNet-style export). Exactly one of folder / bag.",
+    ),
     "bag": ("", "rosbag2 directory, .db3 / .mcap file or ROS 1 .bag to replay."),
     "rate": (1.0, "Playback speed multiplier (2.0 = twice as fast)."),
     "loop": (False, "Start again after the last frame instead of exiting."),
@@ -239,9 +243,9 @@ class PlayerNode(Node):
     def _setup_folder(self, sequence: FrameSequence | None) -> None:
         p = self._p
         if sequence is None:
-            from reasoning_seg.sequence_io import FolderSequence  # lazy: another module's I/O deps
+            from reasoning_seg.scannet_io import open_sequence  # lazy: another module's I/O deps
 
-            sequence = FolderSequence(p["folder"], depth_scale=float(p["depth_scale"]), fps=float(p["fps"]))
+            sequence = open_sequence(p["folder"], depth_scale=float(p["depth_scale"]), fps=float(p["fps"]))
             self.summary.source = f"folder {p['folder']}"
         else:
             self.summary.source = f"sequence {type(sequence).__name__}"
