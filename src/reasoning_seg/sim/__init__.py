@@ -1,11 +1,14 @@
 """Simulation: a synthetic indoor world with ground truth, for testing the pipeline without a robot.
 
 Everything here is simulated (rendered from boxes with Open3D's CPU ray caster), so every pixel
-and every query comes with an exact answer: the instance id that produced it. Real recordings are
-read with :mod:`reasoning_seg.sequence_io`; simulated ones are written in the same folder format.
+and every query comes with an exact answer: the instance id that produced it (0 for queries about
+something the room does not contain). Real recordings are read with
+:mod:`reasoning_seg.sequence_io`; simulated ones are written in the same folder format. The
+object catalogue (geometry, colours, uses, fronts) is :mod:`reasoning_seg.sim.catalogue`.
 """
 
 from reasoning_seg.sim.scene import (
+    QUERY_KINDS,
     STRUCTURE_CATEGORIES,
     BoxPart,
     ObjectSpec,
@@ -14,9 +17,11 @@ from reasoning_seg.sim.scene import (
     SceneQuery,
     SyntheticScene,
     apply_depth_noise,
+    simulate_pose_drift,
 )
 
 __all__ = [
+    "QUERY_KINDS",
     "STRUCTURE_CATEGORIES",
     "BoxPart",
     "ObjectSpec",
@@ -25,4 +30,5 @@ __all__ = [
     "SceneQuery",
     "SyntheticScene",
     "apply_depth_noise",
+    "simulate_pose_drift",
 ]

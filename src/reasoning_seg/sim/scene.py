@@ -10,10 +10,13 @@ Design notes:
 - Objects are described by :class:`ObjectSpec` (an oriented bounding box + category, colour,
   affordances). Their geometry (a few boxes: a table is a top and four legs) is *derived* from the
   spec by a per-category part builder, so ``scene.json`` stores only specs and the mesh is rebuilt
-  identically on load. A new category only needs a builder in :data:`PART_BUILDERS`.
+  identically on load. The catalogue (builders, colours, uses, which side is an object's front)
+  lives in :mod:`reasoning_seg.sim.catalogue`; a new category only needs a builder there.
+- Several instances of a category (chairs, tables, bins, cups, books) are placed on purpose, so
+  that many objects can only be told apart by where they are.
 - Queries carry a machine-checkable :class:`QueryPredicate` next to their text;
   :meth:`SyntheticScene.select` evaluates it, and a query is only generated when that evaluation
-  returns exactly its target.
+  returns exactly its target (or, for "absent" queries, nothing at all).
 - Rendering casts one ray per pixel with ``open3d.t.geometry.RaycastingScene`` (CPU, no
   display). Ray directions have unit z in the camera frame, so the hit parameter *is* the z-depth
   the rest of the package expects (not the range along the ray).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,16 +40,39 @@ import open3d as o3d
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform, look_at
 from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.sim.catalogue import (
+    ABSENT_OBJECTS,
+    AFFORDANCE_CLAUSES,
+    AFFORDANCE_PHRASES,
+    CATEGORY_AFFORDANCES,
+    CATEGORY_COLORS,
+    COLOR_PALETTE,
+    FRONT_CATEGORIES,
+    PART_BUILDERS,
+    STRUCTURE_CATEGORIES,
+    SURROUNDING_CATEGORIES,
+    BoxPart,
+    object_parts,
+    shelf_board_tops,
+)
 
 __all__ = [
+    "ABSENT_OBJECTS",
+    "AFFORDANCE_CLAUSES",
     "AFFORDANCE_PHRASES",
     "CATEGORY_AFFORDANCES",
+    "CATEGORY_COLORS",
     "COLOR_PALETTE",
+    "FRONT_CATEGORIES",
     "PART_BUILDERS",
     "QUERY_KINDS",
     "SCENE_FILE",
+    "SIDE_DEPTH",
+    "SIDE_MARGIN",
+    "SIDE_RANGE",
     "SPATIAL_MARGIN",
     "STRUCTURE_CATEGORIES",
+    "SURROUNDING_CATEGORIES",
     "BoxPart",
     "ObjectSpec",
     "QueryPredicate",
@@ -53,91 +80,43 @@ __all__ = [
     "SceneQuery",
     "SyntheticScene",
     "apply_depth_noise",
+    "object_parts",
+    "simulate_pose_drift",
 ]
 
 SCENE_FILE = "scene.json"
 SCENE_FORMAT = "reasoning_seg.sim.scene"
 SCENE_VERSION = 1
 
-#: Categories that make up the room shell rather than furniture; they are rendered and labelled
-#: like everything else, but are not "furnished objects" (door and window can still be targets).
-STRUCTURE_CATEGORIES = frozenset({"floor", "ceiling", "wall", "door", "window"})
-
-QUERY_KINDS = ("explicit", "affordance", "spatial")
+#: What a query tests: "explicit" names the target ("the red chair"); "affordance" names a use
+#: ("somewhere I can sit down"); "spatial" needs a relation to another object ("the cup on the
+#: left of the monitor"); "no_name" replaces the target's name with "object" / "thing" (the
+#: VG-w/o-ON setting: "the red object on the left of the monitor"); "absent" asks for something
+#: that is not in the room (target id 0: the right answer is "not found").
+QUERY_KINDS = ("explicit", "affordance", "spatial", "no_name", "absent")
 
 #: A superlative ("the bin closest to the door") is only considered unambiguous when the runner-up
 #: is at least this much (metres) farther / nearer; otherwise a person could not tell either.
 SPATIAL_MARGIN = 0.4
 
+#: "On the left / right of" (see :meth:`SyntheticScene.side_of`): how far (m) beyond the anchor's
+#: side edge a candidate's centre may be, how far in front of / behind the anchor's front / back
+#: face, and the margin (m) by which every candidate must be clearly inside or clearly outside
+#: that region; one candidate closer than this to the region's border makes the relation ambiguous.
+SIDE_RANGE = 1.0
+SIDE_DEPTH = 0.75
+SIDE_MARGIN = 0.1
+
 #: Tolerance (metres) for "rests on": bottom of one box within this of the top of another.
 _REST_TOL = 0.01
 
-COLOR_PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (190, 40, 40),
-    "blue": (40, 80, 180),
-    "green": (50, 140, 60),
-    "yellow": (225, 190, 50),
-    "orange": (225, 120, 35),
-    "white": (235, 235, 228),
-    "black": (38, 38, 40),
-    "grey": (125, 125, 128),
-    "brown": (115, 78, 48),
-    "beige": (205, 185, 150),
-    "light blue": (170, 200, 225),
-    "off-white": (222, 218, 208),
-    "taupe": (150, 138, 122),
-}
+#: A table has a front (see :meth:`SyntheticScene.facing`) when its back edge is within this
+#: distance (m) of a wall and it stands square to it (within ``_SQUARE_TOL`` radians).
+_WALL_BACK_GAP = 0.15
+_SQUARE_TOL = 0.1
 
-#: Colour names a category is drawn from (the generator picks one per object).
-CATEGORY_COLORS: dict[str, tuple[str, ...]] = {
-    "table": ("brown", "white", "beige", "black"),
-    "chair": ("red", "blue", "green", "yellow", "orange", "black"),
-    "sofa": ("blue", "grey", "beige", "green"),
-    "bin": ("grey", "black"),
-    "shelf": ("brown", "white"),
-    "monitor": ("black",),
-    "cup": ("red", "white", "yellow", "blue"),
-    "lamp": ("white", "black"),
-    "plant": ("green",),
-    "door": ("brown", "grey"),  # not white: it must stand out against the off-white walls
-    "window": ("light blue",),
-    "wall": ("off-white",),
-    "floor": ("taupe",),
-    "ceiling": ("white",),
-}
-
-CATEGORY_AFFORDANCES: dict[str, tuple[str, ...]] = {
-    "table": ("put a cup on", "work at"),
-    "chair": ("sit on",),
-    "sofa": ("sit on", "lie down on"),
-    "bin": ("throw away",),
-    "shelf": ("store in",),
-    "monitor": ("watch a video on",),
-    "cup": ("drink from",),
-    "lamp": ("read by",),
-    "plant": ("water",),
-    "door": ("leave through",),
-    "window": ("look outside through",),
-}
-
-#: How an implicit request for an affordance is phrased in a query.
-AFFORDANCE_PHRASES: dict[str, str] = {
-    "throw away": "somewhere to throw away this wrapper",
-    "sit on": "somewhere I can sit down",
-    "lie down on": "somewhere I can lie down for a nap",
-    "put a cup on": "somewhere to put my cup down",
-    "work at": "somewhere I can work on my laptop",
-    "store in": "somewhere to store these books",
-    "watch a video on": "something to watch a video on",
-    "drink from": "something I can drink my coffee from",
-    "read by": "something that gives light to read by",
-    "water": "something that needs watering",
-    "leave through": "the way out of this room",
-    "look outside through": "somewhere to look outside",
-}
-
-#: Unique landmarks that spatial queries may refer to.
-_ANCHOR_CATEGORIES = ("door", "window", "sofa", "shelf", "lamp", "plant")
+#: Unique landmarks that "closest to / farthest from" queries may refer to.
+_ANCHOR_CATEGORIES = ("door", "window", "sofa", "shelf", "cabinet", "monitor", "lamp", "plant")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,8 +138,10 @@ class ObjectSpec:
     """One object instance: an oriented bounding box (rotated by ``yaw`` about z) plus semantics.
 
     ``center`` / ``size`` are the bounding box of the whole object in metres (size along the
-    object's local x, y, z); the object's front faces its local +y. ``instance_id`` >= 1 (0 is
-    reserved for "nothing"). The detailed geometry comes from :data:`PART_BUILDERS`.
+    object's local x, y, z); the object's front faces its local +y, so a person standing in front
+    of it has its local +x on their left (see :mod:`reasoning_seg.sim.catalogue`).
+    ``instance_id`` >= 1 (0 is reserved for "nothing"). The detailed geometry comes from
+    :data:`PART_BUILDERS`.
     """
 
     instance_id: int
@@ -240,15 +221,6 @@ class ObjectSpec:
 
 
 @dataclass(frozen=True)
-class BoxPart:
-    """An axis-aligned box in its object's local frame (before the object's yaw)."""
-
-    center: tuple[float, float, float]
-    size: tuple[float, float, float]
-    color: tuple[int, int, int]
-
-
-@dataclass(frozen=True)
 class SceneBox:
     """A part placed in the world: what the mesh, the collision check and tests work on."""
 
@@ -259,16 +231,23 @@ class SceneBox:
     color: tuple[int, int, int]
 
 
+_NESTED_KEYS = ("on", "supports", "left_of", "right_of", "nearest_to", "farthest_from")
+_ATTRIBUTE_KEYS = ("category", "color_name", "affordance")
+
+
 @dataclass(frozen=True)
 class QueryPredicate:
     """What a query's text means, in a form :meth:`SyntheticScene.select` can evaluate.
 
-    Attribute filters (``category``, ``color_name``, ``affordance``) are ANDed; ``on`` keeps
-    objects resting on something the nested predicate selects, ``supports`` keeps objects that
-    something selected rests on; ``nearest_to`` / ``farthest_from`` then pick the single
-    candidate closest to / farthest from the (unique) anchor, or nothing when the choice is not
-    clear by :data:`SPATIAL_MARGIN`. Nesting lets a later catalogue add relations without changing
-    the query format.
+    Evaluated in this order: the attribute filters (``category``, ``color_name``, ``affordance``)
+    are ANDed; ``on`` keeps objects resting on something the nested predicate selects,
+    ``supports`` keeps objects that something selected rests on; ``left_of`` / ``right_of`` keep
+    the objects on that side of the (unique, front-facing) anchor as seen by a person standing in
+    front of it (exact definition: :meth:`SyntheticScene.side_of`), or nothing when any candidate
+    is too close to the border of that region to tell; ``nearest_to`` / ``farthest_from`` then
+    pick the single candidate closest to / farthest from the (unique) anchor, or nothing when the
+    choice is not clear by :data:`SPATIAL_MARGIN`. Nesting lets a later catalogue add relations
+    without changing the query format.
     """
 
     category: str | None = None
@@ -278,42 +257,44 @@ class QueryPredicate:
     supports: QueryPredicate | None = None
     nearest_to: QueryPredicate | None = None
     farthest_from: QueryPredicate | None = None
+    left_of: QueryPredicate | None = None
+    right_of: QueryPredicate | None = None
 
     def __post_init__(self) -> None:
         if self.nearest_to is not None and self.farthest_from is not None:
             raise ValueError("a predicate can use nearest_to or farthest_from, not both")
+        if self.left_of is not None and self.right_of is not None and self.left_of == self.right_of:
+            raise ValueError("nothing is both on the left and on the right of the same anchor")
+
+    def nested(self) -> dict[str, QueryPredicate]:
+        """The nested predicates (anchors and supports) by relation name, in evaluation order."""
+        return {k: getattr(self, k) for k in _NESTED_KEYS if getattr(self, k) is not None}
 
     def without_superlative(self) -> QueryPredicate:
         """The same description minus "closest / farthest" (used to prove spatial reasoning is needed)."""
         return replace(self, nearest_to=None, farthest_from=None)
 
+    def without_relations(self) -> QueryPredicate:
+        """Only the attribute filters: what is left when every relation to another object is dropped."""
+        return QueryPredicate(category=self.category, color_name=self.color_name, affordance=self.affordance)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (inverse of ``from_dict``)."""
         out: dict[str, Any] = {}
-        for key in ("category", "color_name", "affordance"):
+        for key in _ATTRIBUTE_KEYS:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
-        for key in ("on", "supports", "nearest_to", "farthest_from"):
-            sub = getattr(self, key)
-            if sub is not None:
-                out[key] = sub.to_dict()
+        for key, sub in self.nested().items():
+            out[key] = sub.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QueryPredicate:
         """Rebuild from ``to_dict`` output; ValueError on malformed input."""
-        unknown = set(d) - {
-            "category",
-            "color_name",
-            "affordance",
-            "on",
-            "supports",
-            "nearest_to",
-            "farthest_from",
-        }
+        unknown = set(d) - set(_ATTRIBUTE_KEYS) - set(_NESTED_KEYS)
         if unknown:
             raise ValueError(f"unknown predicate keys {sorted(unknown)}")
-        nested = {k: cls.from_dict(d[k]) for k in ("on", "supports", "nearest_to", "farthest_from") if k in d}
+        nested = {k: cls.from_dict(d[k]) for k in _NESTED_KEYS if k in d}
         return cls(
             category=d.get("category"),
             color_name=d.get("color_name"),
@@ -326,8 +307,9 @@ class QueryPredicate:
 class SceneQuery:
     """A natural-language request whose answer is the object ``target_instance_id``.
 
-    ``kind`` is "explicit" (names the object), "affordance" (names a use) or "spatial" (needs a
-    relation to another object). ``predicate`` is the checkable meaning of ``text``.
+    ``kind`` is one of :data:`QUERY_KINDS`. ``predicate`` is the checkable meaning of ``text``.
+    An "absent" query asks for something that is not in the room: its target is 0 ("nothing")
+    and its predicate selects nothing; every other kind has a real target (id >= 1).
     """
 
     text: str
@@ -339,6 +321,15 @@ class SceneQuery:
         if self.kind not in QUERY_KINDS:
             raise ValueError(f"query kind must be one of {QUERY_KINDS}, got {self.kind!r}")
         self.target_instance_id = int(self.target_instance_id)
+        if self.kind == "absent" and self.target_instance_id != 0:
+            raise ValueError(f"an absent query has target 0, got {self.target_instance_id}")
+        if self.kind != "absent" and self.target_instance_id < 1:
+            raise ValueError(f"a {self.kind} query needs a target id >= 1, got {self.target_instance_id}")
+
+    @property
+    def is_absent(self) -> bool:
+        """True when the right answer is "there is no such thing here"."""
+        return self.kind == "absent"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (inverse of ``from_dict``)."""
@@ -361,175 +352,6 @@ class SceneQuery:
             kind=d["kind"],
             predicate=None if pred is None else QueryPredicate.from_dict(pred),
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Part builders: ObjectSpec -> boxes in the object's local frame (centred on the bounding box)
-# ---------------------------------------------------------------------------------------------
-
-PartBuilder = Callable[[ObjectSpec], list[BoxPart]]
-
-
-def _shade(color: Sequence[int], factor: float) -> tuple[int, int, int]:
-    return tuple(int(min(255, max(0, round(c * factor)))) for c in color)  # type: ignore[return-value]
-
-
-def _part(x: float, y: float, z: float, sx: float, sy: float, sz: float, color: Sequence[int]) -> BoxPart:
-    return BoxPart((x, y, z), (sx, sy, sz), tuple(int(c) for c in color))  # type: ignore[arg-type]
-
-
-def _single_box(o: ObjectSpec) -> list[BoxPart]:
-    return [_part(0.0, 0.0, 0.0, *o.size, o.color)]
-
-
-def _table_parts(o: ObjectSpec) -> list[BoxPart]:
-    sx, sy, sz = o.size
-    top_t, leg = 0.04, 0.05
-    z0 = -sz / 2
-    parts = [_part(0.0, 0.0, sz / 2 - top_t / 2, sx, sy, top_t, o.color)]
-    leg_h = sz - top_t
-    legc = _shade(o.color, 0.7)
-    for ix in (-1, 1):
-        for iy in (-1, 1):
-            parts.append(
-                _part(
-                    ix * (sx / 2 - leg / 2 - 0.03),
-                    iy * (sy / 2 - leg / 2 - 0.03),
-                    z0 + leg_h / 2,
-                    leg,
-                    leg,
-                    leg_h,
-                    legc,
-                )
-            )
-    return parts
-
-
-def _chair_parts(o: ObjectSpec) -> list[BoxPart]:
-    sx, sy, sz = o.size
-    seat_h, seat_t, leg, back_t = 0.45, 0.04, 0.04, 0.04
-    z0 = -sz / 2
-    legc = _shade(o.color, 0.6)
-    parts = [_part(0.0, 0.0, z0 + seat_h - seat_t / 2, sx, sy, seat_t, o.color)]
-    leg_h = seat_h - seat_t
-    for ix in (-1, 1):
-        for iy in (-1, 1):
-            parts.append(
-                _part(ix * (sx / 2 - leg / 2), iy * (sy / 2 - leg / 2), z0 + leg_h / 2, leg, leg, leg_h, legc)
-            )
-    back_h = sz - seat_h
-    parts.append(
-        _part(0.0, -sy / 2 + back_t / 2, z0 + seat_h + back_h / 2, sx, back_t, back_h, _shade(o.color, 0.9))
-    )
-    return parts
-
-
-def _sofa_parts(o: ObjectSpec) -> list[BoxPart]:
-    sx, sy, sz = o.size
-    base_h, back_d, arm_w, arm_h = 0.42, 0.2, 0.18, 0.2
-    z0 = -sz / 2
-    parts = [_part(0.0, 0.0, z0 + base_h / 2, sx, sy, base_h, o.color)]
-    back_h = sz - base_h
-    parts.append(
-        _part(0.0, -sy / 2 + back_d / 2, z0 + base_h + back_h / 2, sx, back_d, back_h, _shade(o.color, 0.9))
-    )
-    arm_d = sy - back_d
-    for ix in (-1, 1):
-        parts.append(
-            _part(
-                ix * (sx / 2 - arm_w / 2),
-                -sy / 2 + back_d + arm_d / 2,
-                z0 + base_h + arm_h / 2,
-                arm_w,
-                arm_d,
-                arm_h,
-                _shade(o.color, 0.85),
-            )
-        )
-    return parts
-
-
-def _shelf_parts(o: ObjectSpec) -> list[BoxPart]:
-    sx, sy, sz = o.size
-    p = 0.02
-    z0 = -sz / 2
-    parts = [_part(ix * (sx / 2 - p / 2), 0.0, 0.0, p, sy, sz, o.color) for ix in (-1, 1)]
-    parts.append(_part(0.0, -sy / 2 + p / 2, 0.0, sx - 2 * p, p, sz, _shade(o.color, 0.8)))
-    n_boards = 5
-    for k in range(n_boards):
-        zc = z0 + p / 2 + k * (sz - p) / (n_boards - 1)
-        parts.append(_part(0.0, p / 2, zc, sx - 2 * p, sy - p, p, _shade(o.color, 1.05)))
-    return parts
-
-
-def _bin_parts(o: ObjectSpec) -> list[BoxPart]:
-    sx, sy, sz = o.size
-    p, b = 0.015, 0.02
-    z0 = -sz / 2
-    side_h = sz - b
-    zc = z0 + b + side_h / 2
-    inner = _shade(o.color, 0.75)
-    return [
-        _part(0.0, 0.0, z0 + b / 2, sx, sy, b, inner),
-        _part(0.0, -sy / 2 + p / 2, zc, sx, p, side_h, o.color),
-        _part(0.0, sy / 2 - p / 2, zc, sx, p, side_h, o.color),
-        _part(-sx / 2 + p / 2, 0.0, zc, p, sy - 2 * p, side_h, o.color),
-        _part(sx / 2 - p / 2, 0.0, zc, p, sy - 2 * p, side_h, o.color),
-    ]
-
-
-def _monitor_parts(o: ObjectSpec) -> list[BoxPart]:
-    sx, sy, sz = o.size
-    base_t, neck_h, screen_d = 0.02, 0.10, 0.03
-    z0 = -sz / 2
-    screen_h = sz - base_t - neck_h
-    return [
-        _part(0.0, 0.0, z0 + base_t / 2, min(0.22, sx), sy, base_t, o.color),
-        _part(0.0, 0.0, z0 + base_t + neck_h / 2, 0.04, 0.04, neck_h, o.color),
-        _part(0.0, 0.0, z0 + base_t + neck_h + screen_h / 2, sx, screen_d, screen_h, o.color),
-    ]
-
-
-def _lamp_parts(o: ObjectSpec) -> list[BoxPart]:
-    sx, sy, sz = o.size
-    base_t, shade_h, pole = 0.03, 0.28, 0.03
-    z0 = -sz / 2
-    pole_h = sz - base_t - shade_h
-    metal = COLOR_PALETTE["grey"]
-    return [
-        _part(0.0, 0.0, z0 + base_t / 2, 0.8 * sx, 0.8 * sy, base_t, metal),
-        _part(0.0, 0.0, z0 + base_t + pole_h / 2, pole, pole, pole_h, metal),
-        _part(0.0, 0.0, sz / 2 - shade_h / 2, sx, sy, shade_h, o.color),
-    ]
-
-
-def _plant_parts(o: ObjectSpec) -> list[BoxPart]:
-    sx, sy, sz = o.size
-    pot_h = 0.35 * sz
-    z0 = -sz / 2
-    terracotta = (170, 90, 55)
-    return [
-        _part(0.0, 0.0, z0 + pot_h / 2, 0.6 * sx, 0.6 * sy, pot_h, terracotta),
-        _part(0.0, 0.0, z0 + pot_h + (sz - pot_h) / 2, sx, sy, sz - pot_h, o.color),
-    ]
-
-
-#: Category -> geometry builder; unknown categories render as their bounding box.
-PART_BUILDERS: dict[str, PartBuilder] = {
-    "table": _table_parts,
-    "chair": _chair_parts,
-    "sofa": _sofa_parts,
-    "shelf": _shelf_parts,
-    "bin": _bin_parts,
-    "monitor": _monitor_parts,
-    "lamp": _lamp_parts,
-    "plant": _plant_parts,
-}
-
-
-def object_parts(o: ObjectSpec) -> list[BoxPart]:
-    """Local-frame boxes of ``o`` (its bounding box when the category has no builder)."""
-    return PART_BUILDERS.get(o.category, _single_box)(o)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,11 +405,44 @@ def _horizontal_distance(a: ObjectSpec, b: ObjectSpec) -> float:
     return math.hypot(a.center[0] - b.center[0], a.center[1] - b.center[1])
 
 
+def _to_local_xy(o: ObjectSpec, xy: Sequence[float]) -> tuple[float, float]:
+    """A horizontal world point in ``o``'s frame: (along its local x, along its local y = front)."""
+    c, s = math.cos(o.yaw), math.sin(o.yaw)
+    dx, dy = xy[0] - o.center[0], xy[1] - o.center[1]
+    return c * dx + s * dy, -s * dx + c * dy
+
+
 def _rests_on(a: ObjectSpec, b: ObjectSpec) -> bool:
-    """``a`` stands on ``b``: its bottom touches b's top and its centre is over b's footprint."""
-    return (
-        a.instance_id != b.instance_id and abs(a.bottom - b.top) <= _REST_TOL and b.contains_xy(a.center[:2])
-    )
+    """``a`` stands on ``b``: a's bottom touches the upper face of one of b's parts right under a's centre.
+
+    Working on parts rather than b's bounding box is what makes "the book on the shelf" true for
+    a book on any board of the shelf, not only on its top; for a table the top is the only
+    candidate face, as before.
+    """
+    if a.instance_id == b.instance_id or not b.contains_xy(a.center[:2]):
+        return False
+    if not (b.bottom - _REST_TOL <= a.bottom <= b.top + _REST_TOL):
+        return False
+    u, v = _to_local_xy(b, a.center[:2])
+    for p in object_parts(b):
+        top = b.center[2] + p.center[2] + p.size[2] / 2
+        if (
+            abs(a.bottom - top) <= _REST_TOL
+            and abs(u - p.center[0]) <= p.size[0] / 2
+            and abs(v - p.center[1]) <= p.size[1] / 2
+        ):
+            return True
+    return False
+
+
+def _world_parts(o: ObjectSpec) -> list[SceneBox]:
+    """``o``'s parts as world-frame boxes."""
+    rot = _rot_z(o.yaw)
+    out = []
+    for p in object_parts(o):
+        c = rot @ np.array(p.center) + np.array(o.center)
+        out.append(SceneBox(o.instance_id, (float(c[0]), float(c[1]), float(c[2])), p.size, o.yaw, p.color))
+    return out
 
 
 def _unit_box() -> tuple[np.ndarray, np.ndarray]:
@@ -686,21 +541,35 @@ def apply_depth_noise(
     max_range: float = 8.0,
     dropout: float = 0.01,
     grazing_cos: float = 0.2,
+    edge_jump: float = 0.05,
+    edge_dropout: float = 0.5,
 ) -> np.ndarray:
     """Kinect-like degradation of a perfect z-depth image (metres in, metres out, 0 = no reading).
 
     Axial noise sigma(z) = 1.2 mm + 1.9 mm * (z - 0.4 m)^2 (the structured-light model of Nguyen,
-    Izadi & Lovell, 2012), returns lost outside ``[min_range, max_range]``, on surfaces seen at
-    grazing angles (``incidence_cos`` = |cos| between ray and normal below ``grazing_cos``) and at
-    random (``dropout``). Lets tests check that fusion tolerates real-sensor artefacts.
+    Izadi & Lovell, 2012). Missing returns (depth 0) are part of the model, as on a real sensor:
+    outside ``[min_range, max_range]``, on surfaces seen at grazing angles (``incidence_cos`` =
+    |cos| between ray and normal below ``grazing_cos``), at random (``dropout``), and on the far
+    side of depth discontinuities, where the projector's pattern is shadowed by the nearer edge
+    (a pixel more than ``edge_jump`` x its depth behind a 4-neighbour loses its reading with
+    probability ``edge_dropout``). Lets tests check that fusion tolerates real-sensor artefacts.
     """
     z = np.asarray(depth, dtype=np.float64)
     valid = np.isfinite(z) & (z > 0)
-    sigma = 0.0012 + 0.0019 * (z - 0.4) ** 2
-    noisy = z + rng.standard_normal(z.shape) * sigma
-    lost = ~valid | (z < min_range) | (z > max_range) | (rng.random(z.shape) < dropout) | (noisy <= 0)
+    zv = np.where(valid, z, 0.0)
+    sigma = 0.0012 + 0.0019 * (zv - 0.4) ** 2
+    noisy = zv + rng.standard_normal(z.shape) * sigma
+    lost = ~valid | (zv < min_range) | (zv > max_range) | (rng.random(z.shape) < dropout) | (noisy <= 0)
     if incidence_cos is not None:
         lost |= np.asarray(incidence_cos) < grazing_cos
+    shadow_draw = rng.random(z.shape)  # always drawn, so the stream does not depend on the image
+    if z.ndim == 2 and edge_dropout > 0:
+        nearest = np.full(z.shape, np.inf)
+        padded = np.pad(np.where(valid, z, np.inf), 1, constant_values=np.inf)
+        h, w = z.shape
+        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+            nearest = np.minimum(nearest, padded[dy : dy + h, dx : dx + w])
+        lost |= valid & (zv - nearest > edge_jump * zv) & (shadow_draw < edge_dropout)
     noisy[lost] = 0.0
     return noisy.astype(np.float32)
 
@@ -717,6 +586,9 @@ class _LayoutError(RuntimeError):
     """The random draw boxed itself in; the generator retries with the next draws."""
 
 
+_Box = tuple[tuple[float, float, float], tuple[float, float, float], float]  # (center, size, yaw)
+
+
 class _Layout:
     """Places objects one by one with rejection sampling against everything placed so far."""
 
@@ -724,11 +596,14 @@ class _Layout:
         self.rng = rng
         self.lx, self.ly, self.h = room_size
         self.objects: list[ObjectSpec] = []
-        # (center, size, yaw) boxes nothing may enter: placed objects plus keep-out zones.
-        self.obstacles: list[tuple[tuple[float, float, float], tuple[float, float, float], float]] = []
+        # Boxes nothing may enter, with the instance id of their object (0: a keep-out zone).
+        self.obstacles: list[tuple[_Box, int]] = []
 
     def uniform(self, lo: float, hi: float) -> float:
         return float(self.rng.uniform(lo, hi))
+
+    def chance(self, p: float) -> bool:
+        return bool(self.rng.random() < p)
 
     def pick_color(self, category: str) -> str:
         names = CATEGORY_COLORS[category]
@@ -756,8 +631,12 @@ class _Layout:
         )
         self.objects.append(o)
         if obstacle:
-            self.obstacles.append((o.center, o.size, o.yaw))
+            self.obstacles.append(((o.center, o.size, o.yaw), o.instance_id))
         return o
+
+    def keep_out(self, center: Sequence[float], size: Sequence[float], yaw: float) -> None:
+        """Reserve a volume nothing may be placed in (a door's swing, for example)."""
+        self.obstacles.append(((tuple(center), tuple(size), yaw), 0))  # type: ignore[arg-type]
 
     def wall_length(self, wall: int) -> float:
         return self.lx if wall in (0, 2) else self.ly
@@ -788,13 +667,31 @@ class _Layout:
         )
 
     def fits(
-        self, center: Sequence[float], size: Sequence[float], yaw: float, clearance: float = 0.05
+        self,
+        center: Sequence[float],
+        size: Sequence[float],
+        yaw: float,
+        clearance: float = 0.05,
+        within: ObjectSpec | None = None,
     ) -> bool:
+        """Inside the room and clear of every obstacle.
+
+        ``within``: an object this one is placed *inside* (a book on a shelf board): it is checked
+        against that object's parts instead of its bounding box.
+        """
         if not self.inside(center, size, yaw):
             return False
-        return not any(
-            _boxes_overlap(center, size, yaw, c, s, y, clearance=clearance) for c, s, y in self.obstacles
-        )
+        for (c, s, y), owner in self.obstacles:
+            if within is not None and owner == within.instance_id:
+                parts = _world_parts(within)
+                if any(
+                    _boxes_overlap(center, size, yaw, b.center, b.size, b.yaw, clearance=clearance)
+                    for b in parts
+                ):
+                    return False
+            elif _boxes_overlap(center, size, yaw, c, s, y, clearance=clearance):
+                return False
+        return True
 
     def place(
         self,
@@ -804,14 +701,32 @@ class _Layout:
         tries: int = 80,
         clearance: float = 0.05,
         color_name: str | None = None,
+        support: ObjectSpec | None = None,
+        within: ObjectSpec | None = None,
     ) -> ObjectSpec:
-        """Draw (x, y, z_bottom, yaw) from ``sampler`` until the object fits; add it."""
+        """Draw (x, y, z_bottom, yaw) from ``sampler`` until the object fits; add it.
+
+        ``support``: the object it stands on; its whole footprint must then lie on that object.
+        """
         for _ in range(tries):
             x, y, zb, yaw = sampler()
             center = (x, y, zb + size[2] / 2)
-            if self.fits(center, size, yaw, clearance):
+            if support is not None:
+                corners = _footprint_corners(center, size, yaw)
+                if not all(support.contains_xy(xy) for xy in corners):
+                    continue
+            if self.fits(center, size, yaw, clearance, within):
                 return self.add(category, center, size, yaw, color_name)
         raise _LayoutError(f"could not place a {category}")
+
+    def maybe_place(
+        self, category: str, size: Sequence[float], sampler: _Sampler, **kwargs: Any
+    ) -> ObjectSpec | None:
+        """:meth:`place` for optional objects: None instead of an error when it does not fit."""
+        try:
+            return self.place(category, size, sampler, **kwargs)
+        except _LayoutError:
+            return None
 
     def against_wall(
         self, size: Sequence[float], gap: float = 0.01, walls: Sequence[int] = (0, 1, 2, 3)
@@ -836,30 +751,62 @@ class _Layout:
 
         return sample
 
+    @staticmethod
+    def local_to_world(support: ObjectSpec, u: float, v: float) -> tuple[float, float]:
+        c, s = math.cos(support.yaw), math.sin(support.yaw)
+        return support.center[0] + c * u - s * v, support.center[1] + s * u + c * v
+
     def on_top_of(
         self,
         support: ObjectSpec,
         size: Sequence[float],
         inset: float,
         back: float | None = None,
+        yaw_jitter: float = 0.0,
+        front_half: bool = False,
     ) -> _Sampler:
-        """Positions on ``support``'s top face; ``back`` pins the object near the support's back edge."""
+        """Positions on ``support``'s top face; ``back`` pins the object near the support's back edge.
+
+        ``front_half`` keeps small things on the half towards the support's front (the room side
+        of a desk), where the camera sees them instead of behind a monitor.
+        """
 
         def sample() -> tuple[float, float, float, float]:
             hu = max(0.0, support.size[0] / 2 - size[0] / 2 - inset)
             hv = max(0.0, support.size[1] / 2 - size[1] / 2 - inset)
             u = self.uniform(-hu, hu)
-            v = -support.size[1] / 2 + size[1] / 2 + back if back is not None else self.uniform(-hv, hv)
-            c, s = math.cos(support.yaw), math.sin(support.yaw)
-            x = support.center[0] + c * u - s * v
-            y = support.center[1] + s * u + c * v
-            return x, y, support.top, support.yaw
+            if back is not None:
+                v = -support.size[1] / 2 + size[1] / 2 + back
+            else:
+                v = self.uniform(0.0 if front_half else -hv, hv)
+            yaw = support.yaw + (self.uniform(-yaw_jitter, yaw_jitter) if yaw_jitter else 0.0)
+            return (*self.local_to_world(support, u, v), support.top, yaw)
+
+        return sample
+
+    def beside_on_top(
+        self, support: ObjectSpec, neighbour: ObjectSpec, size: Sequence[float], inset: float
+    ) -> _Sampler:
+        """Positions on ``support`` clearly to the left or right (drawn each time) of ``neighbour``."""
+        nu, _ = _to_local_xy(support, neighbour.center[:2])
+
+        def sample() -> tuple[float, float, float, float]:
+            side = 1 if self.chance(0.5) else -1
+            u = nu + side * (neighbour.size[0] / 2 + size[0] / 2 + self.uniform(0.12, 0.35))
+            hv = max(0.0, support.size[1] / 2 - size[1] / 2 - inset)
+            return (*self.local_to_world(support, u, self.uniform(-hv, hv)), support.top, support.yaw)
 
         return sample
 
 
 def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], list[ObjectSpec]]:
-    """One attempt at a furnished room; raises :class:`_LayoutError` when a piece does not fit."""
+    """One attempt at a furnished room; raises :class:`_LayoutError` when a piece does not fit.
+
+    Required pieces (shell, shelf, sofa, two tables, monitor, 2-3 cups, 2+ books, chairs, two bins,
+    lamp, plant) fail the attempt when they do not fit; optional ones (cabinet, keyboard, laptop,
+    scissors, printer) are simply left out, which is also what makes "absent" queries about them
+    possible in some rooms.
+    """
     room = (round(float(rng.uniform(4.7, 5.3)), 2), round(float(rng.uniform(3.7, 4.3)), 2), 2.6)
     lx, ly, h = room
     lay = _Layout(rng, room)
@@ -878,7 +825,7 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
     x, y, yaw = lay.wall_pose(door_wall, s_door, door_size[1], 0.0)
     door = lay.add("door", (x, y, door_size[2] / 2), door_size, yaw)
     x, y, yaw = lay.wall_pose(door_wall, s_door, 1.0, door_size[1])
-    lay.obstacles.append(((x, y, 1.0), (1.1, 1.0, 2.0), yaw))
+    lay.keep_out((x, y, 1.0), (1.1, 1.0, 2.0), yaw)
 
     window_wall = int((door_wall + rng.integers(1, 4)) % 4)
     win_size = (lay.uniform(1.0, 1.4), 0.03, lay.uniform(1.0, 1.2))
@@ -888,9 +835,13 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
 
     # Tall pieces go against walls, keeping the middle of the room free for the camera path.
     shelf_size = (lay.uniform(0.8, 1.0), lay.uniform(0.3, 0.4), lay.uniform(1.7, 1.9))
-    lay.place("shelf", shelf_size, lay.against_wall(shelf_size))
+    shelf = lay.place("shelf", shelf_size, lay.against_wall(shelf_size))
     sofa_size = (lay.uniform(1.8, 2.1), lay.uniform(0.85, 0.95), lay.uniform(0.78, 0.88))
     lay.place("sofa", sofa_size, lay.against_wall(sofa_size))
+    cabinet = None
+    if lay.chance(0.7):
+        cab_size = (lay.uniform(0.8, 1.0), lay.uniform(0.44, 0.5), lay.uniform(0.75, 0.9))
+        cabinet = lay.maybe_place("cabinet", cab_size, lay.against_wall(cab_size))
 
     tables = []
     for k in range(2):
@@ -907,14 +858,77 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
         else:
             sampler = lay.free_standing((0.0, math.pi / 2), 0.1)
         tables.append(lay.place("table", size, sampler, clearance=0.15))
+    desk = tables[0]
 
+    # The desk: a monitor (top ~1.25 m, below the camera's path) at its back, a keyboard in front
+    # of it, and a cup beside it, so that "the cup on the left of the monitor" can mean something.
     mon_size = (lay.uniform(0.5, 0.6), 0.18, lay.uniform(0.42, 0.48))
-    mon_table = tables[0]  # a monitor (top ~1.25 m) on the desk at the wall, below the camera's path
-    lay.place("monitor", mon_size, lay.on_top_of(mon_table, mon_size, inset=0.1, back=0.06), clearance=0.0)
-    cup_size = (lay.uniform(0.075, 0.09), 0.0, lay.uniform(0.09, 0.11))
-    cup_size = (cup_size[0], cup_size[0], cup_size[2])
-    cup_table = tables[int(rng.integers(2))]
-    lay.place("cup", cup_size, lay.on_top_of(cup_table, cup_size, inset=0.1), clearance=0.05)
+    centred = desk.size[0] / 2 - mon_size[0] / 2 - 0.15  # within 15 cm of the middle: room for a cup
+    monitor = lay.place(
+        "monitor", mon_size, lay.on_top_of(desk, mon_size, inset=centred, back=0.06), clearance=0.0
+    )
+    if lay.chance(0.8):
+        kb_size = (lay.uniform(0.42, 0.46), lay.uniform(0.13, 0.15), 0.03)
+        mu, mv = _to_local_xy(desk, monitor.center[:2])
+
+        def before_monitor() -> tuple[float, float, float, float]:
+            u = mu + lay.uniform(-0.05, 0.05)
+            v = mv + monitor.size[1] / 2 + lay.uniform(0.04, 0.1) + kb_size[1] / 2
+            return (*lay.local_to_world(desk, u, v), desk.top, desk.yaw + lay.uniform(-0.05, 0.05))
+
+        lay.maybe_place("keyboard", kb_size, before_monitor, support=desk, clearance=0.02)
+
+    cup_w = lay.uniform(0.075, 0.09)
+    cup_size = (cup_w, cup_w, lay.uniform(0.09, 0.11))
+    n_cups = 3 if lay.chance(0.4) else 2
+    first = lay.maybe_place(
+        "cup", cup_size, lay.beside_on_top(desk, monitor, cup_size, 0.08), support=desk, tries=40
+    )
+    for _ in range(n_cups - (first is not None)):
+        tb = tables[1] if lay.chance(0.6) else desk
+        lay.place("cup", cup_size, lay.on_top_of(tb, cup_size, inset=0.08), support=tb)
+
+    if lay.chance(0.7):
+        lap_size = (lay.uniform(0.32, 0.36), lay.uniform(0.23, 0.26), lay.uniform(0.22, 0.25))
+        tb = tables[1] if lay.chance(0.7) else desk
+        lay.maybe_place(
+            "laptop", lap_size, lay.on_top_of(tb, lap_size, inset=0.05, yaw_jitter=0.3), support=tb
+        )
+    if lay.chance(0.6):
+        sc_size = (lay.uniform(0.08, 0.1), lay.uniform(0.2, 0.24), lay.uniform(0.012, 0.016))
+        tb = tables[int(rng.integers(2))]
+        lay.maybe_place(
+            "scissors",
+            sc_size,
+            lay.on_top_of(tb, sc_size, inset=0.06, yaw_jitter=math.pi, front_half=True),
+            support=tb,
+        )
+    if lay.chance(0.6):
+        pr_size = (lay.uniform(0.42, 0.48), lay.uniform(0.36, 0.42), lay.uniform(0.2, 0.25))
+        tb = cabinet if cabinet is not None and lay.chance(0.8) else tables[1]
+        lay.maybe_place(
+            "printer", pr_size, lay.on_top_of(tb, pr_size, inset=0.02, yaw_jitter=0.1), support=tb
+        )
+
+    # Books: upright on the shelf's boards (spine to the front) and lying on tables / the cabinet.
+    n_shelf_books = int(rng.integers(1, 4))
+    n_flat_books = max(int(rng.integers(0, 3)), 2 - n_shelf_books)
+    flat_supports = tables + ([cabinet] if cabinet is not None else [])
+    for _ in range(n_flat_books):
+        bk = (lay.uniform(0.17, 0.22), lay.uniform(0.24, 0.28), lay.uniform(0.03, 0.05))
+        sup = flat_supports[int(rng.integers(len(flat_supports)))]
+        lay.place("book", bk, lay.on_top_of(sup, bk, inset=0.05, yaw_jitter=0.4), support=sup)
+    boards = shelf_board_tops(shelf.size)[1:-1]  # not the top (above eye height) nor the bottom (hidden)
+    for _ in range(n_shelf_books):
+        bk = (lay.uniform(0.03, 0.06), lay.uniform(0.15, 0.22), lay.uniform(0.2, 0.28))
+
+        def on_board(bk: tuple[float, float, float] = bk) -> tuple[float, float, float, float]:
+            z = shelf.center[2] + boards[int(rng.integers(len(boards)))]
+            hu = shelf.size[0] / 2 - 0.02 - bk[0] / 2 - 0.01
+            u, v = lay.uniform(-hu, hu), shelf.size[1] / 2 - 0.01 - bk[1] / 2
+            return (*lay.local_to_world(shelf, u, v), z, shelf.yaw)
+
+        lay.place("book", bk, on_board, clearance=0.01, within=shelf)
 
     n_chairs = int(rng.integers(2, 5))
     chair_size = (lay.uniform(0.44, 0.5), lay.uniform(0.48, 0.54), lay.uniform(0.85, 0.95))
@@ -931,9 +945,8 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
                 u = (1 if side == 2 else -1) * (tb.size[0] / 2 + gap + chair_size[1] / 2)
                 v = lay.uniform(-0.1, 0.1)
             facing = (math.pi, 0.0, math.pi / 2, -math.pi / 2)[side]  # chair front towards the table
-            c, s = math.cos(tb.yaw), math.sin(tb.yaw)
             yaw = tb.yaw + facing + lay.uniform(-0.15, 0.15)
-            return tb.center[0] + c * u - s * v, tb.center[1] + s * u + c * v, 0.0, yaw
+            return (*lay.local_to_world(tb, u, v), 0.0, yaw)
 
         try:
             lay.place("chair", chair_size, at_table, tries=60)
@@ -985,28 +998,87 @@ def _layout_room(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
 # ---------------------------------------------------------------------------------------------
 
 
+def _mentions(text: str, category: str) -> bool:
+    """True when ``text`` names ``category`` as a word (singular or plural): "bin" is not in "cabinet"."""
+    return re.search(rf"\b{re.escape(category)}(e?s)?\b", text) is not None
+
+
+def _describe_objects(
+    scene: SyntheticScene, counts: Counter[str], categories: Sequence[str], require_front: bool
+) -> list[tuple[str, QueryPredicate]]:
+    """Unambiguous noun phrases for objects usable as anchors / supports, at most one per object.
+
+    "the monitor" for a category present once; for tables (always two): "the table by the window",
+    "the table by the door", "the white table", whichever is unique first. ``require_front``
+    keeps only objects with a front (:meth:`SyntheticScene.facing`), for "on the left of".
+    """
+    phrases: list[tuple[str, QueryPredicate]] = [
+        (f"the {c}", QueryPredicate(category=c)) for c in sorted(categories) if counts[c] == 1
+    ]
+    for landmark in ("window", "door"):
+        if counts[landmark] == 1:
+            phrases.append(
+                (
+                    f"the table by the {landmark}",
+                    QueryPredicate(category="table", nearest_to=QueryPredicate(category=landmark)),
+                )
+            )
+    for color in sorted({o.color_name for o in scene.objects if o.category == "table"}):
+        phrases.append((f"the {color} table", QueryPredicate(category="table", color_name=color)))
+    out, used = [], set()
+    for text, pred in phrases:
+        ids = scene.select(pred)
+        if len(ids) != 1 or ids[0] in used:
+            continue
+        if require_front and scene.facing(scene.object(ids[0])) is None:
+            continue
+        used.add(ids[0])
+        out.append((text, pred))
+    return out
+
+
 def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
     """All template queries whose predicate singles out exactly one object, in a fixed order.
 
-    A description with a relation ("closest to", "with ... on it") is only kept when the same
-    description without it is ambiguous, so spatial queries really need the relation.
+    A description with a relation ("closest to", "on the left of", "with ... on it") is only kept
+    when the same description without it is ambiguous, so spatial queries really need the
+    relation. Kinds come in the order of :data:`QUERY_KINDS`; "absent" queries are a seeded
+    handful (3-6) of requests for things this room does not have.
     """
     out: dict[str, SceneQuery] = {}
 
     def offer(
         text: str, kind: str, pred: QueryPredicate, ambiguous_without: QueryPredicate | None = None
-    ) -> None:
+    ) -> bool:
+        """Add the query when it is unique (and needs its relation); True when it was added."""
+        if text in out:
+            return False
         ids = scene.select(pred)
-        if len(ids) != 1 or text in out:
-            return
+        if len(ids) != 1:
+            return False
         if ambiguous_without is not None and len(scene.select(ambiguous_without)) < 2:
-            return
+            return False
+        if kind == "no_name":
+            target = scene.object(ids[0])
+            if target.category in SURROUNDING_CATEGORIES or _mentions(text, target.category):
+                return False
         out[text] = SceneQuery(text, ids[0], kind, pred)
+        return True
 
     counts = Counter(o.category for o in scene.objects)
     anchors = [a for a in _ANCHOR_CATEGORIES if counts[a] == 1]
-    targets = [o for o in scene.objects if o.category not in ("floor", "ceiling", "wall")]
+    landmarks = [a for a in anchors if a in ("door", "window")]  # the landmarks people use
+    targets = [o for o in scene.objects if o.category not in SURROUNDING_CATEGORIES]
+    multi = sorted(c for c, n in counts.items() if n >= 2 and c not in STRUCTURE_CATEGORIES)
+    side_anchors = _describe_objects(scene, counts, sorted(FRONT_CATEGORIES), require_front=True)
+    bearers = {s.category for s in scene.objects for o in targets if _rests_on(o, s)} - SURROUNDING_CATEGORIES
+    supports = _describe_objects(scene, counts, sorted(bearers), False)
+    sides = ("left", "right")
 
+    def side_rel(side: str, anchor: QueryPredicate) -> dict[str, QueryPredicate]:
+        return {"left_of": anchor} if side == "left" else {"right_of": anchor}
+
+    # -- explicit: the object's name (and colour where the name alone is ambiguous)
     for o in targets:
         offer(f"the {o.category}", "explicit", QueryPredicate(category=o.category))
         offer(
@@ -1016,11 +1088,13 @@ def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
             ambiguous_without=QueryPredicate(category=o.category),
         )
 
-    for aff in sorted({a for o in scene.objects for a in o.affordances}):
+    # -- affordance: what it is for, with a landmark where the use alone is ambiguous
+    affordances = sorted({a for o in scene.objects for a in o.affordances})
+    for aff in affordances:
         phrase = AFFORDANCE_PHRASES.get(aff, f"something to {aff}")
         base = QueryPredicate(affordance=aff)
         offer(phrase, "affordance", base)
-        for anchor in (a for a in anchors if a in ("door", "window")):  # the landmarks people use
+        for anchor in landmarks:
             ap = QueryPredicate(category=anchor)
             offer(
                 f"{phrase}, whichever is closest to the {anchor}",
@@ -1035,7 +1109,8 @@ def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
                 ambiguous_without=base,
             )
 
-    for cat in sorted(c for c, n in counts.items() if n >= 2 and c not in STRUCTURE_CATEGORIES):
+    # -- spatial: one of several same-category objects, told apart by a relation
+    for cat in multi:
         base = QueryPredicate(category=cat)
         for anchor in anchors:
             if anchor == cat:
@@ -1052,16 +1127,125 @@ def _generate_queries(scene: SyntheticScene) -> list[SceneQuery]:
                 replace(base, supports=QueryPredicate(category=load)),
                 base,
             )
-            # "the cup on the table by the window": the thing on the support picked out spatially
-            for anchor in ("window", "door"):
-                if anchor in anchors:
-                    support = replace(base, nearest_to=QueryPredicate(category=anchor))
+    for cat in multi:
+        base = QueryPredicate(category=cat)
+        for text, sp in supports:  # "the book on the shelf", "the cup on the table by the window"
+            if sp.category != cat:
+                offer(f"the {cat} on {text}", "spatial", replace(base, on=sp), base)
+    for cat in multi:
+        colors = sorted({o.color_name for o in scene.objects if o.category == cat})
+        for text, ap in side_anchors:  # "the cup on the left of the monitor"
+            if ap.category == cat:
+                continue
+            for side in sides:
+                base = QueryPredicate(category=cat)
+                if offer(
+                    f"the {cat} on the {side} of {text}", "spatial", replace(base, **side_rel(side, ap)), base
+                ):
+                    continue
+                for color in colors:  # else maybe "the red chair on the right of the sofa"
+                    base = QueryPredicate(category=cat, color_name=color)
                     offer(
-                        f"the {load} on the {cat} by the {anchor}",
+                        f"the {color} {cat} on the {side} of {text}",
                         "spatial",
-                        QueryPredicate(category=load, on=support),
+                        replace(base, **side_rel(side, ap)),
+                        base,
                     )
+
+    # -- no_name: the target's name replaced by "object" / "thing" (VG-w/o-ON)
+    colors = sorted({o.color_name for o in targets})
+    for color in colors:
+        offer(f"the {color} object", "no_name", QueryPredicate(color_name=color))
+    for aff in affordances:
+        clause = AFFORDANCE_CLAUSES.get(aff, f"that you can {aff}")
+        base = QueryPredicate(affordance=aff)
+        for color in colors:
+            offer(f"the {color} object {clause}", "no_name", replace(base, color_name=color), base)
+        for anchor in landmarks:
+            ap = QueryPredicate(category=anchor)
+            offer(
+                f"the object closest to the {anchor} {clause}", "no_name", replace(base, nearest_to=ap), base
+            )
+            offer(
+                f"the object farthest from the {anchor} {clause}",
+                "no_name",
+                replace(base, farthest_from=ap),
+                base,
+            )
+    for text, ap in side_anchors:
+        for side in sides:
+            if offer(f"the object on the {side} of {text}", "no_name", QueryPredicate(**side_rel(side, ap))):
+                continue
+            for color in colors:
+                base = QueryPredicate(color_name=color)
+                offer(
+                    f"the {color} object on the {side} of {text}",
+                    "no_name",
+                    replace(base, **side_rel(side, ap)),
+                    base,
+                )
+    for text, sp in supports:
+        if offer(f"the thing on {text}", "no_name", QueryPredicate(on=sp)):
+            continue
+        for color in colors:
+            base = QueryPredicate(color_name=color)
+            offer(f"the {color} thing on {text}", "no_name", replace(base, on=sp), base)
+
+    for q in _absent_queries(scene, counts):
+        if q.text not in out:
+            out[q.text] = q
     return list(out.values())
+
+
+#: Catalogue categories the layout may leave out of a room, and so may be asked for as absent.
+_OPTIONAL_CATEGORIES = ("scissors", "printer", "laptop", "cabinet")
+#: Uses that other objects might plausibly serve even without the category (a monitor and a
+#: keyboard make a computer to browse the web on): never asked for as "absent".
+_NOT_ABSENT_USES = frozenset({"browse the web on"})
+
+
+def _absent_queries(scene: SyntheticScene, counts: Counter[str]) -> list[SceneQuery]:
+    """3-6 requests for things this room does not have (seeded by the scene's seed).
+
+    First the honest hard cases: a catalogue object this room happens to lack ("something I can
+    use to cut this paper" without scissors), then a colour of a present category that no
+    instance has ("the green sofa" next to a blue one), then plausible household objects that no
+    room has (:data:`ABSENT_OBJECTS`). Every one is verified to select nothing.
+    """
+    rng = np.random.default_rng([0xAB5E, int(scene.seed or 0)])
+    missing: list[tuple[str, QueryPredicate]] = []
+    for cat in _OPTIONAL_CATEGORIES:
+        if counts[cat] == 0:
+            missing.append((f"the {cat}", QueryPredicate(category=cat)))
+            missing += [
+                (AFFORDANCE_PHRASES[a], QueryPredicate(affordance=a))
+                for a in CATEGORY_AFFORDANCES[cat]
+                if a not in _NOT_ABSENT_USES
+            ]
+    recoloured = [
+        (f"the {color} {cat}", QueryPredicate(category=cat, color_name=color))
+        for cat in sorted(c for c, n in counts.items() if n == 1 and c not in STRUCTURE_CATEGORIES)
+        for color in CATEGORY_COLORS.get(cat, ())
+        if all(o.color_name != color for o in scene.objects if o.category == cat)
+    ]
+    household: list[tuple[str, QueryPredicate]] = []
+    for name, use in ABSENT_OBJECTS.items():
+        household.append((f"the {name}", QueryPredicate(category=name)))
+        if use is not None:
+            household.append((AFFORDANCE_PHRASES[use], QueryPredicate(affordance=use)))
+
+    def shuffled(items: list[tuple[str, QueryPredicate]]) -> list[tuple[str, QueryPredicate]]:
+        return [items[i] for i in rng.permutation(len(items))]
+
+    n = int(rng.integers(3, 7))
+    pool = shuffled(missing)[:2] + shuffled(recoloured)[:1] + shuffled(household)
+    out: list[SceneQuery] = []
+    for text, pred in pool:
+        if len(out) == n:
+            break
+        if scene.select(pred) == [] and all(q.text != text for q in out):
+            out.append(SceneQuery(text, 0, "absent", pred))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1148,13 +1332,7 @@ class SyntheticScene:
 
     def boxes(self) -> list[SceneBox]:
         """Every part of every object as a world-frame box."""
-        out = []
-        for o in self.objects:
-            rot = _rot_z(o.yaw)
-            for p in object_parts(o):
-                c = rot @ np.array(p.center) + np.array(o.center)
-                out.append(SceneBox(o.instance_id, tuple(float(v) for v in c), p.size, o.yaw, p.color))
-        return out
+        return [b for o in self.objects for b in _world_parts(o)]
 
     def interpenetrations(self, tol: float = 1e-4) -> list[tuple[int, int]]:
         """Pairs of different objects whose parts share volume deeper than ``tol`` metres."""
@@ -1171,8 +1349,74 @@ class SyntheticScene:
 
     # -- query semantics --------------------------------------------------------------------------
 
+    def facing(self, o: ObjectSpec) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """``(left, front)`` unit horizontal axes of ``o`` for a person standing in front of it.
+
+        ``front`` is the object's local +y (where the catalogue puts every front: a monitor's
+        screen, a sofa's seat, a shelf's open side); facing the object, that person has its local
+        +x on their *left*. Only categories in :data:`FRONT_CATEGORIES` have a front, plus tables
+        that stand square with their back edge (local -y) within 0.15 m of a wall (a desk: the
+        front is the side facing into the room); anything else (a free-standing table, a cup, a
+        bin) returns None, because "its left" would not mean anything.
+        """
+        c, s = math.cos(o.yaw), math.sin(o.yaw)
+        left, front = (c, s), (-s, c)
+        if o.category in FRONT_CATEGORIES:
+            return left, front
+        if o.category != "table":
+            return None
+        skew = o.yaw % (math.pi / 2)
+        if min(skew, math.pi / 2 - skew) > _SQUARE_TOL:
+            return None
+        bx = o.center[0] - front[0] * o.size[1] / 2
+        by = o.center[1] - front[1] * o.size[1] / 2
+        lx, ly, _ = self.room_size
+        if abs(front[0]) > abs(front[1]):  # the wall behind is x = 0 (front +x) or x = lx (front -x)
+            gap = bx if front[0] > 0 else lx - bx
+        else:
+            gap = by if front[1] > 0 else ly - by
+        return (left, front) if gap <= _WALL_BACK_GAP else None
+
+    def side_of(self, candidate: ObjectSpec, anchor: ObjectSpec, side: str) -> float | None:
+        """How clearly ``candidate`` is on the ``side`` ("left" / "right") of ``anchor`` (metres).
+
+        The exact meaning of "on the left of": take the anchor's frame from :meth:`facing` (None
+        is returned when the anchor has no front), with u the candidate centre's offset along the
+        viewer's left and v its offset along the anchor's front, and hx, hy the anchor's half
+        width and half depth. With s = u (left) or -u (right), the candidate is on that side when
+
+            hx <= s <= hx + SIDE_RANGE   and   |v| <= hy + SIDE_DEPTH,
+
+        i.e. its centre is beyond the anchor's side edge but not farther than :data:`SIDE_RANGE`
+        from it, and not far in front of or behind the anchor. The return value is the signed
+        distance to the border of that region along the tightest constraint (``min`` of the three
+        slacks): positive inside, negative outside. :meth:`select` requires every candidate to be
+        at least :data:`SIDE_MARGIN` from the border, so "on the left" is never a coin toss.
+        Heights are ignored (a book on a shelf board can be on the left of the sofa), except that
+        an object under or around the anchor (its footprint contains the anchor's centre, like
+        the table a laptop stands on) is never beside it: -inf.
+        """
+        if side not in ("left", "right"):
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+        axes = self.facing(anchor)
+        if axes is None:
+            return None
+        (lx_, ly_), (fx, fy) = axes
+        dx, dy = candidate.center[0] - anchor.center[0], candidate.center[1] - anchor.center[1]
+        u, v = dx * lx_ + dy * ly_, dx * fx + dy * fy
+        if candidate.contains_xy(anchor.center[:2]):
+            return -math.inf
+        s = u if side == "left" else -u
+        hx, hy = anchor.size[0] / 2, anchor.size[1] / 2
+        return min(s - hx, hx + SIDE_RANGE - s, hy + SIDE_DEPTH - abs(v))
+
     def select(self, predicate: QueryPredicate) -> list[int]:
-        """Instance ids (sorted) of the objects that satisfy ``predicate`` in this scene."""
+        """Instance ids (sorted) of the objects that satisfy ``predicate`` in this scene.
+
+        Evaluation order and the exact relations are documented on :class:`QueryPredicate`,
+        :meth:`side_of` and :data:`SPATIAL_MARGIN`; an ambiguous relation (an anchor that is not
+        unique, a candidate on the border of "on the left", a near tie for "closest") gives [].
+        """
         p = predicate
         cands = [
             o
@@ -1187,6 +1431,23 @@ class SyntheticScene:
         if p.supports is not None:
             loads = [self.object(i) for i in self.select(p.supports)]
             cands = [c for c in cands if any(_rests_on(ld, c) for ld in loads)]
+        for anchor_pred, side in ((p.left_of, "left"), (p.right_of, "right")):
+            if anchor_pred is None:
+                continue
+            anchor_ids = self.select(anchor_pred)
+            if len(anchor_ids) != 1:
+                return []
+            anchor = self.object(anchor_ids[0])
+            kept = []
+            for c in cands:
+                if c.instance_id == anchor.instance_id or c.category in SURROUNDING_CATEGORIES:
+                    continue  # walls, floor and ceiling surround everything: never "on its left"
+                slack = self.side_of(c, anchor, side)
+                if slack is None or abs(slack) < SIDE_MARGIN:
+                    return []  # no front to have a left, or a candidate a person could not call
+                if slack > 0:
+                    kept.append(c)
+            cands = kept
         for anchor_pred, sign in ((p.nearest_to, 1.0), (p.farthest_from, -1.0)):
             if anchor_pred is None:
                 continue
@@ -1205,8 +1466,15 @@ class SyntheticScene:
         return sorted(c.instance_id for c in cands)
 
     def query_is_unique(self, query: SceneQuery) -> bool:
-        """True when the query's predicate picks out exactly its target (and the target exists)."""
-        if query.predicate is None or all(o.instance_id != query.target_instance_id for o in self.objects):
+        """True when the query's predicate picks out exactly its target (and the target exists).
+
+        For an "absent" query (target 0) that means: the predicate matches nothing in this room.
+        """
+        if query.predicate is None:
+            return False
+        if query.is_absent:
+            return self.select(query.predicate) == []
+        if all(o.instance_id != query.target_instance_id for o in self.objects):
             return False
         return self.select(query.predicate) == [query.target_instance_id]
 
@@ -1444,11 +1712,18 @@ class SyntheticScene:
         depth_noise: bool = False,
         noise_seed: int = 0,
         fps: float = 30.0,
+        pose_drift: float = 0.0,
+        rotation_drift: float | None = None,
     ) -> Path:
         """Render ``poses`` into a sun3d-style folder (read it with ``sequence_io.FolderSequence``).
 
         Layout: ``directory/camera-intrinsics.txt``, ``directory/scene.json`` and
-        ``directory/seq-01/frame-XXXXXX.{color,depth,instance}.png`` + ``.pose.txt``. The instance
+        ``directory/seq-01/frame-XXXXXX.{color,depth,instance}.png`` + ``.pose.txt`` +
+        ``.gt_pose.txt``. Images are always rendered at the true poses; ``.gt_pose.txt`` holds
+        the true ``T_world_cam`` and ``.pose.txt`` the pose a SLAM front-end would report: the
+        true one when ``pose_drift`` is 0 (then both files are identical), otherwise the true one
+        corrupted by the random-walk drift of :func:`simulate_pose_drift` (``pose_drift`` metres
+        and ``rotation_drift`` radians per sqrt(frame); seeded by ``noise_seed``). The instance
         image is the ground truth of the noise-free render (also where noisy depth was dropped).
         Refuses to write into a sequence folder that already holds frames, so stale frames from an
         earlier, longer recording cannot be read back as part of this one.
@@ -1459,15 +1734,58 @@ class SyntheticScene:
         seq = root / "seq-01"
         if seq.is_dir() and any(seq.glob("frame-*")):
             raise FileExistsError(f"{seq} already contains frames")
+        true_poses = [np.asarray(pose, dtype=np.float64) for pose in poses]
+        reported = simulate_pose_drift(true_poses, pose_drift, rotation_drift, seed=noise_seed)
         seq.mkdir(parents=True, exist_ok=True)
         write_intrinsics_txt(root / "camera-intrinsics.txt", intrinsics)
         self.save(root)
         rng = np.random.default_rng(noise_seed)
-        for i, pose in enumerate(poses):
+        for i, (pose, written) in enumerate(zip(true_poses, reported, strict=True)):
             view = self._render_view(intrinsics, pose, with_incidence=depth_noise)
             depth = apply_depth_noise(view.depth, rng, view.incidence_cos) if depth_noise else view.depth
-            frame = RGBDFrame(
-                view.color, depth, intrinsics, np.asarray(pose, dtype=np.float64), stamp=i / fps, frame_id=i
-            )
-            write_frame(seq, frame, instance=view.instance)
+            frame = RGBDFrame(view.color, depth, intrinsics, written, stamp=i / fps, frame_id=i)
+            stem = write_frame(seq, frame, instance=view.instance)
+            np.savetxt(str(stem) + ".gt_pose.txt", pose, fmt="%.17g")
         return root
+
+
+def simulate_pose_drift(
+    poses: Sequence[np.ndarray],
+    translation_drift: float,
+    rotation_drift: float | None = None,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """``poses`` as an odometry / SLAM front-end without loop closure would report them (a SIMULATION).
+
+    The error is a random walk in SE(3) anchored at the first frame (the map origin, reported
+    exactly): at every later frame an independent step is drawn, with each of the three
+    translation components ~ N(0, ``translation_drift``^2) metres and each component of a rotation
+    vector ~ N(0, ``rotation_drift``^2) radians; the steps accumulate into a drift transform D_k
+    that acts about the first camera's position, and the reported pose is ``D_k @ T_world_cam``.
+    Units are therefore metres and radians per sqrt(frame): after k frames the translational
+    error per axis has standard deviation ``translation_drift * sqrt(k)`` (plus what the
+    rotational error does to a camera away from the first one). ``rotation_drift`` None means
+    0.5 rad per metre of ``translation_drift`` (1 cm / sqrt(frame) comes with ~0.29 deg /
+    sqrt(frame)). Zero drift returns exact copies. The stream is seeded by ``seed`` only (it is
+    independent of the depth-noise stream with the same seed).
+    """
+    if not (math.isfinite(translation_drift) and translation_drift >= 0):
+        raise ValueError(f"translation drift must be finite and >= 0, got {translation_drift}")
+    rot_sigma = 0.5 * translation_drift if rotation_drift is None else float(rotation_drift)
+    if not (math.isfinite(rot_sigma) and rot_sigma >= 0):
+        raise ValueError(f"rotation drift must be finite and >= 0, got {rotation_drift}")
+    out = [np.array(p, dtype=np.float64) for p in poses]
+    if not out or (translation_drift == 0 and rot_sigma == 0):
+        return out
+    rng = np.random.default_rng([0xD21F7, int(seed)])
+    origin = out[0][:3, 3].copy()
+    rot, trans = np.eye(3), np.zeros(3)
+    for k in range(1, len(out)):
+        step = rng.standard_normal(6)
+        rot = _rodrigues(rot_sigma * step[3:]) @ rot
+        trans = trans + translation_drift * step[:3]
+        drift = np.eye(4)
+        drift[:3, :3] = rot
+        drift[:3, 3] = origin + trans - rot @ origin
+        out[k] = drift @ out[k]
+    return out
