@@ -5,6 +5,7 @@
 #   make test    setup, then lint and the whole test suite
 #   make lint    setup, then ruff
 #   make demo    setup, then the end-to-end demo into out/demo
+#   make benchmark  setup, then every bench/experiments/*.yaml -> out/bench/<name>, bench/results/<name>.md
 #   make format  ruff's autofixes and formatter on the Python sources
 #   make clean   drop the interface build (ros2_ws/build, install, log) and caches
 #   make distclean  clean, and remove .venv too
@@ -18,8 +19,10 @@ PY_DIRS := $(wildcard src tests bench)
 ENV := source scripts/env.sh
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+EXPERIMENTS ?= $(wildcard bench/experiments/*.yaml)
+BENCH_ARGS ?=
 
-.PHONY: help setup test lint format demo clean distclean
+.PHONY: help setup test lint format demo benchmark clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -36,6 +39,10 @@ test: setup
 
 demo: setup
 	@$(ENV) && python -m reasoning_seg.ros.demo --out out/demo $(DEMO_ARGS)
+
+benchmark: setup
+	@$(ENV) && for e in $(EXPERIMENTS); do n=$$(basename $$e .yaml); \
+	  python -m reasoning_seg.benchmark $$e --out out/bench/$$n --table bench/results/$$n.md $(BENCH_ARGS); done
 
 format: setup
 	@$(ENV) && ruff check --fix $(PY_DIRS) && ruff format $(PY_DIRS)

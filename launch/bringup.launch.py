@@ -29,6 +29,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_rviz", default_value="false", description="Start RViz."),
         DeclareLaunchArgument("segmenter", default_value="simulated", description="segmenter.backend."),
         DeclareLaunchArgument("scene", default_value="", description="segmenter.scene (simulated backend)."),
+        DeclareLaunchArgument("sim_profile", default_value="lisa7b",
+                              description="segmenter.sim_profile: oracle | lisa7b | lisa13b (simulated)."),
         DeclareLaunchArgument("device", default_value="CPU:0", description="map.device (CPU:0 or CUDA:0)."),
     ]
     ns = LaunchConfiguration("namespace")
@@ -38,6 +40,7 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[LaunchConfiguration("params_file"), {
             "segmenter.backend": LaunchConfiguration("segmenter"),
             "segmenter.scene": LaunchConfiguration("scene"),
+            "segmenter.sim_profile": LaunchConfiguration("sim_profile"),
             "map.device": LaunchConfiguration("device"),
         }],
     )

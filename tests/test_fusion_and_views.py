@@ -46,7 +46,7 @@ def test_views_average_and_filtered_views_do_not_vote():
     depth = np.full((48, 64), 2.0, np.float32)
     pts = np.array([[0.0, 0.0, 2.0]])
     yes, no = np.ones((48, 64), bool), np.zeros((48, 64), bool)
-    cfg = FusionConfig(min_confidence=0.5)
+    cfg = FusionConfig(min_confidence=0.5, min_mask_pixels=0)  # an empty mask is a 'no' vote here
     r = fuse_naive(pts, [view(T, depth)] * 3, [seg(yes), seg(no), seg(no, conf=0.1)], cfg)
     assert r.probability[0] == pytest.approx(0.5)
     assert r.view_weights.tolist() == [1.0, 1.0, 0.0] and "confidence" in r.filtered_reasons[2]

@@ -46,6 +46,8 @@ def running_node(ros_context, recorded):
         context=ros_context,
         parameter_overrides=[
             Parameter("segmenter.scene", value=str(tmp / "scene")),
+            # The perfect oracle: this test checks the plumbing, not how the simulated LISA fails.
+            Parameter("segmenter.sim_profile", value="oracle"),
             Parameter("map.voxel_size", value=VOXEL),
             Parameter("fusion.visibility_tolerance", value=0.08),
             Parameter("map_publish_period", value=0.5),

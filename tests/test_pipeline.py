@@ -39,7 +39,7 @@ def make_pipeline(scene, frames, **overrides):
             **overrides,
         }
     )
-    pipe = ReasoningSegPipeline(cfg, SimulatedSegmenter(scene))
+    pipe = ReasoningSegPipeline(cfg, SimulatedSegmenter(scene, "oracle"))
     for f in frames:
         pipe.add_frame(f)
     return pipe
@@ -57,7 +57,10 @@ def gt_points(scene, pipe, instance_id):
 
 @pytest.mark.parametrize("kind", ["explicit", "affordance", "spatial"])
 def test_query_returns_points_on_the_ground_truth_object(scene, pipe, kind):
-    furniture = {o.instance_id for o in scene.objects if not o.is_structure}
+    # Furniture-sized targets: at this test's coarse voxels a laptop on a table is a few voxels
+    # thick, so its boundary voxels are shared with the table (the benchmark scores small objects).
+    large = {"chair", "table", "sofa", "bin", "shelf", "cabinet"}
+    furniture = {o.instance_id for o in scene.objects if o.category in large}
     q = next(q for q in scene.queries if q.kind == kind and q.target_instance_id in furniture)
     r = pipe.query(q.text)
     assert r.success and r.found, r.message
@@ -85,7 +88,7 @@ def test_bad_queries_get_a_clear_error(pipe, text, why):
 
 
 def test_query_before_any_frame_says_the_map_is_empty(scene):
-    r = ReasoningSegPipeline(PipelineConfig(), SimulatedSegmenter(scene)).query("the red chair")
+    r = ReasoningSegPipeline(PipelineConfig(), SimulatedSegmenter(scene, "oracle")).query("the red chair")
     assert not r.success and "empty" in r.message
 
 
@@ -118,7 +121,7 @@ def test_a_failing_view_is_dropped_not_fatal(scene, pipe):
 
 
 def test_bad_frames_are_rejected_and_counted(frames, scene):
-    pipe = ReasoningSegPipeline(PipelineConfig(), SimulatedSegmenter(scene))
+    pipe = ReasoningSegPipeline(PipelineConfig(), SimulatedSegmenter(scene, "oracle"))
     f = frames[0]
     bad = [
         (RGBDFrame(f.color, np.zeros_like(f.depth), INTR, f.T_world_cam), "no_depth"),

@@ -83,9 +83,12 @@ class FusionConfig:
     """Lifting per-view masks onto the map."""
 
     method: str = knob(
-        "naive",
-        "naive: unweighted average of visible views' masks (MLLM-For3D Table 4 (a)).",
-        choices=("naive",),
+        "token_attention",
+        "naive: unweighted average of visible views' binary masks (MLLM-For3D Table 4 (a)); "
+        "filtered: view filtering + visibility voting, equal weights (ablation); "
+        "token_attention: filtering + [SEG] token attention weights + not-found checks (MLLM-For3D 3.1); "
+        "majority_vote: views vote for an instance hypothesis, the winner is kept (REALM GLSpaG-Global).",
+        choices=("naive", "filtered", "token_attention", "majority_vote"),
     )
     visibility_tolerance: float = knob(
         0.05,
@@ -93,9 +96,54 @@ class FusionConfig:
         0.001,
         1.0,
     )
-    min_confidence: float = knob(0.0, "Views whose mask confidence is below this give no votes.", 0.0, 1.0)
+    min_confidence: float = knob(
+        0.3,
+        "Views whose mask confidence (SAM's predicted IoU) is below this give no votes (all methods).",
+        0.0,
+        1.0,
+    )
     min_mask_pixels: int = knob(
-        0, "Views whose mask has fewer pixels than this give no votes.", 0, 10_000_000
+        5,
+        "Views whose mask has fewer pixels than this give no votes (all methods); keep it below a small "
+        "object's footprint at the camera's resolution (a mug is ~15 px at 160x120).",
+        0,
+        10_000_000,
+    )
+    mask_mode: str = knob(
+        "probability",
+        "Vote value of a visible point: probability = sigmoid(mask logit), binary = 1 inside / 0 outside "
+        "(naive always uses binary).",
+        choices=("probability", "binary"),
+    )
+    attention_rounds: int = knob(
+        3,
+        "Rounds of the unified-embedding <-> token-attention fixed point, starting from the "
+        "confidence-weighted mean [SEG] embedding; more rounds suppress a dissenting minority harder.",
+        1,
+        100,
+    )
+    min_agreement: float = knob(
+        0.65,
+        "token_attention/majority_vote: 'not found' when the attention-weighted cosine between the views' "
+        "[SEG] embeddings and the unified embedding is below this (K views on K different objects "
+        "score about 1/sqrt(K): 0.58 for 3, 0.5 for 4; a consensus with a dissenting minority > 0.9).",
+        0.0,
+        1.0,
+    )
+    min_support: float = knob(
+        0.5,
+        "Points whose in-mask attention mass, in units of one view's equal share, is below this get "
+        "probability 0 (a region only distrusted views mark is dropped); 'not found' if no point "
+        "reaches it. Not used by naive.",
+        0.0,
+        1000.0,
+    )
+    hypothesis_radius: float = knob(
+        0.06,
+        "majority_vote: masked map points closer than this (m) join one instance hypothesis "
+        "(use about 1.5x the map voxel size).",
+        0.001,
+        1.0,
     )
 
 
@@ -124,6 +172,13 @@ class SegmenterConfig:
     )
     scene: str = knob("", "For the simulated backend: directory of the synthetic scene (scene.json).")
     embedding_dim: int = knob(256, "Dimension of the projected [SEG] embedding.", 1, 65536)
+    sim_profile: str = knob(
+        "lisa7b",
+        "For the simulated backend: failure profile of the SIMULATED model (oracle: ground truth; "
+        "lisa7b / lisa13b: hallucinations, confusions, misses, boundary errors at assumed LISA-like rates).",
+        choices=("oracle", "lisa7b", "lisa13b"),
+    )
+    sim_seed: int = knob(0, "For the simulated backend: seed of the simulated model's errors.", 0, 2**31 - 1)
 
 
 @dataclass

@@ -172,22 +172,26 @@ class ReasoningSegPipeline:
             if not views:
                 raise QueryError("the 2D model failed on every view: " + "; ".join(failures))
 
-            # 4. Lift the masks onto the map (visibility-checked multi-view fusion).
+            # 4. Lift the masks onto the map (view filtering, token attention, visibility-checked
+            #    voting; MLLM-For3D §3.1). Fusion may conclude the target is not in the map.
             _report(progress, "fusion", len(views), len(views))
             with timer("fusion"):
                 fused = fuse(surface.points, views, segs, cfg.fusion)
 
-            # 5. Threshold, describe the target, report.
+            # 5. Threshold, describe the target, report ('not found' with fusion's reason, if any).
             with timer("packaging"):
-                result = package_result(
-                    query,
-                    surface.points,
-                    surface.colors,
-                    fused.probability,
-                    threshold,
-                    cfg.query.min_points,
-                    cfg.query.cluster_radius,
-                )
+                if fused.not_found_reason:
+                    result = QueryResult(query, True, False, f"not found: {fused.not_found_reason}")
+                else:
+                    result = package_result(
+                        query,
+                        surface.points,
+                        surface.colors,
+                        fused.probability,
+                        threshold,
+                        cfg.query.min_points,
+                        cfg.query.cluster_radius,
+                    )
         except QueryError as exc:
             return QueryResult(
                 str(text)[:200],
@@ -196,30 +200,34 @@ class ReasoningSegPipeline:
                 str(exc),
                 timings=timer.seconds,
                 segmenter=getattr(self.segmenter, "name", ""),
-                method="fusion",
+                method=f"fusion:{cfg.fusion.method}",
             )
 
-        result.method = "fusion"
+        result.method = f"fusion:{cfg.fusion.method}"
         result.segmenter = self.segmenter.name
         result.keyframe_ids = [v.keyframe_id for v in views]
-        result.answer = _best_answer(segs, fused.view_weights)
+        result.answer = _best_answer(segs, np.where(fused.view_weights > 0, fused.attention, 0.0))
         result.view_reports = [
             {
                 "keyframe_id": v.keyframe_id,
                 "confidence": float(s.confidence),
                 "weight": float(w),
+                "attention": float(a),
+                "alignment": None if np.isnan(al) else float(al),
                 "mask_pixels": int(np.count_nonzero(s.mask)),
                 "filtered": r,
                 "answer": s.answer,
             }
-            for v, s, w, r in zip(views, segs, fused.view_weights, fused.filtered_reasons, strict=True)
-        ] + [{"failed": f} for f in failures]
-        if not result.found and not fused.view_weights.any():
-            result.message = (
-                "not found: every view was filtered out ("
-                + "; ".join(r for r in fused.filtered_reasons if r)
-                + ")"
+            for v, s, w, a, al, r in zip(
+                views,
+                segs,
+                fused.view_weights,
+                fused.attention,
+                fused.alignment,
+                fused.filtered_reasons,
+                strict=True,
             )
+        ] + [{"failed": f} for f in failures]
         result.timings = timer.seconds
         _report(progress, "done", len(views), len(views))
         return result

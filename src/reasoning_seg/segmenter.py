@@ -5,18 +5,22 @@ prediction (the only calibrated-ish confidence it has), the hidden state of the 
 projected to SAM's prompt space, and the answer text. MLLM-For3D §3.1-3.2 uses all of them: masks
 and confidences for fusion, the ``[SEG]`` embeddings for token attention and for the 3D network's
 query, and SAM's image features for the spatial-consistency loss. Every backend (the real LISA
-loader, the ground-truth simulation) returns exactly this, so fusion never knows which one ran.
+loader, the ground-truth-driven simulation of LISA and its failure modes) returns exactly this, so
+fusion never knows which one ran.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from reasoning_seg.camera import CameraIntrinsics
+
+if TYPE_CHECKING:
+    from reasoning_seg.config import SegmenterConfig
 
 
 @dataclass(frozen=True)
@@ -73,18 +77,26 @@ class Segmenter(Protocol):
         ...
 
 
-def segmenter_from_config(backend: str, scene: str = "", embedding_dim: int = 256) -> Segmenter:
-    """Build the configured backend. Raises ValueError/FileNotFoundError with a user-facing reason.
+def segmenter_from_config(config: SegmenterConfig) -> Segmenter:
+    """Build the backend ``config`` names. Raises ValueError/FileNotFoundError with a user-facing reason.
 
-    Imports are local so that a backend's heavy dependencies load only when it is chosen.
+    The simulated backend uses ``scene``, ``sim_profile`` and ``sim_seed``. Imports are local so
+    that a backend's heavy dependencies load only when it is chosen.
     """
-    if backend == "simulated":
-        if not scene:
+    if config.backend == "simulated":
+        if not config.scene:
             raise ValueError(
                 "segmenter.backend 'simulated' needs segmenter.scene (a synthetic scene directory)"
             )
         from reasoning_seg.sim.scene import SyntheticScene
-        from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
+        from reasoning_seg.sim.simulated_segmenter import PROFILES, SimulatedSegmenter
 
-        return SimulatedSegmenter(SyntheticScene.load(scene), embedding_dim=embedding_dim)
-    raise ValueError(f"unknown segmenter backend '{backend}'")
+        if config.sim_profile not in PROFILES:
+            raise ValueError(f"segmenter.sim_profile '{config.sim_profile}' is not one of {sorted(PROFILES)}")
+        return SimulatedSegmenter(
+            SyntheticScene.load(config.scene),
+            profile=config.sim_profile,
+            embedding_dim=config.embedding_dim,
+            seed=config.sim_seed,
+        )
+    raise ValueError(f"unknown segmenter backend '{config.backend}'")

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop", action="store_true", help="loop the recording")
     p.add_argument("--segmenter", default="", help="override segmenter.backend")
     p.add_argument("--scene", default="", help="override segmenter.scene (simulated backend)")
+    p.add_argument("--sim-profile", default="", help="override segmenter.sim_profile (simulated backend)")
     p.add_argument("--device", default="", help="override map.device (e.g. CUDA:0)")
     p.add_argument(
         "--use-rviz", action="store_true", help="start rviz2 with config/reasoning_seg.rviz if installed"
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["segmenter.backend"] = a.segmenter
     if a.scene:
         overrides["segmenter.scene"] = str(Path(a.scene).resolve())
+    if a.sim_profile:
+        overrides["segmenter.sim_profile"] = a.sim_profile
     if a.device:
         overrides["map.device"] = a.device
     procs = [subprocess.Popen(node_command(a.params_file, a.namespace, overrides))]

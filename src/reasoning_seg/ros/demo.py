@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         help="playback rate multiplier (0.5: player and node share 2 cores here)",
     )
     p.add_argument("--queries", type=int, default=3, help="how many of the scene's queries to ask")
+    p.add_argument(
+        "--sim-profile",
+        default="lisa7b",
+        help="failure profile of the SIMULATED 2D model: lisa7b (LISA-7B-like errors), lisa13b, oracle",
+    )
     p.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", "57")))
     a = p.parse_args(argv)
 
@@ -90,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     voxel = PipelineConfig.from_yaml(params_file).map.voxel_size
     log = open(out / "node.log", "w")  # noqa: SIM115 - closed in finally
     node_proc = subprocess.Popen(
-        node_command(params_file, overrides={"segmenter.scene": str(out / "scene")}),
+        node_command(
+            params_file,
+            overrides={"segmenter.scene": str(out / "scene"), "segmenter.sim_profile": a.sim_profile},
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -109,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     client.create_subscription(
         PointCloud2, "/reasoning_seg/map_cloud", lambda m: latest.__setitem__("map", m), latched
     )
-    summary: dict = {"seed": a.seed, "frames": a.frames, "record_s": round(t_record, 2), "queries": []}
+    summary: dict = {
+        "seed": a.seed,
+        "frames": a.frames,
+        "sim_profile": a.sim_profile,
+        "record_s": round(t_record, 2),
+        "queries": [],
+    }
     code = 0
     try:
         seg_client = client.create_client(Segment, "/reasoning_seg/segment")

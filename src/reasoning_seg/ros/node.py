@@ -154,7 +154,7 @@ class ReasoningSegNode(Node):
     def _load_model(self) -> None:
         s = self.pipeline.config.segmenter
         try:
-            self._set_model(segmenter_from_config(s.backend, s.scene, s.embedding_dim))
+            self._set_model(segmenter_from_config(s))
         except Exception as exc:  # noqa: BLE001 - any loader error must leave the node up and say why
             self.model_status = f"failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(f"2D model could not be loaded: {exc}")

@@ -1,30 +1,92 @@
-"""SIMULATION of a LISA-style 2D reasoning-segmentation model, driven by ground truth.
+"""SIMULATION of a LISA-style 2D reasoning-segmentation model, with LISA's failure modes.
 
 No LISA/SAM/LLaVA weights can be downloaded where this package is developed and tested, so the
 accuracy of everything downstream of the 2D model is measured against this stand-in. It knows the
-synthetic scene (meshes + which object each scripted query refers to), renders the ground-truth
-instance image at the view's pose, and answers with what LISA returns: mask logits, a SAM-style
-confidence, a ``[SEG]`` embedding and answer text. In this form it is a *perfect oracle* (it never
-hallucinates or confuses objects); the benchmark world adds LISA's failure modes on top.
+synthetic scene (geometry + which object each scripted query refers to), renders the ground-truth
+instance image at the view's pose, decides what a LISA-like model would answer, and returns what
+LISA returns: soft SAM-like mask logits at image resolution, SAM's IoU-prediction confidence, a
+``[SEG]`` embedding and answer text. It is never a model of the real world: on a real camera stream
+use a real backend.
 
-It is never a model of the real world: on a real camera stream use a real backend.
+What can go wrong, per view (MLLM-For3D §1 pilot study and §3.1; rates in :class:`SimulatedLisaProfile`):
+
+- *hallucination*: the target is not visible in the view (or does not exist, or the query is not
+  understood), yet the model confidently segments a similar visible object (same category >
+  shares an affordance > same colour > any furnished object);
+- *confusion*: target and a distractor (same category, or satisfying part of the description,
+  e.g. the landmark of a spatial query) are both visible and the model segments the distractor;
+  more likely for spatial / name-free queries than for explicit ones;
+- *missed detection*: empty, low-confidence mask, more likely for small / truncated objects;
+- *boundary errors*: erosion/dilation by a few pixels and occasional bleeding onto a neighbour.
+
+Errors are partly *consistent across views*: a per-query latent ``u_q`` (one draw per query) makes
+the model settle on a wrong referent, which it then segments in every view where it is visible,
+exactly the kind of error naive multi-view averaging cannot vote away. The rest is per view.
+
+Everything is deterministic: a view's randomness is seeded from (seed, scene seed, normalised
+query, intrinsics, pose bytes), so the answer for a view does not depend on batch composition or
+order. Rendering dominates the cost, so instance renders are kept in a bounded LRU cache keyed by
+(intrinsics, pose bytes).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
+from scipy import ndimage
 
+from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
-from reasoning_seg.sim.scene import SyntheticScene
+from reasoning_seg.sim.scene import (
+    AFFORDANCE_PHRASES,
+    CATEGORY_AFFORDANCES,
+    COLOR_PALETTE,
+    ObjectSpec,
+    QueryPredicate,
+    SyntheticScene,
+)
 
-_LOGIT = 8.0  # |logit| of a confident SAM mask pixel (sigmoid(8) ~ 0.9997)
+__all__ = [
+    "PROFILES",
+    "SimulatedLisaProfile",
+    "SimulatedSegmenter",
+    "SimulatedViewOutcome",
+    "instance_embedding",
+    "no_object_embedding",
+]
+
+#: Categories that are never segmented as a (wrong) answer: LISA answers with objects, not the room shell.
+_SHELL = frozenset({"floor", "ceiling", "wall"})
+
+#: Width (px) at which the pixel-valued profile fields are specified; they scale with image width.
+_REF_WIDTH = 640.0
+
+#: |logit| ranges of a SAM mask: inside the mask / far outside it (SAM's raw logits reach ~10-20).
+_LOGIT_IN = (8.0, 14.0)
+_LOGIT_OUT = (10.0, 20.0)
+#: Smallest |logit| on either side of the mask boundary, so the mask's sign is never ambiguous.
+_LOGIT_EPS = 0.25
+
+_ANSWER_FOUND = "Sure, it is [SEG]."
+_ANSWER_NONE = "I cannot see it in this image."
+_ANSWER_MISSED = "Sure, [SEG]."  # LISA still answers; only SAM's mask comes out empty
 
 
 def _normalise(text: str) -> str:
     return " ".join(text.lower().split()).rstrip(".?!")
+
+
+def _unit_vector(key: str, dim: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim)
+    return (v / np.linalg.norm(v)).astype(np.float32)
 
 
 def instance_embedding(scene_key: str, instance_id: int, dim: int) -> np.ndarray:
@@ -33,43 +95,596 @@ def instance_embedding(scene_key: str, instance_id: int, dim: int) -> np.ndarray
     LISA's ``[SEG]`` embeddings for the same object agree across views and differ between objects;
     seeded random unit vectors in high dimension have exactly that property (near-orthogonal).
     """
-    seed = int.from_bytes(hashlib.sha256(f"{scene_key}:{instance_id}".encode()).digest()[:8], "little")
-    v = np.random.default_rng(seed).standard_normal(dim)
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    return _unit_vector(f"{scene_key}:{instance_id}", dim)
+
+
+def no_object_embedding(dim: int) -> np.ndarray:
+    """The generic "nothing segmented" direction (scene-independent, near-orthogonal to every object)."""
+    return _unit_vector("no-object", dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulatedLisaProfile:
+    """How often and how badly the simulated model fails. All rates are per view, in [0, 1].
+
+    Decision order in a view (the rates are conditional on reaching that step):
+
+    1. the model picks the object it will segment: if the target is visible, a visible distractor
+       with probability ``confusion_<kind>`` (else the target; a look-alike of the same category is
+       far likelier to be picked than a landmark the query mentions); if the target is invisible (or
+       absent / the query not understood), the most similar visible object with probability
+       ``hallucination_rate`` (else nothing);
+    2. that object is missed (empty mask, low confidence) with probability
+       ``1 - (1 - miss_rate)(1 - miss_small_rate * exp(-area / small_area_fraction))
+       (1 - miss_truncated_rate * touches_border)``;
+    3. the mask is eroded/dilated by ``round(N(0, boundary_px))`` pixels and, with probability
+       ``bleed_rate``, bleeds up to ``bleed_px`` pixels into the neighbour it touches most.
+
+    A share ``consistency`` of each error rate is per query rather than per view: with probability
+    ``consistency * rate`` (one draw per query) the model holds a wrong belief and segments the same
+    wrong object in every view where it is visible; the remaining per-view rate
+    ``rate (1 - c) / (1 - c rate)`` keeps the marginal rate equal to ``rate`` in those views.
+
+    Pixel quantities (``boundary_px``, ``bleed_px``) are for a 640 px wide image and scale with the
+    width. Confidences are SAM's predicted IoU: ``N(mean, conf_std)`` with a different mean for
+    correct, wrong (confused / hallucinated) and missed masks, minus ``conf_small_penalty *
+    exp(-area / small_area_fraction)`` for small masks, clipped to [0.01, 0.99].
+    """
+
+    name: str
+    hallucination_rate: float
+    confusion_explicit: float
+    confusion_affordance: float
+    confusion_spatial: float
+    confusion_other: float  # any other query kind (e.g. name-free descriptions)
+    consistency: float
+    miss_rate: float
+    miss_small_rate: float
+    small_area_fraction: float
+    miss_truncated_rate: float
+    min_visible_fraction: float
+    boundary_px: float
+    bleed_rate: float
+    bleed_px: float
+    embedding_noise: float  # norm of the Gaussian noise added to the unit [SEG] embedding
+    conf_correct_mean: float
+    conf_wrong_mean: float
+    conf_miss_mean: float
+    conf_std: float
+    conf_small_penalty: float
+
+    def __post_init__(self) -> None:
+        rates = (
+            "hallucination_rate",
+            "confusion_explicit",
+            "confusion_affordance",
+            "confusion_spatial",
+            "confusion_other",
+            "consistency",
+            "miss_rate",
+            "miss_small_rate",
+            "miss_truncated_rate",
+            "min_visible_fraction",
+            "bleed_rate",
+            "conf_correct_mean",
+            "conf_wrong_mean",
+            "conf_miss_mean",
+            "conf_small_penalty",
+        )
+        for f in fields(self):
+            if f.name == "name":
+                continue
+            v = getattr(self, f.name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{f.name} must be a finite number >= 0, got {v!r}")
+            if f.name in rates and v > 1:
+                raise ValueError(f"{f.name} must be in [0, 1], got {v}")
+        if self.small_area_fraction <= 0:
+            raise ValueError("small_area_fraction must be > 0")
+
+    def confusion_rate(self, kind: str) -> float:
+        """Per-view confusion rate for a query kind (explicit / affordance / spatial / anything else)."""
+        return {
+            "explicit": self.confusion_explicit,
+            "affordance": self.confusion_affordance,
+            "spatial": self.confusion_spatial,
+        }.get(kind, self.confusion_other)
+
+
+_ORACLE = SimulatedLisaProfile(
+    name="oracle",
+    hallucination_rate=0.0,
+    confusion_explicit=0.0,
+    confusion_affordance=0.0,
+    confusion_spatial=0.0,
+    confusion_other=0.0,
+    consistency=0.0,
+    miss_rate=0.0,
+    miss_small_rate=0.0,
+    small_area_fraction=0.005,
+    miss_truncated_rate=0.0,
+    min_visible_fraction=1e-4,  # ~30 px at 640x480: below this even an oracle "cannot see" it
+    boundary_px=0.0,
+    bleed_rate=0.0,
+    bleed_px=0.0,
+    embedding_noise=0.0,
+    conf_correct_mean=0.95,
+    conf_wrong_mean=0.95,
+    conf_miss_mean=0.05,
+    conf_std=0.0,
+    conf_small_penalty=0.0,
+)
+
+# LISA-7B-like defaults. These numbers are OUR ASSUMPTIONS, chosen to be consistent with what
+# MLLM-For3D reports; the paper gives no per-view error rates:
+# - hallucination_rate 0.5: §1 (pilot study on ScanNet++) names false positives in views where the
+#   target is invisible as the first failure mode, and §3.1 / Table 4 (d-f) say that going beyond 4
+#   views hurts because of "hallucinated [SEG] tokens" -- so they must be common, not rare.
+# - confusion explicit 0.10 < affordance 0.30 < spatial = other 0.50: §1 (ii) and Table 4 (a): naive
+#   projection of LISA-7B masks reaches only Acc@0.25 29.3 / mIoU 19.8 on Instruct3D (name-free,
+#   spatial queries) and 20.2 / 11.6 on VG-w/o-ON; with 4 views, even a 50% per-view confusion rate
+#   plus hallucinations leaves most queries wrong after averaging. Explicit names are LISA's easy case.
+# - consistency 0.6: §1 (ii) "multi-view prediction inconsistency" is about cross-view disagreement,
+#   but a reasoning error comes from the text, which is the same in every view; we assume most of
+#   the error is a shared misreading (which is what makes naive fusion fail).
+# - misses / boundaries / bleeding: Table 4 (a) notes "incomplete or misaligned segmentations";
+#   SAM-typical small-object failures and a few-pixel boundary error at 640 px are assumed.
+# - confidence: SAM's IoU head scores mask quality, not whether the right object was chosen, so
+#   wrong masks get only slightly lower confidence (0.78 vs 0.88, overlapping distributions).
+# Check against Table 4 (a) (measured once, not a guarantee: it depends on the fusion code): the
+# pipeline's naive fusion with 4 views on synthetic scenes 3 and 5 (160x120, 40 frames) scored
+# Acc@0.25 / mIoU 0.36 / 0.22 on spatial and 0.31 / 0.21 on name-free queries with this profile
+# (paper: 29.3 / 19.8 on Instruct3D), against 0.84 / 0.55 with the oracle profile. Unlike Table 4
+# (d-f), 8 views did not score below 4 under naive fusion (0.46 vs 0.36 Acc@0.25 on spatial queries).
+_LISA7B = SimulatedLisaProfile(
+    name="lisa7b",
+    hallucination_rate=0.5,
+    confusion_explicit=0.10,
+    confusion_affordance=0.30,
+    confusion_spatial=0.50,
+    confusion_other=0.50,
+    consistency=0.6,
+    miss_rate=0.05,
+    miss_small_rate=0.6,
+    small_area_fraction=0.005,
+    miss_truncated_rate=0.10,
+    min_visible_fraction=1e-4,
+    boundary_px=2.0,
+    bleed_rate=0.10,
+    bleed_px=12.0,
+    embedding_noise=0.35,
+    conf_correct_mean=0.88,
+    conf_wrong_mean=0.78,
+    conf_miss_mean=0.20,
+    conf_std=0.07,
+    conf_small_penalty=0.3,
+)
+
+# LISA-13B: Table 4 (g) vs (f) shows a modest gain with the larger backbone (+1.8 Acc@0.25,
+# +2.5 mIoU on Instruct3D), so every error rate is assumed ~15-20% lower than for 7B.
+_LISA13B = SimulatedLisaProfile(
+    name="lisa13b",
+    hallucination_rate=0.42,
+    confusion_explicit=0.08,
+    confusion_affordance=0.25,
+    confusion_spatial=0.42,
+    confusion_other=0.42,
+    consistency=0.6,
+    miss_rate=0.04,
+    miss_small_rate=0.5,
+    small_area_fraction=0.005,
+    miss_truncated_rate=0.08,
+    min_visible_fraction=1e-4,
+    boundary_px=1.6,
+    bleed_rate=0.08,
+    bleed_px=10.0,
+    embedding_noise=0.3,
+    conf_correct_mean=0.89,
+    conf_wrong_mean=0.78,
+    conf_miss_mean=0.20,
+    conf_std=0.07,
+    conf_small_penalty=0.3,
+)
+
+#: Named presets (``segmenter.sim_profile``).
+PROFILES: dict[str, SimulatedLisaProfile] = {p.name: p for p in (_ORACLE, _LISA7B, _LISA13B)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-query and per-view state
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulatedViewOutcome:
+    """Ground truth of what the simulated model did in one view (for tests and benchmarks only).
+
+    ``kind`` is "correct", "confused" (a distractor while the target was visible), "hallucinated"
+    (something while the target was not visible), "missed" (the chosen object came out empty) or
+    "none" (nothing segmented, correctly or because nothing was similar). ``chosen_id`` is the object
+    the model went for (0: none), ``segmented_id`` the one whose mask it returned (0 when missed).
+    ``from_belief`` marks errors caused by the per-query wrong belief (consistent across views).
+    ``alternatives_visible`` says whether an error was possible at all: with the target visible, a
+    distractor was visible too; without it, some object to hallucinate on was visible.
+    """
+
+    kind: str
+    target_id: int
+    target_visible: bool
+    alternatives_visible: bool
+    chosen_id: int
+    segmented_id: int
+    from_belief: bool
+    mask_pixels: int
+
+
+@dataclass(frozen=True)
+class _QueryState:
+    text: str
+    target: int  # 0: absent / not understood
+    kind: str
+    ranking: tuple[int, ...]  # hallucination candidates, most similar first (per-query tie-break)
+    scores: dict[int, float]  # similarity to the description (with the tie-break)
+    distractors: frozenset[int]  # candidates that satisfy part of the description
+    u_belief: float  # the per-query latent: small = the model holds a wrong belief
+
+
+@dataclass(frozen=True)
+class _Render:
+    instance: np.ndarray  # (H, W) int32
+    counts: np.ndarray  # pixels per instance id
+    on_border: frozenset[int]
+
+
+def _predicate_parts(p: QueryPredicate | None) -> tuple[set[str], set[str], set[str], set[str]]:
+    """(categories, colours, affordances) of the top level and the categories of nested anchors."""
+    cats: set[str] = set()
+    cols: set[str] = set()
+    affs: set[str] = set()
+    anchors: set[str] = set()
+    if p is None:
+        return cats, cols, affs, anchors
+    cats |= {p.category} if p.category else set()
+    cols |= {p.color_name} if p.color_name else set()
+    affs |= {p.affordance} if p.affordance else set()
+    for f in fields(p):  # every nested relation (on, nearest_to, left_of, ...): its objects are anchors
+        sub = getattr(p, f.name)
+        if isinstance(sub, QueryPredicate):
+            c, _, _, a = _predicate_parts(sub)
+            anchors |= c | a
+    return cats, cols, affs, anchors
+
+
+def _parse_text(text: str, categories: set[str]) -> tuple[set[str], set[str], set[str]]:
+    """Categories, colours and affordances a query the model does not "know" mentions by name."""
+    cats = {c for c in categories if re.search(rf"\b{re.escape(c)}(e?s)?\b", text)}
+    cols = {c for c in COLOR_PALETTE if re.search(rf"(?<![\w-]){re.escape(c)}(?![\w-])", text)}
+    affs = {a for a, phrase in AFFORDANCE_PHRASES.items() if phrase in text}
+    return cats, cols, affs
+
+
+def _seed_of(*parts: bytes) -> int:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(4, "little"))
+        h.update(p)
+    return int.from_bytes(h.digest()[:8], "little")
 
 
 class SimulatedSegmenter:
-    """Ground-truth oracle with LISA's output format (see module docstring: a simulation)."""
+    """SIMULATED LISA on a synthetic scene (see module docstring); ``profile`` sets its failure rates.
+
+    Args:
+        scene: the synthetic scene whose ground truth drives the simulation.
+        profile: a preset name from :data:`PROFILES` ("oracle", "lisa7b", "lisa13b") or a profile.
+        embedding_dim: size of the ``[SEG]`` embedding (LISA's projection is 256-d).
+        seed: extra seed, so repeated benchmark runs can draw independent model errors.
+        render_cache_size: instance renders kept (LRU); one 640x480 render is ~1.2 MB.
+    """
 
     def __init__(
-        self, scene: SyntheticScene, embedding_dim: int = 256, min_visible_fraction: float = 1e-4
+        self,
+        scene: SyntheticScene,
+        profile: str | SimulatedLisaProfile = "lisa7b",
+        embedding_dim: int = 256,
+        seed: int = 0,
+        render_cache_size: int = 64,
     ) -> None:
+        if isinstance(profile, str):
+            if profile not in PROFILES:
+                raise ValueError(f"unknown simulated profile '{profile}' (choose from {sorted(PROFILES)})")
+            profile = PROFILES[profile]
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        if render_cache_size < 0:
+            raise ValueError(f"render_cache_size must be >= 0, got {render_cache_size}")
         self.scene = scene
-        self.embedding_dim = embedding_dim
-        # LISA misses objects covering only a handful of pixels; 1e-4 is ~30 px at 640x480.
-        self.min_visible_fraction = min_visible_fraction
-        self.name = "simulated-oracle"
-        self._targets = {_normalise(q.text): q.target_instance_id for q in scene.queries}
-        self._key = f"scene-{getattr(scene, 'seed', 0)}"
+        self.profile = profile
+        self.embedding_dim = int(embedding_dim)
+        self.seed = int(seed)
+        self.render_cache_size = int(render_cache_size)
+        self.name = f"simulated-{profile.name}"
+        self._scene_seed = int(scene.seed) if scene.seed is not None else 0
+        self._key = f"scene-{self._scene_seed}"
+        self._queries = {_normalise(q.text): q for q in scene.queries}
+        self._objects = {o.instance_id: o for o in scene.objects}
+        self._categories = {o.category for o in scene.objects} | set(CATEGORY_AFFORDANCES)
+        self._cache: OrderedDict[tuple[CameraIntrinsics, bytes], _Render] = OrderedDict()
+        self._lock = threading.Lock()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # -- queries ----------------------------------------------------------------------------------
 
     def target_of(self, query: str) -> int | None:
-        """Instance id the scripted query refers to (None: the simulated model does not understand it)."""
-        return self._targets.get(_normalise(query))
+        """Target id of a scripted query (0: absent target; None: the model does not understand the text)."""
+        q = self._queries.get(_normalise(query))
+        return None if q is None else q.target_instance_id
+
+    def _query_state(self, query: str) -> _QueryState:
+        text = _normalise(query)
+        q = self._queries.get(text)
+        target_obj: ObjectSpec | None = None
+        if q is not None and q.target_instance_id in self._objects:
+            target_obj = self._objects[q.target_instance_id]
+        # What the description mentions: the target's own attributes plus the predicate's (or, for
+        # a query the simulated model does not know, the words it contains).
+        if q is not None and q.predicate is not None:
+            cats, cols, affs, anchors = _predicate_parts(q.predicate)
+        elif q is None:
+            cats, cols, affs = _parse_text(text, self._categories)
+            anchors = set()
+        else:
+            cats, cols, affs, anchors = set(), set(), set(), set()
+        if target_obj is not None:
+            cats.add(target_obj.category)
+            cols.add(target_obj.color_name)
+            affs |= set(target_obj.affordances)
+
+        rng = np.random.default_rng(
+            _seed_of(str(self.seed).encode(), str(self._scene_seed).encode(), b"q", text.encode())
+        )
+        u_belief = float(rng.random())
+        scored: list[tuple[float, int]] = []
+        distractors = set()
+        for o in self.scene.objects:
+            if o.category in _SHELL or (target_obj is not None and o.instance_id == target_obj.instance_id):
+                continue
+            score = (
+                4.0 * (o.category in cats)
+                + 2.0 * bool(affs & set(o.affordances))
+                + 1.5 * (o.category in anchors)
+                + 1.0 * (o.color_name in cols)
+            )
+            if score == 0 and o.is_structure:
+                continue  # a door/window is only a wrong answer when something about it matches
+            if score >= 1.5:  # same category, shared use, or the landmark of a spatial query
+                distractors.add(o.instance_id)
+            scored.append((score + 0.9 * float(rng.random()), o.instance_id))  # per-query tie-break
+        ranking = tuple(i for _, i in sorted(scored, reverse=True))
+        kind = q.kind if q is not None else "unknown"
+        return _QueryState(
+            text,
+            target_obj.instance_id if target_obj else 0,
+            kind,
+            ranking,
+            {i: s for s, i in scored},
+            frozenset(distractors),
+            u_belief,
+        )
+
+    # -- rendering --------------------------------------------------------------------------------
+
+    def _render(self, intrinsics: CameraIntrinsics, pose: np.ndarray) -> _Render:
+        key = (intrinsics, pose.tobytes())
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return hit
+            self.cache_misses += 1
+        _, _, instance = self.scene.render(intrinsics, pose)
+        instance = instance.astype(np.int32, copy=False)
+        instance.flags.writeable = False
+        border = np.concatenate([instance[0], instance[-1], instance[:, 0], instance[:, -1]])
+        r = _Render(instance, np.bincount(instance.ravel()), frozenset(int(i) for i in np.unique(border)))
+        if self.render_cache_size > 0:
+            with self._lock:
+                self._cache[key] = r
+                self._cache.move_to_end(key)
+                while len(self._cache) > self.render_cache_size:
+                    self._cache.popitem(last=False)
+        return r
+
+    def clear_cache(self) -> None:
+        """Drop all cached renders (e.g. to time uncached segmentation)."""
+        with self._lock:
+            self._cache.clear()
+
+    # -- segmentation -----------------------------------------------------------------------------
 
     def segment(self, views: Sequence[ViewInput], query: str) -> list[ViewSegmentation]:
-        """Render ground truth at each view's pose and segment the query's target."""
-        target = self.target_of(query)
-        out: list[ViewSegmentation] = []
-        for v in views:
-            _, _, instance = self.scene.render(v.intrinsics, v.T_world_cam)
-            mask = (instance == target) if target is not None else np.zeros(instance.shape, dtype=bool)
-            visible = int(mask.sum()) >= max(1, int(self.min_visible_fraction * mask.size))
-            if not visible:
-                mask[:] = False
-            logits = np.where(mask, _LOGIT, -_LOGIT).astype(np.float32)
-            emb = instance_embedding(
-                self._key, target if (visible and target is not None) else 0, self.embedding_dim
+        """Answer ``query`` on each view as the simulated LISA would (one result per view, in order)."""
+        return [seg for seg, _ in self.segment_with_truth(views, query)]
+
+    def segment_with_truth(
+        self, views: Sequence[ViewInput], query: str
+    ) -> list[tuple[ViewSegmentation, SimulatedViewOutcome]]:
+        """Like :meth:`segment`, plus what the simulation did in each view (no real model can say)."""
+        state = self._query_state(query)
+        return [self._segment_view(v, state) for v in views]
+
+    def _segment_view(self, view: ViewInput, q: _QueryState) -> tuple[ViewSegmentation, SimulatedViewOutcome]:
+        p = self.profile
+        intr = view.intrinsics
+        pose = np.ascontiguousarray(view.T_world_cam, dtype=np.float64)
+        h, w = intr.height, intr.width
+        rend = self._render(intr, pose)
+        cam = np.array([intr.width, intr.height, intr.fx, intr.fy, intr.cx, intr.cy], dtype=np.float64)
+        rng = np.random.default_rng(
+            _seed_of(
+                str(self.seed).encode(),
+                str(self._scene_seed).encode(),
+                b"v",
+                q.text.encode(),
+                cam.tobytes(),
+                pose.tobytes(),
             )
-            answer = "Sure, it is [SEG]." if visible else "I cannot see it in this image."
-            out.append(ViewSegmentation(logits, 0.95 if visible else 0.05, emb, answer))
+        )
+        # Fixed draw order (common random numbers: a higher rate never turns an error into a success).
+        u_err, u_pick, u_miss, u_bleed, u_bleed_pick = rng.random(5)
+        z_boundary, z_conf = rng.standard_normal(2)
+        u_logit_in, u_logit_out, u_peak = rng.random(3)
+        noise = rng.standard_normal(self.embedding_dim)
+
+        min_px = max(1, int(math.ceil(p.min_visible_fraction * h * w)))
+
+        def pixels(i: int) -> int:
+            return int(rend.counts[i]) if 0 < i < rend.counts.size else 0
+
+        visible_ranked = [i for i in q.ranking if pixels(i) >= min_px]
+        target_visible = q.target > 0 and pixels(q.target) >= min_px
+        c = p.consistency
+
+        def per_view(rate: float) -> float:
+            # Per-view rate such that belief + per-view give ``rate`` where the belief object is seen.
+            return 0.0 if rate >= 1.0 and c >= 1.0 else rate * (1 - c) / (1 - c * rate)
+
+        chosen, kind, from_belief = 0, "none", False
+        alternatives = bool(visible_ranked)
+        if target_visible:
+            rate = p.confusion_rate(q.kind)
+            visible_d = [i for i in visible_ranked if i in q.distractors]
+            alternatives = bool(visible_d)
+            belief = next((i for i in q.ranking if i in q.distractors), 0)
+            if belief and q.u_belief < c * rate and belief in visible_d:
+                chosen, kind, from_belief = belief, "confused", True
+            elif visible_d and u_err < per_view(rate):
+                weights = np.array([4.0 ** q.scores[i] for i in visible_d])  # look-alikes first
+                chosen = visible_d[int(np.searchsorted(np.cumsum(weights) / weights.sum(), u_pick))]
+                kind = "confused"
+            else:
+                chosen, kind = q.target, "correct"
+        elif visible_ranked:
+            rate = p.hallucination_rate
+            belief = q.ranking[0]
+            if q.u_belief < c * rate and belief in visible_ranked:
+                chosen, kind, from_belief = belief, "hallucinated", True
+            elif u_err < per_view(rate):
+                chosen, kind = visible_ranked[0], "hallucinated"
+
+        mask = np.zeros((h, w), dtype=bool)
+        area = pixels(chosen) / float(h * w) if chosen else 0.0
+        if chosen:
+            small = math.exp(-area / p.small_area_fraction)
+            p_miss = 1 - (1 - p.miss_rate) * (1 - p.miss_small_rate * small) * (
+                1 - p.miss_truncated_rate * (chosen in rend.on_border)
+            )
+            if u_miss < p_miss:
+                kind = "missed"
+            else:
+                mask = self._mask_of(rend.instance, chosen, z_boundary, u_bleed, u_bleed_pick, w)
+
+        scale = w / _REF_WIDTH
+        sigma = max(0.6, 1.5 * scale)
+        l_out = _LOGIT_OUT[0] + (_LOGIT_OUT[1] - _LOGIT_OUT[0]) * u_logit_out
+        segmented = chosen if mask.any() else 0
+        if segmented:
+            mean = p.conf_correct_mean if kind == "correct" else p.conf_wrong_mean
+            mask_area = float(mask.sum()) / (h * w)
+            conf = (
+                mean
+                + p.conf_std * z_conf
+                - p.conf_small_penalty * math.exp(-mask_area / p.small_area_fraction)
+            )
+            conf = float(np.clip(conf, 0.01, 0.99))
+            l_in = (_LOGIT_IN[0] + (_LOGIT_IN[1] - _LOGIT_IN[0]) * u_logit_in) * (0.4 + 0.6 * conf)
+            logits = _soft_logits(mask, l_in, l_out, sigma)
+            emb_dir = instance_embedding(self._key, segmented, self.embedding_dim)
+            answer = _ANSWER_FOUND
+        else:
+            conf = float(np.clip(p.conf_miss_mean + p.conf_std * z_conf, 0.01, 0.99))
+            logits = np.full((h, w), -l_out, dtype=np.float32)
+            if kind == "missed":
+                # SAM's weak response on the object it failed to segment: a bump that stays below 0.
+                peak = 1.0 + 2.0 * u_peak
+                b = ndimage.gaussian_filter((rend.instance == chosen).astype(np.float32), sigma)
+                logits += ((l_out - peak) * b).astype(np.float32)
+                answer = _ANSWER_MISSED
+            else:
+                answer = _ANSWER_NONE
+            emb_dir = no_object_embedding(self.embedding_dim)
+        emb = emb_dir
+        if p.embedding_noise > 0:
+            emb = emb_dir + (p.embedding_noise / math.sqrt(self.embedding_dim)) * noise.astype(np.float32)
+            emb = (emb / np.linalg.norm(emb)).astype(np.float32)
+        outcome = SimulatedViewOutcome(
+            kind,
+            q.target,
+            bool(target_visible),
+            alternatives,
+            int(chosen),
+            int(segmented),
+            from_belief,
+            int(mask.sum()),
+        )
+        return ViewSegmentation(logits, conf, emb, answer), outcome
+
+    def _mask_of(
+        self, instance: np.ndarray, k: int, z_boundary: float, u_bleed: float, u_pick: float, width: int
+    ) -> np.ndarray:
+        """Instance ``k``'s mask with the profile's boundary error and bleeding (done in a padded crop)."""
+        p = self.profile
+        scale = width / _REF_WIDTH
+        exact = instance == k
+        radius = int(round(z_boundary * p.boundary_px * scale))
+        bleed = u_bleed < p.bleed_rate
+        bleed_r = max(1.0, p.bleed_px * scale) if bleed else 0.0
+        if radius == 0 and not bleed:
+            return exact
+        rows, cols = np.nonzero(exact)
+        pad = int(abs(radius) + bleed_r + 2)
+        r0, r1 = max(0, rows.min() - pad), min(instance.shape[0], rows.max() + pad + 1)
+        c0, c1 = max(0, cols.min() - pad), min(instance.shape[1], cols.max() + pad + 1)
+        m = exact[r0:r1, c0:c1].copy()
+        inst = instance[r0:r1, c0:c1]
+        if radius > 0:  # dilation: spills onto whatever surrounds the object
+            m |= ndimage.distance_transform_edt(~m) <= radius
+        elif radius < 0:  # erosion; a mask eroded away keeps its original shape
+            eroded = ndimage.distance_transform_edt(m) > -radius
+            m = eroded if eroded.any() else m
+        if bleed:
+            ring = ndimage.binary_dilation(m) & ~m
+            ids, counts = np.unique(inst[ring], return_counts=True)
+            keep = (ids != k) & (ids != 0)
+            ids, counts = ids[keep], counts[keep]
+            if ids.size:
+                n = int(ids[int(np.searchsorted(np.cumsum(counts) / counts.sum(), u_pick))])
+                m |= (inst == n) & (ndimage.distance_transform_edt(~m) <= bleed_r)
+        out = np.zeros_like(exact)
+        out[r0:r1, c0:c1] = m
         return out
+
+
+def _soft_logits(mask: np.ndarray, l_in: float, l_out: float, sigma: float) -> np.ndarray:
+    """SAM-like logits whose sign is exactly ``mask``: large inside/outside, near 0 at the boundary.
+
+    The magnitude follows a Gaussian-blurred mask (a soft edge a few pixels wide, like SAM's
+    upsampled low-resolution logits); only a crop around the mask is blurred, the rest is ``-l_out``.
+    """
+    h, w = mask.shape
+    logits = np.full((h, w), -l_out, dtype=np.float32)
+    rows, cols = np.nonzero(mask)
+    pad = int(4 * sigma) + 2
+    r0, r1 = max(0, rows.min() - pad), min(h, rows.max() + pad + 1)
+    c0, c1 = max(0, cols.min() - pad), min(w, cols.max() + pad + 1)
+    m = mask[r0:r1, c0:c1]
+    s = 2.0 * ndimage.gaussian_filter(m.astype(np.float32), sigma, mode="nearest") - 1.0
+    logits[r0:r1, c0:c1] = np.where(m, np.maximum(l_in * s, _LOGIT_EPS), np.minimum(l_out * s, -_LOGIT_EPS))
+    return logits

@@ -1,0 +1,95 @@
+"""The benchmark runner end to end on a tiny scene set, and its experiment-file validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from reasoning_seg.benchmark import Experiment, main, run_experiment
+
+TINY = {
+    "title": "tiny",
+    "scenes": {"seeds": [3], "frames": 24, "width": 160, "height": 120, "depth_noise": False},
+    "base_params": {"map.voxel_size": 0.05, "views.num_views": 4},
+    "rows": [
+        {"name": "naive oracle", "params": {"fusion.method": "naive"}, "profile": "oracle"},
+        {"name": "naive lisa", "params": {"fusion.method": "naive"}, "profile": "lisa7b"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    doc = run_experiment(Experiment.from_dict(TINY), out, pictures=2, log=lambda m: None)
+    return out, doc
+
+
+def test_writes_json_markdown_and_failure_pictures(tiny_run):
+    out, doc = tiny_run
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["naive oracle", "naive lisa"]
+    n_queries = sum(sum(s["queries"].values()) for s in saved["scene_info"])
+    assert all(len(v) == n_queries for v in saved["queries"].values())
+    md = (out / "results.md").read_text()
+    assert "| naive oracle | oracle |" in md and "Acc@0.25" in md and "by query kind" in md
+    assert doc["pictures"]
+    assert all((out / "failures").joinpath(p.split("/")[-1]).is_file() for p in doc["pictures"])
+    assert (out / "scenes").is_dir()  # the recording is cached for the next run
+
+
+def test_oracle_scores_well_and_beats_the_simulated_lisa(tiny_run):
+    _, doc = tiny_run
+    oracle, lisa = (r["summary"] for r in doc["rows"])
+    assert oracle["overall"]["queries"] > 10
+    assert oracle["overall"]["acc_25"] > 0.6
+    assert oracle["overall"]["miou"] > lisa["overall"]["miou"]
+    assert oracle["false_found_rate"] == 0.0  # a perfect 2D model never sees an absent target
+
+
+def test_scores_are_consistent_with_ground_truth(tiny_run):
+    _, doc = tiny_run
+    for s in doc["queries"]["naive oracle"]:
+        assert 0.0 <= s["iou"] <= 1.0
+        if not s["found"]:
+            assert s["iou"] == 0.0
+        if s["target_id"] == 0:
+            assert s["gt_points"] == 0 and s["category"] == ""
+
+
+def test_cli_overrides_and_table(tmp_path, capsys):
+    exp = dict(TINY, rows=TINY["rows"][:1])
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    table = tmp_path / "table.md"
+    args = ["--out", str(tmp_path / "o"), "--frames", "12", "--size", "128x96", "--table", str(table)]
+    rc = main([str(path), *args])
+    assert rc == 0
+    assert "| naive oracle |" in capsys.readouterr().out
+    assert "12 frames each at 128x96" in table.read_text()
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"bogus": 1}, "unknown experiment keys"),
+        ({"rows": []}, "at least one row"),
+        ({"rows": [{"name": "a", "params": {"fusion.nope": 1}}]}, "unknown parameter"),
+        ({"rows": [{"name": "a", "params": {"views.num_views": 0}}]}, "outside"),
+        ({"rows": [{"name": "a", "params": {"map.voxel_size": 0.05}}]}, "changes the map"),
+        ({"rows": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({"scenes": {"seeds": []}}, "seeds is empty"),
+    ],
+)
+def test_bad_experiment_files_are_refused_before_running(change, why):
+    with pytest.raises(ValueError, match=why):
+        Experiment.from_dict(dict(TINY, **change))
+
+
+def test_cli_reports_a_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("title: x\nrows: []\n")
+    assert main([str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "at least one row" in capsys.readouterr().err
