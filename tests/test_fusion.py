@@ -5,6 +5,8 @@ rotation), so which view sees which point, and through which pixel, can be worke
 u = 50 * (x - camera_x) / 2 + 31.5 for the 64x48 camera below.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -178,14 +180,20 @@ def test_views_that_disagree_about_the_object_are_not_found():
     pts = patch(0.0)
     views = [view(kid=k) for k in range(4)]
     segs = [seg(mask_of(views[k], pts), embedding=emb(k)) for k in range(4)]
+    strict = {"min_agreement": 0.65}
     for method in ("token_attention", "majority_vote"):
-        r = fuse(pts, views, segs, cfg(method))
+        r = fuse(pts, views, segs, replace(cfg(method), **strict))
         assert r.agreement == pytest.approx(0.5)  # 1/sqrt(4)
         assert "do not agree" in r.not_found_reason and not r.probability.any()
+    # Five views on five objects fall below the default floor (1/sqrt(5) = 0.45 < 0.5).
+    five_views = [view(kid=k) for k in range(5)]
+    five = [seg(mask_of(five_views[k], pts), embedding=emb(k)) for k in range(5)]
+    r = fuse(pts, five_views, five, cfg())
+    assert r.agreement == pytest.approx(5**-0.5) and "do not agree" in r.not_found_reason
     # Three views, unequal confidences: the attention drifts towards the most confident one, still
-    # not far enough to call it a consensus.
+    # not far enough to call it a consensus at the stricter floor.
     three = [seg(mask_of(views[k], pts), conf=c, embedding=emb(k)) for k, c in enumerate([0.9, 0.8, 0.7])]
-    r = fuse(pts, views[:3], three, cfg())
+    r = fuse(pts, views[:3], three, replace(cfg(), **strict))
     assert 0.58 < r.agreement < 0.65 and "do not agree" in r.not_found_reason
     # The ablations without token attention have no such check and mark the patch.
     assert fuse(pts, views, segs, cfg("filtered")).probability.min() > 0.9
@@ -321,7 +329,9 @@ def test_pipeline_reports_attention_and_names_the_method():
 
 
 def test_pipeline_says_not_found_with_fusions_reason():
-    disagree = wall_pipeline(ScriptedSegmenter(lambda i: emb(i), lambda i: 0.9))
+    # Four views on four objects score exactly the default floor (1/sqrt(4)); a stricter one rejects them.
+    strict = {"fusion.min_agreement": 0.65}
+    disagree = wall_pipeline(ScriptedSegmenter(lambda i: emb(i), lambda i: 0.9), **strict)
     r = disagree.query("the patch")
     assert r.success and not r.found and r.message.startswith("not found: the views do not agree")
     assert len(r.points) == 0

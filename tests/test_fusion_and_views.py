@@ -8,10 +8,10 @@ from reasoning_seg.config import FusionConfig, KeyframeConfig, PipelineConfig, V
 from reasoning_seg.frame_sync import ApproximatePairSync, PoseBuffer
 from reasoning_seg.frames import RGBDFrame
 from reasoning_seg.fusion import fuse_naive
-from reasoning_seg.keyframes import KeyframeWindow
+from reasoning_seg.keyframes import Keyframe, KeyframeWindow
 from reasoning_seg.result import gravity_aligned_box, package_result
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
-from reasoning_seg.view_selection import kmeans, select_views
+from reasoning_seg.view_selection import kmeans, select_local_views, select_views
 
 INTR = CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
 
@@ -173,3 +173,25 @@ def test_config_rejects_bad_values_and_unknown_names(tmp_path):
         "reasoning_seg:\n  ros__parameters:\n    map_frame: odom\n    map:\n      voxel_size: 0.03\n"
     )
     assert PipelineConfig.from_yaml(f).map.voxel_size == 0.03
+
+
+def _wall_keyframe(kid: int, eye: np.ndarray) -> Keyframe:
+    """A keyframe looking along +z at a wall at z = 3 (depth = 3 - eye z)."""
+    T = look_at(eye, eye + np.array([0.0, 0.0, 1.0]), up=np.array([0.0, -1.0, 0.0]))
+    depth = np.full((48, 64), 3.0 - eye[2], np.float32)
+    frame = RGBDFrame(np.zeros((48, 64, 3), np.uint8), depth, INTR, T, stamp=float(kid), frame_id=kid)
+    return Keyframe(kid, frame)
+
+
+def test_local_views_prefer_close_ups_that_see_the_candidate_and_skip_global_views():
+    patch = np.array([[x, y, 3.0] for x in np.linspace(-0.1, 0.1, 5) for y in np.linspace(-0.1, 0.1, 5)])
+    far = _wall_keyframe(0, np.array([0.0, 0.0, 0.0]))
+    near = _wall_keyframe(1, np.array([0.0, 0.0, 1.5]))
+    nearer_but_global = _wall_keyframe(2, np.array([0.0, 0.0, 2.0]))
+    aside = _wall_keyframe(3, np.array([3.0, 0.0, 2.0]))  # the patch is outside its image
+    kfs = [far, near, nearer_but_global, aside]
+    picked = select_local_views(kfs, patch, 1, exclude_ids={2}, visibility_tolerance=0.05)
+    assert [k.keyframe_id for k in picked] == [1]
+    both = select_local_views(kfs, patch, 5, exclude_ids={2}, visibility_tolerance=0.05)
+    assert [k.keyframe_id for k in both] == [0, 1]  # 'aside' never sees the patch
+    assert select_local_views(kfs, np.zeros((0, 3)), 2, set(), 0.05) == []

@@ -69,8 +69,12 @@ def test_query_returns_points_on_the_ground_truth_object(scene, pipe, kind):
     assert voxel_iou(r.points, gt_points(scene, pipe, q.target_instance_id), VOXEL) > 0.5
     assert r.box.contains(r.points, margin=1e-6).all()
     assert 0.5 <= r.confidence <= 1.0
-    assert list(r.timings) == ["snapshot", "view_selection", "segmentation", "fusion", "packaging"]
-    assert len(r.keyframe_ids) == pipe.config.views.num_views
+    stages = ["snapshot", "view_selection", "segmentation", "fusion", "local_view_selection", "packaging"]
+    assert list(r.timings) == stages
+    # The global views, then up to views.local_views close-ups of the candidate (REALM local stage).
+    n_global, n_local = pipe.config.views.num_views, pipe.config.views.local_views
+    assert n_global <= len(r.keyframe_ids) <= n_global + n_local
+    assert len(set(r.keyframe_ids)) == len(r.keyframe_ids)
 
 
 def test_query_the_model_does_not_understand_is_not_found(pipe):

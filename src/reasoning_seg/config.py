@@ -65,7 +65,9 @@ class KeyframeConfig:
 class ViewSelectionConfig:
     """Choosing the views the 2D model runs on (REALM global stage, adapted to a keyframe window)."""
 
-    num_views: int = knob(4, "Views per query (MLLM-For3D Table 4: 4 views was best).", 1, 64)
+    num_views: int = knob(
+        4, "Global views per query (MLLM-For3D Table 4: 4 was best for LISA; see the fusion ablation).", 1, 64
+    )
     strategy: str = knob(
         "diverse_coverage",
         "random | diverse | diverse_coverage (k-means over poses, "
@@ -74,6 +76,14 @@ class ViewSelectionConfig:
     )
     max_points: int = knob(
         20000, "Map points sampled to score coverage (bounds cost on large maps).", 100, 10_000_000
+    )
+    local_views: int = knob(
+        2,
+        "REALM local stage: after fusing the global views, this many extra close-up keyframes of the "
+        "candidate target are segmented and everything is fused again (0 disables; see "
+        "bench/results/fusion_ablation.md).",
+        0,
+        32,
     )
     seed: int = knob(0, "Seed for random selection and k-means initialisation.", 0, 2**31 - 1)
 
@@ -123,7 +133,7 @@ class FusionConfig:
         100,
     )
     min_agreement: float = knob(
-        0.65,
+        0.5,
         "token_attention/majority_vote: 'not found' when the attention-weighted cosine between the views' "
         "[SEG] embeddings and the unified embedding is below this (K views on K different objects "
         "score about 1/sqrt(K): 0.58 for 3, 0.5 for 4; a consensus with a dissenting minority > 0.9).",

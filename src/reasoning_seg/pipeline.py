@@ -28,7 +28,7 @@ from reasoning_seg.fusion import fuse
 from reasoning_seg.keyframes import Keyframe, KeyframeWindow
 from reasoning_seg.result import QueryResult, package_result
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
-from reasoning_seg.view_selection import select_views
+from reasoning_seg.view_selection import select_local_views, select_views
 from reasoning_seg.voxel_map import MapSurface, VoxelMap
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -155,16 +155,7 @@ class ReasoningSegPipeline:
                 chosen = select_views(
                     window, surface.points, n_views, cfg.views, cfg.fusion.visibility_tolerance
                 )
-                views = [
-                    ViewInput(
-                        kf.keyframe_id,
-                        kf.frame.color,
-                        kf.frame.depth,
-                        kf.frame.intrinsics,
-                        kf.frame.T_world_cam,
-                    )
-                    for kf in chosen
-                ]
+                views = _view_inputs(chosen)
 
             # 3. Run the frozen 2D reasoning-segmentation model on each view.
             with timer("segmentation"):
@@ -178,7 +169,26 @@ class ReasoningSegPipeline:
             with timer("fusion"):
                 fused = fuse(surface.points, views, segs, cfg.fusion)
 
-            # 5. Threshold, describe the target, report ('not found' with fusion's reason, if any).
+            # 5. REALM local stage (optional): close-ups of the candidate, then fuse all views again.
+            if cfg.views.local_views > 0 and not fused.not_found_reason:
+                with timer("local_view_selection"):
+                    local = select_local_views(
+                        window,
+                        surface.points[fused.probability >= threshold],
+                        cfg.views.local_views,
+                        {v.keyframe_id for v in views},
+                        cfg.fusion.visibility_tolerance,
+                    )
+                if local:
+                    with timer("segmentation"):
+                        more_views, more_segs, more_failures = self._segment(
+                            _view_inputs(local), query, progress
+                        )
+                    views, segs, failures = views + more_views, segs + more_segs, failures + more_failures
+                    with timer("fusion"):
+                        fused = fuse(surface.points, views, segs, cfg.fusion)
+
+            # 6. Threshold, describe the target, report ('not found' with fusion's reason, if any).
             with timer("packaging"):
                 if fused.not_found_reason:
                     result = QueryResult(query, True, False, f"not found: {fused.not_found_reason}")
@@ -336,6 +346,14 @@ class ReasoningSegPipeline:
             raise ValueError(f"{d / 'keyframes.npz'} is missing or corrupt: {exc}") from exc
         with self._lock:
             self.map, self.keyframes = new_map, window
+
+
+def _view_inputs(keyframes: Sequence[Keyframe]) -> list[ViewInput]:
+    """What the 2D model gets of each keyframe."""
+    return [
+        ViewInput(kf.keyframe_id, kf.frame.color, kf.frame.depth, kf.frame.intrinsics, kf.frame.T_world_cam)
+        for kf in keyframes
+    ]
 
 
 def _report(progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:

@@ -5,6 +5,9 @@ the scene for coverage) adapted to a keyframe window: cluster the window's poses
 and take, from each cluster, the keyframe that sees the most map points. MLLM-For3D §3.1 selects
 views at random; that strategy is kept for comparison. More views is not monotonically better
 (MLLM-For3D Table 4: 4 views beat 2 and 8), so N is a parameter, not "as many as possible".
+
+REALM's local stage (GLSpaG-Local) is :func:`select_local_views`: once the global views have located
+a candidate target, the keyframes in which that candidate appears largest are close-ups of it.
 """
 
 from __future__ import annotations
@@ -116,3 +119,38 @@ def select_views(
         rest = [i for i in np.argsort(-score, kind="stable") if i not in chosen]
         chosen.extend(int(i) for i in rest[: num_views - len(chosen)])
     return sorted((kfs[i] for i in chosen), key=lambda kf: kf.keyframe_id)
+
+
+def select_local_views(
+    keyframes: Sequence[Keyframe],
+    candidate_points: np.ndarray,
+    num_views: int,
+    exclude_ids: set[int],
+    visibility_tolerance: float,
+    min_visible_fraction: float = 0.3,
+) -> list[Keyframe]:
+    """Close-up views of a candidate target (REALM GLSpaG-Local, adapted to a keyframe window).
+
+    A keyframe's score is the image area the visible candidate points cover, approximated by
+    ``sum (fx / z)^2`` over them (each map point stands for one voxel, whose image footprint shrinks
+    with the square of its depth). Views that see less than ``min_visible_fraction`` of the
+    candidate are skipped: a close-up of a corner of the object tells the 2D model little. Global
+    views (``exclude_ids``) are not chosen again.
+    """
+    pts = np.asarray(candidate_points, dtype=np.float64).reshape(-1, 3)
+    if num_views <= 0 or len(pts) == 0:
+        return []
+    scored: list[tuple[float, int, Keyframe]] = []
+    for kf in keyframes:
+        if kf.keyframe_id in exclude_ids:
+            continue
+        f = kf.frame
+        vis, _ = visible_pixels(pts, f.T_world_cam, f.intrinsics, f.depth, visibility_tolerance)
+        if vis.sum() < min_visible_fraction * len(pts):
+            continue
+        world_to_cam = np.linalg.inv(f.T_world_cam)
+        z = pts[vis] @ world_to_cam[2, :3] + world_to_cam[2, 3]
+        area = float(np.sum((f.intrinsics.fx / z) ** 2))
+        scored.append((area, kf.keyframe_id, kf))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    return sorted((kf for _, _, kf in scored[:num_views]), key=lambda kf: kf.keyframe_id)
