@@ -306,16 +306,12 @@ def run_experiment(
                     not s.absent and s.gt_points >= exp.min_gt_points and s.iou < 0.5
                 )
                 if wrong and pictures > 0:
-                    predicted = _points_mask(surface.points, result.points, voxel) if result.found else None
-                    failures[row.name].append(
-                        _Failure(
-                            s,
-                            predicted if predicted is not None else np.zeros(len(surface), dtype=bool),
-                            truth,
-                            surface.points,
-                            surface.colors,
-                        )
+                    predicted = (
+                        _points_mask(surface.points, result.points, voxel)
+                        if result.found
+                        else np.zeros(len(surface), dtype=bool)
                     )
+                    failures[row.name].append(_Failure(s, predicted, truth, surface.points, surface.colors))
                     failures[row.name] = _worst(failures[row.name], pictures)
             log(f"[bench]   {row.name}: {len(queries)} queries in {time.perf_counter() - t_row:.1f} s")
     doc: dict[str, Any] = {

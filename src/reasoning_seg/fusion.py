@@ -251,13 +251,7 @@ def _fuse_weighted(
     result.observed = votes.observed
     result.probability = _gate(votes, config.min_support)
 
-    if use_attention and result.agreement < config.min_agreement:
-        result.not_found_reason = _disagreement_reason(result.agreement, config.min_agreement)
-    elif not result.probability.any():
-        result.not_found_reason = _no_support_reason(config.min_support)
-    if result.not_found_reason:
-        result.probability[:] = 0.0
-    return result
+    return _conclude(result, config, check_agreement=use_attention)
 
 
 def fuse_majority_vote(
@@ -324,7 +318,12 @@ def fuse_majority_vote(
     result.observed = votes.observed
     result.probability = _gate(votes, config.min_support)
 
-    if result.agreement < config.min_agreement:
+    return _conclude(result, config, check_agreement=True)
+
+
+def _conclude(result: FusionResult, config: FusionConfig, check_agreement: bool) -> FusionResult:
+    """The "not found" decision shared by the voting methods; a not-found result carries no probability."""
+    if check_agreement and result.agreement < config.min_agreement:
         result.not_found_reason = _disagreement_reason(result.agreement, config.min_agreement)
     elif not result.probability.any():
         result.not_found_reason = _no_support_reason(config.min_support)

@@ -41,18 +41,29 @@ def voxel_keys(points: np.ndarray, voxel: float) -> set[tuple[int, int, int]]:
     return set(map(tuple, np.unique(idx, axis=0)))
 
 
+def _overlap(pred_points: np.ndarray, gt_points: np.ndarray, voxel: float) -> tuple[int, int, int]:
+    """(intersection, predicted, true) voxel counts."""
+    a, b = voxel_keys(pred_points, voxel), voxel_keys(gt_points, voxel)
+    return len(a & b), len(a), len(b)
+
+
+def _iou_pr(inter: int, n_pred: int, n_gt: int) -> tuple[float, float, float]:
+    union = n_pred + n_gt - inter
+    return (
+        inter / union if union else 0.0,
+        inter / n_pred if n_pred else 0.0,
+        inter / n_gt if n_gt else 0.0,
+    )
+
+
 def voxel_iou(pred_points: np.ndarray, gt_points: np.ndarray, voxel: float) -> float:
     """IoU of two point sets compared on a voxel grid; 0.0 when both are empty."""
-    a, b = voxel_keys(pred_points, voxel), voxel_keys(gt_points, voxel)
-    union = len(a | b)
-    return len(a & b) / union if union else 0.0
+    return _iou_pr(*_overlap(pred_points, gt_points, voxel))[0]
 
 
 def precision_recall(pred_points: np.ndarray, gt_points: np.ndarray, voxel: float) -> tuple[float, float]:
     """Voxel precision (predicted voxels that are true) and recall (true voxels predicted)."""
-    a, b = voxel_keys(pred_points, voxel), voxel_keys(gt_points, voxel)
-    inter = len(a & b)
-    return (inter / len(a) if a else 0.0), (inter / len(b) if b else 0.0)
+    return _iou_pr(*_overlap(pred_points, gt_points, voxel))[1:]
 
 
 @dataclass
@@ -100,8 +111,7 @@ def score_query(
     """Score one answer: voxel IoU / precision / recall of ``pred_points`` against ``gt_points``."""
     pred = np.asarray(pred_points, dtype=np.float64).reshape(-1, 3) if found else np.zeros((0, 3))
     gt = np.asarray(gt_points, dtype=np.float64).reshape(-1, 3)
-    iou = voxel_iou(pred, gt, voxel) if len(gt) else 0.0
-    prec, rec = precision_recall(pred, gt, voxel) if len(gt) else (0.0, 0.0)
+    iou, prec, rec = _iou_pr(*_overlap(pred, gt, voxel)) if len(gt) else (0.0, 0.0, 0.0)
     t = dict(timings or {})
     return QueryScore(
         scene=scene,

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
+from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.frames import RGBDFrame
 from reasoning_seg.image_codec import depth_to_metres
-from reasoning_seg.sequence_io import FolderSequence
+from reasoning_seg.sequence_io import FolderSequence, pinhole_from_K, read_image, read_pose_txt
 
 __all__ = ["ScanNetSequence", "is_scannet_layout", "open_sequence", "read_scannet_intrinsics"]
 
@@ -52,38 +52,18 @@ def read_scannet_intrinsics(path: str | Path, width: int, height: int) -> Camera
         values = np.array(path.read_text().split(), dtype=np.float64)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: intrinsics must be numbers ({exc})") from exc
-    if values.size == 16:
-        K = values.reshape(4, 4)[:3, :3]  # noqa: N806 - the conventional symbol
-    elif values.size == 9:
-        K = values.reshape(3, 3)  # noqa: N806
-    else:
+    if values.size not in (9, 16):
         raise ValueError(f"{path}: expected a 4x4 or 3x3 matrix, found {values.size} numbers")
-    if not np.allclose(K[2], [0, 0, 1]) or abs(K[0, 1]) > 1e-9 or abs(K[1, 0]) > 1e-9:
-        raise ValueError(f"{path}: not a pinhole K matrix")
-    try:
-        return CameraIntrinsics.from_K(K, width, height)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
-
-
-def _read_image(path: Path) -> Image.Image:
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return img
+    n = 4 if values.size == 16 else 3
+    return pinhole_from_K(values.reshape(n, n)[:3, :3], width, height, path)
 
 
 def _pose_or_none(path: Path) -> np.ndarray | None:
+    """The pose in ``path``, or None where ScanNet marks a tracking failure (or the file is bad)."""
     try:
-        values = np.array(path.read_text().split(), dtype=np.float64)
-    except (OSError, ValueError, UnicodeDecodeError):
+        return read_pose_txt(path)
+    except (OSError, ValueError):
         return None
-    if values.size != 16:
-        return None
-    T = values.reshape(4, 4)  # noqa: N806 - the conventional symbol
-    return T if is_rigid_transform(T) else None
 
 
 class ScanNetSequence:
@@ -127,7 +107,7 @@ class ScanNetSequence:
             if not depth.is_file():
                 self.skipped["no depth image"] += 1
                 continue
-            T = _pose_or_none(pose) if pose.is_file() else None  # noqa: N806
+            T = _pose_or_none(pose)  # noqa: N806
             if T is None:
                 self.skipped["invalid or missing pose"] += 1
                 continue
@@ -137,7 +117,7 @@ class ScanNetSequence:
             raise ValueError(
                 f"{self.root}: no frame has a depth image and a valid pose ({dict(self.skipped)})"
             )
-        first_depth = _read_image(self._depth_path(self.frame_numbers[0]))
+        first_depth = read_image(self._depth_path(self.frame_numbers[0]))
         width, height = first_depth.size
         self.intrinsics = read_scannet_intrinsics(
             self.root / "intrinsic" / "intrinsic_depth.txt", width, height
@@ -164,9 +144,9 @@ class ScanNetSequence:
 
     def __getitem__(self, index: int) -> RGBDFrame:
         number = self._number(index)
-        color_img = _read_image(self._colors[number]).convert("RGB")
+        color_img = read_image(self._colors[number]).convert("RGB")
         color = np.asarray(self._resized(color_img, Image.Resampling.BILINEAR), dtype=np.uint8)
-        raw = np.asarray(_read_image(self._depth_path(number)))
+        raw = np.asarray(read_image(self._depth_path(number)))
         if raw.dtype != np.uint16 or raw.ndim != 2:
             raise ValueError(f"{self._depth_path(number)}: depth must be a 16-bit single-channel PNG")
         if raw.shape != (self.intrinsics.height, self.intrinsics.width):
@@ -192,7 +172,7 @@ class ScanNetSequence:
         path = self.root / "instance-filt" / f"{self._number(index)}.png"
         if not path.is_file():
             return None
-        img = self._resized(_read_image(path), Image.Resampling.NEAREST)
+        img = self._resized(read_image(path), Image.Resampling.NEAREST)
         return np.asarray(img).astype(np.int32)
 
 

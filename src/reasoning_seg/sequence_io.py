@@ -30,6 +30,8 @@ from reasoning_seg.image_codec import depth_from_metres, depth_to_metres
 __all__ = [
     "INTRINSICS_FILE",
     "FolderSequence",
+    "pinhole_from_K",
+    "read_image",
     "read_intrinsics_txt",
     "read_pose_txt",
     "write_frame",
@@ -51,7 +53,11 @@ def read_intrinsics_txt(path: str | Path, width: int, height: int) -> CameraIntr
         raise ValueError(f"{path}: intrinsics must be 9 numbers ({exc})") from exc
     if values.size != 9:
         raise ValueError(f"{path}: expected 9 numbers (a 3x3 K), found {values.size}")
-    K = values.reshape(3, 3)  # noqa: N806 - the conventional symbol
+    return pinhole_from_K(values.reshape(3, 3), width, height, path)
+
+
+def pinhole_from_K(K: np.ndarray, width: int, height: int, path: str | Path) -> CameraIntrinsics:  # noqa: N802,N803
+    """Validate a 3x3 K read from ``path`` and build the intrinsics; ``ValueError`` naming the file."""
     if not np.allclose(K[2], [0, 0, 1]) or K[0, 1] != 0 or K[1, 0] != 0:
         raise ValueError(f"{path}: not a pinhole K matrix (expected [[fx,0,cx],[0,fy,cy],[0,0,1]])")
     try:
@@ -82,7 +88,8 @@ def read_pose_txt(path: str | Path) -> np.ndarray:
     return T
 
 
-def _read_png(path: Path) -> Image.Image:
+def read_image(path: Path) -> Image.Image:
+    """Open and decode an image; ``FileNotFoundError`` / ``ValueError`` naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
@@ -94,7 +101,7 @@ def _read_png(path: Path) -> Image.Image:
 
 
 def _read_uint16_png(path: Path, what: str) -> np.ndarray:
-    img = _read_png(path)
+    img = read_image(path)
     if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
         raise ValueError(f"{path}: {what} must be a 16-bit single-channel PNG, got mode {img.mode!r}")
     arr = np.asarray(img)
@@ -149,7 +156,7 @@ class FolderSequence:
         if intr_path is None:
             raise FileNotFoundError(f"no {INTRINSICS_FILE} in {self.directory} or {self.root}")
         first = Path(str(self._stems[self.frame_numbers[0]]) + ".color.png")
-        width, height = _read_png(first).size
+        width, height = read_image(first).size
         self.intrinsics = read_intrinsics_txt(intr_path, width, height)
 
     def _find_frame_dir(self, sequence: str | None) -> Path:
@@ -190,7 +197,7 @@ class FolderSequence:
         number = self._number(index)
         stem = str(self._stems[number])
         color_path, depth_path = Path(stem + ".color.png"), Path(stem + ".depth.png")
-        img = _read_png(color_path)
+        img = read_image(color_path)
         if img.mode != "RGB":
             img = img.convert("RGB")
         color = np.asarray(img, dtype=np.uint8)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reasoning_seg.camera import visible_pixels
+from reasoning_seg.camera import invert_transform, visible_pixels
 from reasoning_seg.config import ViewSelectionConfig
 from reasoning_seg.keyframes import Keyframe
 
@@ -148,7 +148,7 @@ def select_local_views(
         vis, _ = visible_pixels(pts, f.T_world_cam, f.intrinsics, f.depth, visibility_tolerance)
         if vis.sum() < min_visible_fraction * len(pts):
             continue
-        world_to_cam = np.linalg.inv(f.T_world_cam)
+        world_to_cam = invert_transform(f.T_world_cam)
         z = pts[vis] @ world_to_cam[2, :3] + world_to_cam[2, 3]
         area = float(np.sum((f.intrinsics.fx / z) ** 2))
         scored.append((area, kf.keyframe_id, kf))

@@ -37,7 +37,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from scipy import ndimage
@@ -267,28 +267,22 @@ _LISA7B = SimulatedLisaProfile(
 
 # LISA-13B: Table 4 (g) vs (f) shows a modest gain with the larger backbone (+1.8 Acc@0.25,
 # +2.5 mIoU on Instruct3D), so every error rate is assumed ~15-20% lower than for 7B.
-_LISA13B = SimulatedLisaProfile(
+_LISA13B = replace(  # the same model family: only the error rates (and a little confidence) change
+    _LISA7B,
     name="lisa13b",
     hallucination_rate=0.42,
     confusion_explicit=0.08,
     confusion_affordance=0.25,
     confusion_spatial=0.42,
     confusion_other=0.42,
-    consistency=0.6,
     miss_rate=0.04,
     miss_small_rate=0.5,
-    small_area_fraction=0.005,
     miss_truncated_rate=0.08,
-    min_visible_fraction=1e-4,
     boundary_px=1.6,
     bleed_rate=0.08,
     bleed_px=10.0,
     embedding_noise=0.3,
     conf_correct_mean=0.89,
-    conf_wrong_mean=0.78,
-    conf_miss_mean=0.20,
-    conf_std=0.07,
-    conf_small_penalty=0.3,
 )
 
 #: Named presets (``segmenter.sim_profile``).
