@@ -413,4 +413,6 @@ def test_config_knobs_build_the_configured_simulation(scene, tmp_path, views):
     with pytest.raises(ValueError, match="needs segmenter.scene"):
         segmenter_from_config(SegmenterConfig())
     with pytest.raises(ValueError, match="unknown segmenter backend"):
+        segmenter_from_config(dataclasses.replace(cfg, backend="nope"))
+    with pytest.raises(ValueError, match="needs segmenter.lisa_path"):
         segmenter_from_config(dataclasses.replace(cfg, backend="lisa"))

@@ -177,8 +177,9 @@ class SegmenterConfig:
 
     backend: str = knob(
         "simulated",
-        "simulated (ground-truth driven simulation of an MLLM; needs segmenter.scene) ",
-        choices=("simulated",),
+        "simulated (ground-truth driven SIMULATION of an MLLM; needs segmenter.scene) or lisa (a published "
+        "LISA checkpoint folder in segmenter.lisa_path; needs torch and transformers).",
+        choices=("simulated", "lisa"),
     )
     scene: str = knob("", "For the simulated backend: directory of the synthetic scene (scene.json).")
     embedding_dim: int = knob(256, "Dimension of the projected [SEG] embedding.", 1, 65536)
@@ -189,6 +190,31 @@ class SegmenterConfig:
         choices=("oracle", "lisa7b", "lisa13b"),
     )
     sim_seed: int = knob(0, "For the simulated backend: seed of the simulated model's errors.", 0, 2**31 - 1)
+    lisa_path: str = knob(
+        "", "For lisa: checkpoint folder (config.json, tokenizer, weight shards), e.g. LISA-7B-v1."
+    )
+    lisa_vision_tower: str = knob(
+        "",
+        "For lisa: local CLIP vision-tower folder (openai/clip-vit-large-patch14); empty: the config's "
+        "vision_tower if that is a local folder.",
+    )
+    lisa_device: str = knob(
+        "auto", "For lisa: torch device of CLIP + LLM (auto: cuda if available, else cpu)."
+    )
+    lisa_sam_device: str = knob(
+        "", "For lisa: torch device of SAM (empty: same as lisa_device), e.g. cuda:1."
+    )
+    lisa_dtype: str = knob(
+        "auto",
+        "For lisa: weights precision (auto: bf16 on CUDA, fp32 on CPU).",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    lisa_max_new_tokens: int = knob(32, "For lisa: most tokens generated per answer.", 1, 2048)
+    lisa_question_template: str = knob(
+        "{query} Please output segmentation mask.",
+        "For lisa: how the query is asked ({query} is replaced), in the form LISA was trained on.",
+    )
+    lisa_max_batch: int = knob(4, "For lisa: most views per forward pass (bounds GPU memory).", 1, 64)
 
 
 @dataclass

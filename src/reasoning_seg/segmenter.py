@@ -80,8 +80,9 @@ class Segmenter(Protocol):
 def segmenter_from_config(config: SegmenterConfig) -> Segmenter:
     """Build the backend ``config`` names. Raises ValueError/FileNotFoundError with a user-facing reason.
 
-    The simulated backend uses ``scene``, ``sim_profile`` and ``sim_seed``. Imports are local so
-    that a backend's heavy dependencies load only when it is chosen.
+    The simulated backend uses ``scene``, ``sim_profile`` and ``sim_seed``; the LISA backend the
+    ``lisa_*`` fields. Imports are local so that a backend's heavy dependencies (torch,
+    transformers) load only when it is chosen.
     """
     if config.backend == "simulated":
         if not config.scene:
@@ -99,4 +100,29 @@ def segmenter_from_config(config: SegmenterConfig) -> Segmenter:
             embedding_dim=config.embedding_dim,
             seed=config.sim_seed,
         )
+    if config.backend == "lisa":
+        if not config.lisa_path:
+            raise ValueError("segmenter.backend 'lisa' needs segmenter.lisa_path (a LISA checkpoint folder)")
+        try:
+            from reasoning_seg.lisa.segmenter import LisaOptions, LisaSegmenter
+        except ImportError as exc:
+            raise ValueError(f"segmenter.backend 'lisa' needs torch and transformers: {exc}") from exc
+        seg = LisaSegmenter.load(
+            LisaOptions(
+                path=config.lisa_path,
+                vision_tower=config.lisa_vision_tower,
+                device=config.lisa_device,
+                sam_device=config.lisa_sam_device,
+                dtype=config.lisa_dtype,
+                max_new_tokens=config.lisa_max_new_tokens,
+                question_template=config.lisa_question_template,
+                max_batch=config.lisa_max_batch,
+            )
+        )
+        if seg.embedding_dim != config.embedding_dim:
+            raise ValueError(
+                f"the LISA checkpoint's [SEG] embedding is {seg.embedding_dim}-d but "
+                f"segmenter.embedding_dim is {config.embedding_dim}; set it to {seg.embedding_dim}"
+            )
+        return seg
     raise ValueError(f"unknown segmenter backend '{config.backend}'")
