@@ -32,6 +32,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("sim_profile", default_value="lisa7b",
                               description="segmenter.sim_profile: oracle | lisa7b | lisa13b (simulated)."),
         DeclareLaunchArgument("device", default_value="CPU:0", description="map.device (CPU:0 or CUDA:0)."),
+        DeclareLaunchArgument("lisa_path", default_value="", description="segmenter.lisa_path (lisa backend)."),
+        DeclareLaunchArgument("lisa_vision_tower", default_value="",
+                              description="segmenter.lisa_vision_tower: local CLIP folder (lisa backend)."),
+        DeclareLaunchArgument("lisa_device", default_value="auto", description="segmenter.lisa_device."),
     ]
     ns = LaunchConfiguration("namespace")
     node = Node(
@@ -42,6 +46,9 @@ def generate_launch_description() -> LaunchDescription:
             "segmenter.scene": LaunchConfiguration("scene"),
             "segmenter.sim_profile": LaunchConfiguration("sim_profile"),
             "map.device": LaunchConfiguration("device"),
+            "segmenter.lisa_path": LaunchConfiguration("lisa_path"),
+            "segmenter.lisa_vision_tower": LaunchConfiguration("lisa_vision_tower"),
+            "segmenter.lisa_device": LaunchConfiguration("lisa_device"),
         }],
     )
     play_folder = Node(

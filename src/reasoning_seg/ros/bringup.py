@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scene", default="", help="override segmenter.scene (simulated backend)")
     p.add_argument("--sim-profile", default="", help="override segmenter.sim_profile (simulated backend)")
     p.add_argument("--device", default="", help="override map.device (e.g. CUDA:0)")
+    p.add_argument("--lisa-path", default="", help="override segmenter.lisa_path (LISA checkpoint folder)")
+    p.add_argument("--lisa-vision-tower", default="", help="override segmenter.lisa_vision_tower")
+    p.add_argument("--lisa-device", default="", help="override segmenter.lisa_device (e.g. cuda:0)")
     p.add_argument(
         "--use-rviz", action="store_true", help="start rviz2 with config/reasoning_seg.rviz if installed"
     )
@@ -97,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["segmenter.sim_profile"] = a.sim_profile
     if a.device:
         overrides["map.device"] = a.device
+    if a.lisa_path:
+        overrides["segmenter.lisa_path"] = str(Path(a.lisa_path).resolve())
+    if a.lisa_vision_tower:
+        overrides["segmenter.lisa_vision_tower"] = str(Path(a.lisa_vision_tower).resolve())
+    if a.lisa_device:
+        overrides["segmenter.lisa_device"] = a.lisa_device
     procs = [subprocess.Popen(node_command(a.params_file, a.namespace, overrides))]
     if a.sequence:
         procs.append(
