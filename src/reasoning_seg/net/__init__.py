@@ -1,0 +1,20 @@
+"""The label-free 3D network of MLLM-For3D (§3.2, §3.3, Appendix A.2/A.3), in plain PyTorch.
+
+Modules:
+
+- :mod:`reasoning_seg.net.sparse_conv`: the sparse-convolution backend. A :class:`SparseTensor`
+  (integer voxel sites + features + tensor stride) and the layers the U-Net is built from
+  (submanifold, strided and transposed convolution, BatchNorm, ReLU, channel concatenation),
+  implemented with coordinate hashing and gather/scatter so they run unchanged on CPU and CUDA
+  without a compiled extension. A MinkowskiEngine or spconv backend can replace it behind the same
+  classes.
+- :mod:`reasoning_seg.net.unet`: the MinkowskiNet14-style U-Net (:class:`SparseUNet`,
+  :class:`UNetConfig`) that maps voxel colours/geometry to per-voxel features, the query head
+  (:class:`QueryHead`: learned projection of the 256-d ``[SEG]`` embedding, dot-product logits for
+  training, cosine probability at inference) and :class:`SpatialProjection` (3D features into the
+  SAM feature space for Eq. 2).
+- :mod:`reasoning_seg.net.losses`: token-for-query alignment (Eq. 1), spatial consistency (Eq. 2)
+  and their sum (Eq. 3) over point-view pairs (:class:`PointViewPairs`, :class:`LabelFreeLoss`).
+
+The package needs PyTorch (the ``lisa`` extra); nothing else in :mod:`reasoning_seg` imports it.
+"""
