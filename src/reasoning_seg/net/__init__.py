@@ -15,6 +15,16 @@ Modules:
   SAM feature space for Eq. 2).
 - :mod:`reasoning_seg.net.losses`: token-for-query alignment (Eq. 1), spatial consistency (Eq. 2)
   and their sum (Eq. 3) over point-view pairs (:class:`PointViewPairs`, :class:`LabelFreeLoss`).
+- :mod:`reasoning_seg.net.pseudo_labels`: runs the node's own query stages (view selection,
+  segmenter, fusion) over recorded scenes and stores the pseudo-labels per scene: fused probability,
+  depth-checked point-view pairs with sampled 2D logits and SAM features, [SEG] embeddings.
+- :mod:`reasoning_seg.net.data`: dataset over stored pseudo-labels, the paper's augmentations
+  (rotation about the up axis, flips) and collation into one batched sparse tensor.
+- :mod:`reasoning_seg.net.model`: :class:`LabelFree3DNet` (U-Net + query head + spatial projection),
+  §3.3 inference and checkpoint save/load.
+- :mod:`reasoning_seg.net.train`: the PyTorch Lightning trainer (checkpoints, resume, CSV/TensorBoard
+  logs, DDP through Lightning's strategies) and its CLI.
 
-The package needs PyTorch (the ``lisa`` extra); nothing else in :mod:`reasoning_seg` imports it.
+The package needs PyTorch (the ``net`` extra; Lightning for training); nothing else in
+:mod:`reasoning_seg` imports it.
 """

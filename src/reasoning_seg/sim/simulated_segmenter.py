@@ -23,6 +23,14 @@ Errors are partly *consistent across views*: a per-query latent ``u_q`` (one dra
 the model settle on a wrong referent, which it then segments in every view where it is visible,
 exactly the kind of error naive multi-view averaging cannot vote away. The rest is per view.
 
+Optionally (``image_features=True``) it also returns SIMULATED SAM image-encoder features, the
+targets of MLLM-For3D's spatial-consistency loss (§3.2, Eq. 2): a (C, G, G) grid over SAM's padded
+square input (C = 256, G = 64 like SAM ViT's 1024 px / 16 px patches), where each cell holds the
+code of the object at its centre pixel (a mix of category, colour and instance directions, so that
+look-alikes have similar features as SAM's appearance features do) plus smooth noise. They depend
+on the image only (the view's pose), never on the query, as SAM's image encoder does. They are a
+stand-in for training and testing the 3D network's data path, not a model of real SAM features.
+
 Everything is deterministic: a view's randomness is seeded from (seed, scene seed, normalised
 query, intrinsics, pose bytes), so the answer for a view does not depend on batch composition or
 order. Rendering dominates the cost, so instance renders are kept in a bounded LRU cache keyed by
@@ -58,6 +66,7 @@ __all__ = [
     "SimulatedLisaProfile",
     "SimulatedSegmenter",
     "SimulatedViewOutcome",
+    "feature_grid_cells",
     "instance_embedding",
     "no_object_embedding",
 ]
@@ -101,6 +110,25 @@ def instance_embedding(scene_key: str, instance_id: int, dim: int) -> np.ndarray
 def no_object_embedding(dim: int) -> np.ndarray:
     """The generic "nothing segmented" direction (scene-independent, near-orthogonal to every object)."""
     return _unit_vector("no-object", dim)
+
+
+#: Mix of the simulated SAM feature code of an object: category, colour, instance (before normalising).
+#: Objects of one category and colour then have cosine ~0.57, of one category ~0.36, unrelated ~0.
+_FEATURE_MIX = (0.6, 0.4, 0.7)
+
+
+def feature_grid_cells(height: int, width: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel row and column at the centre of each cell of SAM's feature grid (-1: padding).
+
+    SAM resizes the longest image side to its input size and zero-pads the other side at the
+    bottom/right, so a (grid, grid) feature map covers a ``max(H, W)`` pixel square anchored at the
+    top-left corner: cell ``j`` spans pixels ``[j L / grid, (j + 1) L / grid)`` with ``L = max(H, W)``.
+    """
+    side = max(height, width)
+    centre = np.floor((np.arange(grid) + 0.5) * side / grid).astype(np.int64)
+    rows = np.where(centre < height, centre, -1)
+    cols = np.where(centre < width, centre, -1)
+    return rows, cols
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +407,12 @@ class SimulatedSegmenter:
         embedding_dim: size of the ``[SEG]`` embedding (LISA's projection is 256-d).
         seed: extra seed, so repeated benchmark runs can draw independent model errors.
         render_cache_size: instance renders kept (LRU); one 640x480 render is ~1.2 MB.
+        image_features: also return SIMULATED SAM image features in
+            ``ViewSegmentation.image_features`` (see the module docstring); off by default.
+        feature_dim: channels C of the simulated features (SAM's 256).
+        feature_grid: side G of the simulated feature grid (SAM's 64).
+        feature_noise: expected norm of the smooth per-cell noise added to the unit object codes.
+        feature_cache_size: feature grids kept (LRU; one is C * G * G * 4 bytes, 4 MB by default).
     """
 
     def __init__(
@@ -388,6 +422,11 @@ class SimulatedSegmenter:
         embedding_dim: int = 256,
         seed: int = 0,
         render_cache_size: int = 64,
+        image_features: bool = False,
+        feature_dim: int = 256,
+        feature_grid: int = 64,
+        feature_noise: float = 0.5,
+        feature_cache_size: int = 16,
     ) -> None:
         if isinstance(profile, str):
             if profile not in PROFILES:
@@ -397,6 +436,10 @@ class SimulatedSegmenter:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         if render_cache_size < 0:
             raise ValueError(f"render_cache_size must be >= 0, got {render_cache_size}")
+        if feature_dim < 1 or feature_grid < 1 or feature_cache_size < 0:
+            raise ValueError("feature_dim and feature_grid must be >= 1 and feature_cache_size >= 0")
+        if not math.isfinite(feature_noise) or feature_noise < 0:
+            raise ValueError(f"feature_noise must be a finite number >= 0, got {feature_noise}")
         self.scene = scene
         self.profile = profile
         self.embedding_dim = int(embedding_dim)
@@ -409,6 +452,12 @@ class SimulatedSegmenter:
         self._objects = {o.instance_id: o for o in scene.objects}
         self._categories = {o.category for o in scene.objects} | set(CATEGORY_AFFORDANCES)
         self._cache: OrderedDict[tuple[CameraIntrinsics, bytes], _Render] = OrderedDict()
+        self.image_features = bool(image_features)
+        self.feature_dim = int(feature_dim)
+        self.feature_grid = int(feature_grid)
+        self.feature_noise = float(feature_noise)
+        self.feature_cache_size = int(feature_cache_size)
+        self._feature_cache: OrderedDict[tuple[CameraIntrinsics, bytes], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
@@ -500,6 +549,74 @@ class SimulatedSegmenter:
         """Drop all cached renders (e.g. to time uncached segmentation)."""
         with self._lock:
             self._cache.clear()
+            self._feature_cache.clear()
+
+    # -- simulated SAM image features ---------------------------------------------------------
+
+    def _object_code(self, instance_id: int) -> np.ndarray:
+        """Unit feature code of an object (0: a ray that hit nothing)."""
+        c = self.feature_dim
+        obj = self._objects.get(instance_id)
+        if obj is None:
+            return _unit_vector("sam-empty", c)
+        a, b, d = _FEATURE_MIX
+        v = (
+            a * _unit_vector(f"sam-category:{obj.category}", c)
+            + b * _unit_vector(f"sam-colour:{obj.color_name}", c)
+            + d * _unit_vector(f"{self._key}:sam-instance:{instance_id}", c)
+        )
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    def simulated_image_features(self, view: ViewInput) -> np.ndarray:
+        """SIMULATED SAM image-encoder features of a view: (C, G, G) float32, read-only.
+
+        Cell (i, j) holds the unit code of the object rendered at the cell's centre pixel
+        (:func:`feature_grid_cells`; padding cells get a fixed padding code) plus a smooth Gaussian
+        noise field (correlation length ~1.5 cells) of expected norm ``feature_noise``. Seeded by the
+        segmenter seed, the scene and the camera pose only: the same image always gives the same
+        features, whatever the query (SAM's image encoder never sees the text).
+        """
+        intr = view.intrinsics
+        pose = np.ascontiguousarray(view.T_world_cam, dtype=np.float64)
+        key = (intr, pose.tobytes())
+        with self._lock:
+            hit = self._feature_cache.get(key)
+            if hit is not None:
+                self._feature_cache.move_to_end(key)
+                return hit
+        inst = self._render(intr, pose).instance
+        rows, cols = feature_grid_cells(intr.height, intr.width, self.feature_grid)
+        ids = np.full((rows.size, cols.size), -1, dtype=np.int64)
+        r_ok, c_ok = rows >= 0, cols >= 0
+        ids[np.ix_(r_ok, c_ok)] = inst[np.ix_(rows[r_ok], cols[c_ok])]
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        codes = np.stack(
+            [
+                _unit_vector("sam-padding", self.feature_dim) if i < 0 else self._object_code(int(i))
+                for i in uniq
+            ]
+        )
+        feats = codes[inverse.reshape(ids.shape)].transpose(2, 0, 1)  # (C, G, G)
+        if self.feature_noise > 0:
+            cam = np.array([intr.width, intr.height, intr.fx, intr.fy, intr.cx, intr.cy], dtype=np.float64)
+            rng = np.random.default_rng(
+                _seed_of(
+                    str(self.seed).encode(), str(self._scene_seed).encode(), b"sam", cam.tobytes(), key[1]
+                )
+            )
+            noise = ndimage.gaussian_filter(
+                rng.standard_normal(feats.shape).astype(np.float32), (0, 1.5, 1.5), mode="wrap"
+            )
+            rms = float(np.sqrt(np.mean(np.sum(noise**2, axis=0))))
+            feats = feats + (self.feature_noise / max(rms, 1e-12)) * noise
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        feats.flags.writeable = False
+        if self.feature_cache_size > 0:
+            with self._lock:
+                self._feature_cache[key] = feats
+                while len(self._feature_cache) > self.feature_cache_size:
+                    self._feature_cache.popitem(last=False)
+        return feats
 
     # -- segmentation -----------------------------------------------------------------------------
 
@@ -628,7 +745,8 @@ class SimulatedSegmenter:
             from_belief,
             int(mask.sum()),
         )
-        return ViewSegmentation(logits, conf, emb, answer), outcome
+        feats = self.simulated_image_features(view) if self.image_features else None
+        return ViewSegmentation(logits, conf, emb, answer, image_features=feats), outcome
 
     def _mask_of(
         self, instance: np.ndarray, k: int, z_boundary: float, u_bleed: float, u_pick: float, width: int

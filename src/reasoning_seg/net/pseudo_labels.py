@@ -1,0 +1,829 @@
+"""Multi-view pseudo-labels for the label-free 3D network (MLLM-For3D §3.1-3.2), stored per scene.
+
+Why store them: the 2D model (LISA, or its SIMULATION in the benchmark world) is frozen, so its
+answers are the same in every training epoch; running it once per scene and query and training
+the 3D network from disk is what makes many epochs affordable (the paper's 2D models are far
+slower than the 3D network).
+
+What one query records is exactly what the node computes when it answers that query, because the
+node's own stages run: view selection (global, then REALM's local close-ups), the configured
+segmenter, and the configured fusion (:func:`trace_query` follows
+:meth:`reasoning_seg.pipeline.ReasoningSegPipeline.query` step by step). Per scene:
+
+- the map: surface points (float32 metres), colours, and the SIMULATION's ground-truth instance of
+  every point (for evaluation and the hybrid "w/ label" mode only; never used label-free);
+- a keyframe table: for every keyframe any query looked at, the map points visible in it
+  (depth-checked with the fusion's tolerance, :func:`reasoning_seg.camera.visible_pixels`: the
+  same test fusion votes with), their pixels, and the frozen SAM image features at those pixels.
+  SAM features depend on the image, not the query, so they are stored once per keyframe, and once
+  per feature cell (all pixels of one cell of SAM's 64x64 grid share a feature; each visible
+  point keeps the row of its cell): that is "sampled at the visible points" with nearest-cell
+  sampling, without a copy per point. ``max_pairs_per_view`` subsamples the visible points of a
+  keyframe (deterministically) to bound the size at high resolution;
+- per query: the fused probability (the fusion pseudo-label), each view's mask logits sampled at
+  that view's (stored) visible points (the flat point-view pairs of Eq. 1), each view's [SEG]
+  embedding, confidence, fusion weight, token attention and alignment, whether it was a local
+  close-up, the unified embedding (the 3D net's query token, §3.2) and the "not found" reason.
+
+One compressed ``.npz`` per scene (no pickles); :func:`load_scene_labels` validates it and raises
+:class:`PseudoLabelError` for a corrupt, truncated or foreign file.
+
+Command line (records the benchmark's SIMULATED rooms, then labels them)::
+
+    python -m reasoning_seg.net.pseudo_labels --out out/pseudo --seeds 0-7 --frames 60 --size 160x120
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reasoning_seg.camera import visible_pixels
+from reasoning_seg.config import PipelineConfig
+from reasoning_seg.fusion import FusionResult, fuse
+from reasoning_seg.keyframes import Keyframe
+from reasoning_seg.pipeline import normalise_query
+from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
+from reasoning_seg.view_selection import select_local_views, select_views
+
+FORMAT = "reasoning_seg.pseudo_labels"
+VERSION = 1
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "PseudoLabelError",
+    "PseudoLabelOptions",
+    "QueryLabels",
+    "QueryTrace",
+    "ScenePseudoLabels",
+    "generate_scene_labels",
+    "load_scene_labels",
+    "main",
+    "pixel_to_feature_cell",
+    "read_meta",
+    "save_scene_labels",
+    "trace_query",
+]
+
+
+class PseudoLabelError(ValueError):
+    """A pseudo-label file that cannot be used (corrupt, truncated, foreign or inconsistent)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the node's stages on one query
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryTrace:
+    """Everything the node's query path produced for one query (before packaging the result).
+
+    Attributes:
+        views: the views the segmenter saw, global views first, then local close-ups.
+        segmentations: one per view.
+        local: (V,) bool, True for REALM local close-ups.
+        fused: the final fusion (over all views).
+        outcomes: per view, what the SIMULATED model did ("correct", "hallucinated", ...), or "" when
+            the segmenter cannot say (a real model).
+    """
+
+    views: list[ViewInput]
+    segmentations: list[ViewSegmentation]
+    local: np.ndarray
+    fused: FusionResult
+    outcomes: list[str]
+
+
+def _view_inputs(keyframes: Sequence[Keyframe]) -> list[ViewInput]:
+    return [
+        ViewInput(kf.keyframe_id, kf.frame.color, kf.frame.depth, kf.frame.intrinsics, kf.frame.T_world_cam)
+        for kf in keyframes
+    ]
+
+
+def _segment(
+    segmenter: Segmenter, views: list[ViewInput], text: str
+) -> tuple[list[ViewSegmentation], list[str]]:
+    with_truth = getattr(segmenter, "segment_with_truth", None)
+    if callable(with_truth):
+        pairs = with_truth(views, text)
+        return [s for s, _ in pairs], [o.kind for _, o in pairs]
+    segs = list(segmenter.segment(views, text))
+    return segs, [""] * len(segs)
+
+
+def trace_query(
+    keyframes: Sequence[Keyframe],
+    points: np.ndarray,
+    text: str,
+    segmenter: Segmenter,
+    config: PipelineConfig,
+) -> QueryTrace:
+    """Run the node's query stages 2-5 on a snapshot (keyframe window + map points).
+
+    Mirrors :meth:`ReasoningSegPipeline.query`: global view selection, segmentation, fusion, then
+    (``views.local_views > 0`` and a target found) REALM local close-ups of the points at or above
+    ``query.score_threshold`` and fusion over all views. The pipeline only returns the packaged
+    result, so the stages are called here directly; a pipeline method returning this trace would
+    keep the two from drifting apart.
+
+    Raises:
+        ValueError: for an unusable query text (:func:`reasoning_seg.pipeline.normalise_query`).
+    """
+    cfg = config
+    query = normalise_query(text, cfg.query.max_query_chars)
+    tol = cfg.fusion.visibility_tolerance
+    chosen = select_views(keyframes, points, cfg.views.num_views, cfg.views, tol)
+    views = _view_inputs(chosen)
+    segs, outcomes = _segment(segmenter, views, query)
+    fused = fuse(points, views, segs, cfg.fusion)
+    local = [False] * len(views)
+    if cfg.views.local_views > 0 and not fused.not_found_reason:
+        close = select_local_views(
+            keyframes,
+            points[fused.probability >= cfg.query.score_threshold],
+            cfg.views.local_views,
+            {v.keyframe_id for v in views},
+            tol,
+        )
+        if close:
+            more = _view_inputs(close)
+            more_segs, more_out = _segment(segmenter, more, query)
+            views, segs, outcomes = views + more, segs + more_segs, outcomes + more_out
+            local += [True] * len(more)
+            fused = fuse(points, views, segs, cfg.fusion)
+    return QueryTrace(views, segs, np.array(local, dtype=bool), fused, outcomes)
+
+
+def pixel_to_feature_cell(
+    flat_pixel: np.ndarray, height: int, width: int, grid_h: int, grid_w: int
+) -> np.ndarray:
+    """Flat index into a (grid_h, grid_w) SAM feature grid of each flat image pixel (nearest cell).
+
+    SAM resizes the longest side to its input size and pads bottom/right, so its feature grid covers
+    a ``max(H, W)`` square from the top-left corner; a pixel's centre ``(u + 0.5, v + 0.5)`` falls in
+    cell ``floor((v + 0.5) grid_h / L), floor((u + 0.5) grid_w / L)`` with ``L = max(H, W)``.
+    """
+    side = max(height, width)
+    v, u = np.divmod(np.asarray(flat_pixel, dtype=np.int64), width)
+    r = np.minimum(((2 * v + 1) * grid_h) // (2 * side), grid_h - 1)
+    c = np.minimum(((2 * u + 1) * grid_w) // (2 * side), grid_w - 1)
+    return r * grid_w + c
+
+
+# ---------------------------------------------------------------------------------------------
+# The stored form
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryLabels:
+    """The pseudo-label of one query (see the module docstring).
+
+    Attributes:
+        text, kind: the query and its kind (explicit / affordance / spatial / ...).
+        target_id: the SIMULATION's true target instance (0: absent; -1: unknown, e.g. a real scene).
+            Evaluation and the hybrid "w/ label" mode only.
+        probability: (N,) float32 fused probability over the map points (the fusion pseudo-label).
+        not_found_reason: fusion's "not found" reason ("" when it found a target).
+        unified: (E,) float32 unit unified [SEG] embedding; ``unified_source`` says where it came
+            from: "fusion" (token attention), "mean" (fusion computed none, e.g. every view filtered
+            or the naive method: the confidence-weighted mean of the views' embeddings), "none".
+        agreement: fusion's [SEG] agreement (NaN when not computed).
+        view_keyframe: (V,) int32 row of each view in the scene's keyframe table.
+        view_confidence, view_weight, view_attention, view_alignment: (V,) float32 from the
+            segmenter and fusion (weight 0 = the view did not vote).
+        view_local: (V,) bool, REALM local close-up.
+        seg_embeddings: (V, E) float32 per-view [SEG] embeddings.
+        logits: (P,) float16, each view's mask logits at its keyframe's stored visible points,
+            concatenated in view order (see :meth:`ScenePseudoLabels.pairs`).
+        view_reasons, view_answers, view_outcomes: per view, fusion's filter reason, the model's
+            answer text, the SIMULATED model's outcome ("" for a real model).
+    """
+
+    text: str
+    kind: str
+    target_id: int
+    probability: np.ndarray
+    not_found_reason: str
+    unified: np.ndarray
+    unified_source: str
+    agreement: float
+    view_keyframe: np.ndarray
+    view_confidence: np.ndarray
+    view_weight: np.ndarray
+    view_attention: np.ndarray
+    view_alignment: np.ndarray
+    view_local: np.ndarray
+    seg_embeddings: np.ndarray
+    logits: np.ndarray
+    view_reasons: list[str] = field(default_factory=list)
+    view_answers: list[str] = field(default_factory=list)
+    view_outcomes: list[str] = field(default_factory=list)
+
+    @property
+    def found(self) -> bool:
+        """Whether fusion concluded the target is in the map."""
+        return not self.not_found_reason
+
+
+@dataclass
+class ScenePseudoLabels:
+    """One scene's map, keyframe table and the pseudo-labels of its queries.
+
+    Attributes:
+        name: scene name (the recording folder's name).
+        points: (N, 3) float32 map surface points (metres, map frame, z up).
+        colors: (N, 3) float32 in [0, 1].
+        gt_instance: (N,) int32 SIMULATION ground-truth instance of each point (0: none/unknown).
+        keyframe_ids: (K,) int64 keyframe ids of the table rows.
+        vis_offsets: (K + 1,) int64: keyframe k's visible points are rows
+            ``vis_offsets[k]:vis_offsets[k + 1]`` of ``vis_point`` / ``vis_feat``.
+        vis_point: (P,) int32 map point index of each stored visible point.
+        vis_feat: (P,) int32 row of ``feats`` holding the SAM feature at that point's pixel, -1 when
+            the segmenter returned no image features.
+        feats: (F, C) float16 SAM image features (rows of every keyframe's feature cells).
+        queries: the per-query labels.
+        meta: provenance (config, segmenter, sizes); written into the file as JSON.
+    """
+
+    name: str
+    points: np.ndarray
+    colors: np.ndarray
+    gt_instance: np.ndarray
+    keyframe_ids: np.ndarray
+    vis_offsets: np.ndarray
+    vis_point: np.ndarray
+    vis_feat: np.ndarray
+    feats: np.ndarray
+    queries: list[QueryLabels]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_features(self) -> bool:
+        """True when every stored visible point has a SAM feature (Eq. 2 can be trained)."""
+        return bool(self.feats.shape[0] > 0 and (self.vis_feat >= 0).all())
+
+    def view_rows(self, keyframe_row: int) -> slice:
+        """Rows of ``vis_point`` / ``vis_feat`` of one keyframe-table row."""
+        return slice(int(self.vis_offsets[keyframe_row]), int(self.vis_offsets[keyframe_row + 1]))
+
+    def pairs(self, query: int | QueryLabels) -> dict[str, np.ndarray]:
+        """Flat point-view pairs of a query (Eq. 1/2): every view x its stored visible points.
+
+        Returns:
+            ``point`` (P,) int64 map point, ``view`` (P,) int64 view index in the query,
+            ``logit`` (P,) float32 sampled mask logit, ``feat_row`` (P,) int64 row of ``feats`` (-1:
+            none), ``weight`` (P,) float32 the view's fusion weight.
+        """
+        q = self.queries[query] if isinstance(query, int) else query
+        rows = [np.arange(self.vis_offsets[k], self.vis_offsets[k + 1]) for k in q.view_keyframe]
+        counts = np.array([len(r) for r in rows], dtype=np.int64)
+        idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        view = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
+        return {
+            "point": self.vis_point[idx].astype(np.int64),
+            "view": view,
+            "logit": q.logits.astype(np.float32),
+            "feat_row": self.vis_feat[idx].astype(np.int64),
+            "weight": q.view_weight[view].astype(np.float32) if len(view) else np.zeros(0, np.float32),
+        }
+
+    def gt_mask(self, query: int | QueryLabels) -> np.ndarray | None:
+        """(N,) bool SIMULATION ground truth of a query's target (None when unknown)."""
+        q = self.queries[query] if isinstance(query, int) else query
+        if q.target_id < 0:
+            return None
+        if q.target_id == 0:
+            return np.zeros(len(self.points), dtype=bool)
+        return self.gt_instance == q.target_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PseudoLabelOptions:
+    """How pseudo-labels are generated (the node's own stages come from the ``PipelineConfig``).
+
+    Attributes:
+        max_pairs_per_view: most visible points stored per keyframe (deterministic subsample); 0 = all.
+        feature_noise: noise of the simulated SAM features (see ``SimulatedSegmenter``).
+        gt_distance_voxels: a map point belongs to the surface within this many map voxels (as the
+            benchmark scores).
+    """
+
+    max_pairs_per_view: int = 20000
+    feature_noise: float = 0.5
+    gt_distance_voxels: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.max_pairs_per_view < 0:
+            raise ValueError("max_pairs_per_view must be >= 0")
+
+
+class _KeyframeTable:
+    """Accumulates the per-keyframe visibility and feature rows while queries are traced."""
+
+    def __init__(self, points: np.ndarray, tolerance: float, max_pairs: int) -> None:
+        self.points = points
+        self.tolerance = tolerance
+        self.max_pairs = max_pairs
+        self.row_of: dict[int, int] = {}
+        self.ids: list[int] = []
+        self.vis_point: list[np.ndarray] = []
+        self.vis_pixel: list[np.ndarray] = []
+        self.vis_feat: list[np.ndarray] = []
+        self.feats: list[np.ndarray] = []
+        self.n_feats = 0
+
+    def row(self, view: ViewInput, seg: ViewSegmentation) -> int:
+        """Table row of a view's keyframe, adding it (visibility + SAM features) on first sight."""
+        kid = int(view.keyframe_id)
+        if kid in self.row_of:
+            return self.row_of[kid]
+        visible, pix = visible_pixels(
+            self.points, view.T_world_cam, view.intrinsics, view.depth, self.tolerance
+        )
+        idx = np.flatnonzero(visible)
+        if self.max_pairs and idx.size > self.max_pairs:
+            rng = np.random.default_rng(kid)
+            idx = np.sort(rng.choice(idx, size=self.max_pairs, replace=False))
+        pixels = pix[idx]
+        feat_rows = np.full(idx.size, -1, dtype=np.int32)
+        f = seg.image_features
+        if f is not None and idx.size:
+            f = np.asarray(f)
+            if f.ndim != 3:
+                raise ValueError(f"image features must be (C, h, w), got {f.shape}")
+            h, w = view.intrinsics.height, view.intrinsics.width
+            cells = pixel_to_feature_cell(pixels, h, w, f.shape[1], f.shape[2])
+            uniq, inverse = np.unique(cells, return_inverse=True)
+            table = f.reshape(f.shape[0], -1)[:, uniq].T.astype(np.float16)
+            feat_rows = (self.n_feats + inverse).astype(np.int32)
+            self.feats.append(table)
+            self.n_feats += table.shape[0]
+        self.row_of[kid] = len(self.ids)
+        self.ids.append(kid)
+        self.vis_point.append(idx.astype(np.int32))
+        self.vis_pixel.append(pixels.astype(np.int64))
+        self.vis_feat.append(feat_rows)
+        return self.row_of[kid]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return (v / n).astype(np.float32) if n > 0 else np.zeros_like(v, dtype=np.float32)
+
+
+def _query_labels(
+    text: str, kind: str, target: int, trace: QueryTrace, table: _KeyframeTable, embedding_dim: int
+) -> QueryLabels:
+    fused, segs = trace.fused, trace.segmentations
+    rows = np.array([table.row(v, s) for v, s in zip(trace.views, segs, strict=True)], dtype=np.int32)
+    logits = [
+        s.mask_logits.reshape(-1)[table.vis_pixel[r]].astype(np.float32)
+        for s, r in zip(segs, rows, strict=True)
+    ]
+    embs = (
+        np.stack([np.asarray(s.seg_embedding, np.float32) for s in segs])
+        if segs
+        else np.zeros((0, embedding_dim), np.float32)
+    )
+    conf = np.array([s.confidence for s in segs], dtype=np.float32)
+    if fused.unified_embedding is not None:
+        unified, source = np.asarray(fused.unified_embedding, np.float32), "fusion"
+    elif len(segs) and conf.sum() > 0:
+        norms = np.linalg.norm(embs, axis=1, keepdims=True)
+        unit = np.divide(embs, norms, out=np.zeros_like(embs), where=norms > 0)
+        unified, source = _unit(conf @ unit), "mean"
+    else:
+        unified, source = np.zeros(embedding_dim, np.float32), "none"
+    return QueryLabels(
+        text=text,
+        kind=kind,
+        target_id=int(target),
+        probability=np.asarray(fused.probability, np.float32),
+        not_found_reason=fused.not_found_reason,
+        unified=unified,
+        unified_source=source,
+        agreement=float(fused.agreement),
+        view_keyframe=rows,
+        view_confidence=conf,
+        view_weight=np.asarray(fused.view_weights, np.float32),
+        view_attention=np.asarray(fused.attention, np.float32),
+        view_alignment=np.asarray(fused.alignment, np.float32),
+        view_local=np.asarray(trace.local, bool),
+        seg_embeddings=embs,
+        logits=(np.concatenate(logits) if logits else np.zeros(0, np.float32)).astype(np.float16),
+        view_reasons=list(fused.filtered_reasons),
+        view_answers=[s.answer for s in segs],
+        view_outcomes=list(trace.outcomes),
+    )
+
+
+def generate_scene_labels(
+    scene_dir: str | Path,
+    config: PipelineConfig | None = None,
+    queries: Sequence[Any] | None = None,
+    options: PseudoLabelOptions | None = None,
+    segmenter: Segmenter | None = None,
+    log=None,
+) -> ScenePseudoLabels:
+    """Pseudo-labels of one recorded benchmark-world scene (sequence + ``scene.json``).
+
+    Builds the map from the recording with the node's pipeline, then traces every query through the
+    node's stages (:func:`trace_query`).
+
+    Args:
+        scene_dir: a recording made by ``SyntheticScene.record_sequence`` (what the benchmark caches).
+        config: the node's configuration (map, key frames, views, fusion, segmenter seed).
+        queries: ``SceneQuery`` objects (``text``, ``kind``, ``target_instance_id``) or plain strings;
+            default: every query of ``scene.json``.
+        options: generation options.
+        segmenter: the 2D model; default: the configured one. For ``segmenter.backend`` "simulated"
+            that is the SIMULATED LISA of ``segmenter.sim_profile`` (lisa7b by default) on this scene,
+            seeded by ``segmenter.sim_seed``, with SIMULATED SAM features switched on; for "lisa"
+            the real model (:func:`reasoning_seg.segmenter.segmenter_from_config`).
+        log: optional ``print``-like progress callback.
+
+    Returns:
+        The scene's labels (save them with :func:`save_scene_labels`).
+    """
+    from reasoning_seg.benchmark import build_map
+    from reasoning_seg.sim.scene import SyntheticScene
+    from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
+
+    cfg = config or PipelineConfig()
+    opts = options or PseudoLabelOptions()
+    root = Path(scene_dir)
+    scene = SyntheticScene.load(root)
+    if segmenter is None and cfg.segmenter.backend != "simulated":
+        from reasoning_seg.segmenter import segmenter_from_config
+
+        segmenter = segmenter_from_config(cfg.segmenter)
+    if segmenter is None:
+        segmenter = SimulatedSegmenter(
+            scene,
+            profile=cfg.segmenter.sim_profile,
+            embedding_dim=cfg.segmenter.embedding_dim,
+            seed=cfg.segmenter.sim_seed,
+            image_features=True,
+            feature_noise=opts.feature_noise,
+        )
+    t0 = time.perf_counter()
+    pipe, t_map = build_map(root, cfg)
+    surface = pipe.surface()
+    window = pipe.keyframes.snapshot()
+    if len(surface) == 0 or not window:
+        raise ValueError(f"{root}: the recording produced an empty map")
+    points = np.asarray(surface.points, dtype=np.float64)
+    gt = scene.label_points(points, max_distance=opts.gt_distance_voxels * cfg.map.voxel_size)
+    table = _KeyframeTable(points, cfg.fusion.visibility_tolerance, opts.max_pairs_per_view)
+    labels: list[QueryLabels] = []
+    for q in scene.queries if queries is None else queries:
+        text = q if isinstance(q, str) else q.text
+        kind = "unknown" if isinstance(q, str) else q.kind
+        target = -1 if isinstance(q, str) else int(q.target_instance_id)
+        trace = trace_query(window, points, text, segmenter, cfg)
+        labels.append(_query_labels(text, kind, target, trace, table, cfg.segmenter.embedding_dim))
+    offsets = np.zeros(len(table.ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(v) for v in table.vis_point])
+    dim = next((f.shape[1] for f in table.feats), 0)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "scene": root.name,
+        "scene_seed": scene.seed,
+        "segmenter": getattr(segmenter, "name", type(segmenter).__name__),
+        "config": cfg.flat(),
+        "options": dataclasses.asdict(opts),
+        "map_voxel_size": cfg.map.voxel_size,
+        "keyframes_in_window": len(window),
+        "map_seconds": round(t_map, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if log:
+        log(
+            f"[pseudo] {root.name}: {len(labels)} queries, {len(points)} points, {len(table.ids)} keyframes "
+            f"in {meta['seconds']:.1f} s"
+        )
+    return ScenePseudoLabels(
+        name=root.name,
+        points=points.astype(np.float32),
+        colors=np.clip(np.asarray(surface.colors, np.float32), 0.0, 1.0),
+        gt_instance=np.asarray(gt, np.int32),
+        keyframe_ids=np.array(table.ids, dtype=np.int64),
+        vis_offsets=offsets,
+        vis_point=np.concatenate(table.vis_point) if table.vis_point else np.zeros(0, np.int32),
+        vis_feat=np.concatenate(table.vis_feat) if table.vis_feat else np.zeros(0, np.int32),
+        feats=np.concatenate(table.feats) if table.feats else np.zeros((0, dim), np.float16),
+        queries=labels,
+        meta=meta,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading
+# ---------------------------------------------------------------------------------------------
+
+_QUERY_ARRAYS = {
+    # name: (dtype, ndim)
+    "probability": (np.float32, 1),
+    "unified": (np.float32, 1),
+    "view_keyframe": (np.int32, 1),
+    "view_confidence": (np.float32, 1),
+    "view_weight": (np.float32, 1),
+    "view_attention": (np.float32, 1),
+    "view_alignment": (np.float32, 1),
+    "view_local": (np.bool_, 1),
+    "seg_embeddings": (np.float32, 2),
+    "logits": (np.float16, 1),
+}
+_SCENE_ARRAYS = {
+    "points": (np.float32, 2),
+    "colors": (np.float16, 2),
+    "gt_instance": (np.int32, 1),
+    "keyframe_ids": (np.int64, 1),
+    "vis_offsets": (np.int64, 1),
+    "vis_point": (np.int32, 1),
+    "vis_feat": (np.int32, 1),
+    "feats": (np.float16, 2),
+}
+_QUERY_TEXT = ("text", "kind", "target_id", "not_found_reason", "unified_source", "agreement")
+_QUERY_LISTS = ("view_reasons", "view_answers", "view_outcomes")
+
+
+def save_scene_labels(labels: ScenePseudoLabels, path: str | Path) -> Path:
+    """Write one scene's labels as a compressed ``.npz`` (atomically: a crash leaves no half file)."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    for name, (dtype, _) in _SCENE_ARRAYS.items():
+        arrays[name] = np.ascontiguousarray(getattr(labels, name), dtype=dtype)
+    queries_meta = []
+    for j, q in enumerate(labels.queries):
+        for name, (dtype, _) in _QUERY_ARRAYS.items():
+            arrays[f"q{j:05d}.{name}"] = np.ascontiguousarray(getattr(q, name), dtype=dtype)
+        entry = {k: getattr(q, k) for k in _QUERY_TEXT + _QUERY_LISTS}
+        entry["agreement"] = None if not np.isfinite(q.agreement) else float(q.agreement)
+        queries_meta.append(entry)
+    meta = dict(labels.meta, format=FORMAT, version=VERSION, scene=labels.name, queries=queries_meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+        os.chmod(path, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _array(data: Any, key: str, dtype: Any, ndim: int, path: Path) -> np.ndarray:
+    if key not in data.files:
+        raise PseudoLabelError(f"{path}: missing array '{key}' (truncated or foreign file)")
+    a = data[key]
+    if a.ndim != ndim or a.dtype != np.dtype(dtype):
+        raise PseudoLabelError(
+            f"{path}: '{key}' is {a.dtype} with {a.ndim} dims, expected {np.dtype(dtype)}/{ndim}"
+        )
+    return a
+
+
+def load_scene_labels(path: str | Path) -> ScenePseudoLabels:
+    """Read and validate a file written by :func:`save_scene_labels`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        PseudoLabelError: not a readable npz, not a pseudo-label file (or another version), or
+            inconsistent contents (shapes, index ranges, logits not matching the keyframe table).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pseudo-label file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return _parse(data, path)
+    except PseudoLabelError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise PseudoLabelError(
+            f"{path}: not a readable pseudo-label file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _parse(data: Any, path: Path) -> ScenePseudoLabels:
+    if "meta" not in data.files:
+        raise PseudoLabelError(f"{path}: no 'meta' record: not a {FORMAT} file")
+    try:
+        meta = json.loads(bytes(data["meta"]).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PseudoLabelError(f"{path}: unreadable metadata ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PseudoLabelError(f"{path}: not a {FORMAT} file")
+    if meta.get("version") != VERSION:
+        raise PseudoLabelError(
+            f"{path}: version {meta.get('version')} is not the supported {VERSION}; regenerate it"
+        )
+    a = {name: _array(data, name, dt, nd, path) for name, (dt, nd) in _SCENE_ARRAYS.items()}
+    n = a["points"].shape[0]
+    k = a["keyframe_ids"].shape[0]
+    p = a["vis_point"].shape[0]
+    if a["points"].shape[1] != 3 or a["colors"].shape != (n, 3) or a["gt_instance"].shape != (n,):
+        raise PseudoLabelError(f"{path}: points/colors/gt_instance do not describe the same {n} points")
+    off = a["vis_offsets"]
+    if off.shape != (k + 1,) or off[0] != 0 or off[-1] != p or (np.diff(off) < 0).any():
+        raise PseudoLabelError(f"{path}: keyframe visibility offsets are inconsistent")
+    if a["vis_feat"].shape != (p,):
+        raise PseudoLabelError(f"{path}: vis_feat does not match vis_point")
+    if p and (a["vis_point"].min() < 0 or a["vis_point"].max() >= n):
+        raise PseudoLabelError(f"{path}: visible point index out of range")
+    if p and (a["vis_feat"].min() < -1 or a["vis_feat"].max() >= a["feats"].shape[0]):
+        raise PseudoLabelError(f"{path}: feature row out of range")
+    counts = np.diff(off)
+    entries = meta.get("queries")
+    if not isinstance(entries, list):
+        raise PseudoLabelError(f"{path}: metadata has no query list")
+    queries = []
+    for j, e in enumerate(entries):
+        qa = {
+            name: _array(data, f"q{j:05d}.{name}", dt, nd, path) for name, (dt, nd) in _QUERY_ARRAYS.items()
+        }
+        v = qa["view_keyframe"].shape[0]
+        if any(
+            qa[x].shape != (v,)
+            for x in ("view_confidence", "view_weight", "view_attention", "view_alignment", "view_local")
+        ):
+            raise PseudoLabelError(f"{path}: query {j}: per-view arrays disagree on the number of views")
+        if qa["probability"].shape != (n,):
+            raise PseudoLabelError(f"{path}: query {j}: probability is not one value per point")
+        if v and (qa["view_keyframe"].min() < 0 or qa["view_keyframe"].max() >= k):
+            raise PseudoLabelError(f"{path}: query {j}: keyframe row out of range")
+        if qa["logits"].shape[0] != int(counts[qa["view_keyframe"]].sum()):
+            raise PseudoLabelError(f"{path}: query {j}: logits do not match its views' visible points")
+        if qa["seg_embeddings"].shape[0] != v or qa["seg_embeddings"].shape[1:] != qa["unified"].shape:
+            raise PseudoLabelError(f"{path}: query {j}: [SEG] embeddings do not match the unified embedding")
+        try:
+            text = {x: e[x] for x in _QUERY_TEXT + _QUERY_LISTS}
+        except (KeyError, TypeError) as exc:
+            raise PseudoLabelError(f"{path}: query {j}: incomplete metadata ({exc})") from exc
+        agreement = float("nan") if text["agreement"] is None else float(text["agreement"])
+        queries.append(
+            QueryLabels(
+                text=str(text["text"]),
+                kind=str(text["kind"]),
+                target_id=int(text["target_id"]),
+                not_found_reason=str(text["not_found_reason"]),
+                unified_source=str(text["unified_source"]),
+                agreement=agreement,
+                view_reasons=[str(x) for x in text["view_reasons"]],
+                view_answers=[str(x) for x in text["view_answers"]],
+                view_outcomes=[str(x) for x in text["view_outcomes"]],
+                **qa,
+            )
+        )
+    other = {key: val for key, val in meta.items() if key != "queries"}
+    return ScenePseudoLabels(
+        name=str(meta.get("scene", path.stem)),
+        points=a["points"],
+        colors=a["colors"].astype(np.float32),
+        gt_instance=a["gt_instance"],
+        keyframe_ids=a["keyframe_ids"],
+        vis_offsets=off,
+        vis_point=a["vis_point"],
+        vis_feat=a["vis_feat"],
+        feats=a["feats"],
+        queries=queries,
+        meta=other,
+    )
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Only the metadata of a pseudo-label file (cheap: the arrays are not decompressed).
+
+    Raises:
+        PseudoLabelError: as :func:`load_scene_labels`, for the metadata part.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pseudo-label file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "meta" not in data.files:
+                raise PseudoLabelError(f"{path}: no 'meta' record: not a {FORMAT} file")
+            meta = json.loads(bytes(data["meta"]).decode())
+    except PseudoLabelError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise PseudoLabelError(
+            f"{path}: not a readable pseudo-label file ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise PseudoLabelError(f"{path}: not a version-{VERSION} {FORMAT} file")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def _seeds(text: str) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"--param needs name=value, got '{text}'")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Record SIMULATED benchmark rooms (cached) and write one pseudo-label file per room."""
+    from reasoning_seg.benchmark import SceneSetSpec, prepare_scene
+
+    p = argparse.ArgumentParser(prog="python -m reasoning_seg.net.pseudo_labels", description=main.__doc__)
+    p.add_argument("--out", required=True, help="folder for the seedNNNN-*.npz files")
+    p.add_argument("--seeds", default="0-3", help="scene seeds, e.g. 0-7 or 1,5,9")
+    p.add_argument("--frames", type=int, default=100, help="frames per recording")
+    p.add_argument("--size", default="640x480", help="image size WxH")
+    p.add_argument("--no-depth-noise", action="store_true", help="record exact depth")
+    p.add_argument(
+        "--max-queries", type=int, default=0, help="queries per scene (stratified by kind), 0 = all"
+    )
+    p.add_argument("--cache", default="", help="recording cache (default OUT/scenes)")
+    p.add_argument("--profile", default="lisa7b", help="SIMULATED LISA profile (oracle, lisa7b, lisa13b)")
+    p.add_argument("--max-pairs-per-view", type=int, default=20000, help="visible points kept per keyframe")
+    p.add_argument(
+        "--param", action="append", default=[], help="pipeline parameter override name=value (repeatable)"
+    )
+    a = p.parse_args(argv)
+    try:
+        w, h = (int(v) for v in a.size.lower().split("x"))
+        spec = SceneSetSpec(
+            seeds=_seeds(a.seeds),
+            frames=a.frames,
+            width=w,
+            height=h,
+            depth_noise=not a.no_depth_noise,
+            max_queries=a.max_queries,
+        )
+        cfg = PipelineConfig()
+        cfg.update({"segmenter.sim_profile": a.profile})
+        cfg.update(dict(_parse_param(t) for t in a.param))
+        opts = PseudoLabelOptions(max_pairs_per_view=a.max_pairs_per_view)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    cache = Path(a.cache) if a.cache else out / "scenes"
+    written = []
+    for seed in spec.seeds:
+        scene, root = prepare_scene(seed, spec, cache)
+        queries = spec.pick_queries(scene.queries, seed)
+        labels = generate_scene_labels(root, cfg, queries, opts, log=lambda m: print(m, file=sys.stderr))
+        written.append(str(save_scene_labels(labels, out / f"{root.name}.npz")))
+    print("\n".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
