@@ -57,6 +57,20 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_tf32() -> Iterator[None]:
+    """Exact float32 on CUDA for the dense references.
+
+    cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and newer, which puts the dense
+    reference off by ~1e-3 (seen on an H100) and would fail the fp32 tolerance.
+    """
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 TINY = UNetConfig(
     in_channels=3, out_channels=16, init_dim=8, planes=(8, 16, 16, 16, 16, 16, 8, 8), stem_kernel=3
 )
