@@ -118,7 +118,11 @@ def test_kmeans_separates_obvious_clusters():
 
 def test_keyframe_window_is_bounded_and_motion_gated():
     win = KeyframeWindow(
-        KeyframeConfig(window_size=3, min_translation=0.5, min_rotation_deg=90, max_interval=0)
+        # FIFO eviction: this test is about the motion gate and the bound (novelty eviction has its own
+        # tests in test_keyframes.py).
+        KeyframeConfig(
+            window_size=3, min_translation=0.5, min_rotation_deg=90, max_interval=0, eviction="oldest"
+        )
     )
 
     def f(x):

@@ -31,7 +31,7 @@ def knob(
 
 @dataclass
 class MapConfig:
-    """TSDF voxel map (Open3D VoxelBlockGrid)."""
+    """TSDF voxel map: a sparse grid of 8^3-voxel blocks (Open3D VoxelBlockGrid or the torch equivalent)."""
 
     voxel_size: float = knob(0.02, "Voxel edge length in metres.", 0.005, 0.5)
     trunc_voxels: float = knob(4.0, "TSDF truncation distance in voxels.", 1.0, 20.0)
@@ -41,24 +41,75 @@ class MapConfig:
         0.5, "Minimum TSDF weight (observations) for a voxel to count as surface.", 0.0, 1000.0
     )
     block_count: int = knob(
-        40000, "Initial hash-map capacity in voxel blocks (grows as needed).", 100, 10_000_000
+        10000,
+        "Initial capacity in voxel blocks (512 voxels, about 10 KB each); grows by doubling as needed.",
+        100,
+        10_000_000,
+    )
+    max_blocks: int = knob(
+        100000,
+        "Block budget: above it the blocks farthest from the camera are dropped (down to 90%), so an "
+        "endless stream stays bounded; 0 = unlimited.",
+        0,
+        100_000_000,
+    )
+    keep_radius: float = knob(
+        0.0,
+        "Blocks farther than this (m) from the camera are dropped (checked every 10 integrated frames); "
+        "0 = keep everything.",
+        0.0,
+        10000.0,
+    )
+    integrate_every: int = knob(1, "Integrate every Nth valid frame (1 = all).", 1, 10000)
+    max_rate_hz: float = knob(
+        0.0, "Integrate at most this many frames per second of sensor time (0 = no limit).", 0.0, 1000.0
     )
     min_valid_depth_fraction: float = knob(
         0.05, "Frames with fewer valid depth pixels than this fraction are rejected.", 0.0, 1.0
     )
-    device: str = knob("CPU:0", "Open3D device for integration, e.g. CPU:0 or CUDA:0.")
+    backend: str = knob(
+        "auto",
+        "open3d: Open3D VoxelBlockGrid; torch: the PyTorch block grid (runs on CUDA without Open3D); "
+        "auto: open3d when it can be imported, else torch.",
+        choices=("auto", "open3d", "torch"),
+    )
+    device: str = knob(
+        "CPU:0", "Device for integration: CPU:0 or CUDA:0 (the torch backend also accepts cpu, cuda:0)."
+    )
 
 
 @dataclass
 class KeyframeConfig:
-    """Sliding window of keyframes the query chooses its views from."""
+    """Window of keyframes the query chooses its views from, chosen by motion and novelty."""
 
-    window_size: int = knob(30, "Maximum number of keyframes kept (oldest dropped first).", 1, 1000)
+    window_size: int = knob(
+        30, "Maximum number of keyframes kept; when full, one is dropped (see keyframes.eviction).", 1, 1000
+    )
     min_translation: float = knob(0.15, "New keyframe when the camera moved this far (m) ...", 0.0, 100.0)
     min_rotation_deg: float = knob(
         15.0, "... or turned this much (degrees) since the last keyframe.", 0.0, 180.0
     )
     max_interval: float = knob(5.0, "... or this many seconds passed (0 disables).", 0.0, 3600.0)
+    min_novelty: float = knob(
+        0.1,
+        "Once the window is full, a candidate must also show at least this fraction of surface cells "
+        "that no kept keyframe observed.",
+        0.0,
+        1.0,
+    )
+    eviction: str = knob(
+        "redundancy",
+        "redundancy: a full window drops the keyframe observing the fewest cells no other keyframe "
+        "observes (keeps the early views of a loop); oldest: first in, first out.",
+        choices=("redundancy", "oldest"),
+    )
+    observation_cell: float = knob(
+        0.05,
+        "Cell size (m) of the index of which keyframe observed which surface (novelty, redundancy, "
+        "observers of a point).",
+        0.005,
+        1.0,
+    )
 
 
 @dataclass

@@ -1,7 +1,13 @@
-"""The posed RGB-D frame that flows from the sensor boundary into the map and keyframe window."""
+"""The posed RGB-D frame that flows from the sensor boundary into the map and keyframe window.
+
+:func:`sanitize_frame` is the single gate every frame passes before it can touch the map: a frame is
+either made safe (bad pixels become "no reading") or rejected with a short, stable reason that the
+pipeline counts and the node reports in /diagnostics (see :data:`REJECT_REASONS`).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +32,22 @@ class RGBDFrame:
     frame_id: int = 0
 
 
+REJECT_REASONS: dict[str, str] = {
+    "no_intrinsics": "the frame has no camera intrinsics (no CameraInfo yet)",
+    "bad_intrinsics": "intrinsics are not a usable pinhole model (principal point far outside the image)",
+    "bad_depth": "depth is not an (H, W) floating-point image in metres",
+    "depth_units": "valid depth readings look like millimetres, not metres (wrong depth_scale?)",
+    "size_mismatch": "depth does not match the intrinsics, or colour has another aspect ratio",
+    "bad_color": "colour is not an (H, W, 3) or (H, W, 4) uint8 image",
+    "bad_pose": "the camera pose is not a finite rigid transform",
+    "bad_stamp": "the time stamp is not a finite number",
+    "no_depth": "too few valid depth readings after range filtering",
+}
+"""Every reason :func:`sanitize_frame` can give, with what it means (for counters and docs)."""
+
+
 class FrameRejected(ValueError):  # noqa: N818 - reads as the event it reports
-    """A frame that cannot be integrated; ``reason`` is a short stable key for counters/diagnostics."""
+    """A frame that cannot be integrated; ``reason`` is a key of :data:`REJECT_REASONS`."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -41,47 +61,88 @@ def sanitize_frame(
     """Return a frame safe to integrate, or raise :class:`FrameRejected` with a counted reason.
 
     Rules (why: a single bad frame must never corrupt a map that took minutes to build):
-    - depth must match the intrinsics' size; NaN/inf/negative and out-of-range depth become 0
-      (no reading) rather than rejecting the whole frame;
-    - colour of a different size is resized to the depth image (nearest neighbour) when the aspect
-      ratios agree - drivers often stream colour at a higher resolution than registered depth; a
-      different aspect ratio cannot be registered without extrinsics and is rejected;
-    - the pose must be a finite rigid transform;
-    - frames with almost no valid depth are rejected (nothing to integrate, and usually a
-      covered or saturated sensor).
+
+    - intrinsics must be present, and the principal point within the image (with a margin of half
+      the image): a CameraInfo for another resolution would otherwise fuse everything misplaced;
+    - depth must be a floating-point image of exactly the intrinsics' size; integer depth is refused
+      because its unit is ambiguous (convert millimetres at the boundary with ``depth_scale``);
+    - NaN/inf/negative and out-of-range depth become 0 (no reading) rather than rejecting the frame;
+    - if the median valid reading exceeds 100 (no indoor depth sensor reads 100 m) the image is in
+      millimetres: rejected as ``depth_units`` rather than silently emptied by the range filter;
+    - colour of a different size is resized to the depth image by nearest neighbour, sampling each
+      depth pixel's centre, when the aspect ratios agree within 1 % (drivers often stream colour at
+      a higher resolution than registered depth); a different aspect ratio cannot be registered
+      without the colour camera's own intrinsics and extrinsics and is rejected. RGBA drops alpha;
+    - the pose must be a finite rigid transform (no NaN, scale or shear) and the stamp finite;
+    - frames with almost no valid depth are rejected (nothing to integrate, and usually a covered
+      or saturated sensor).
     """
     from reasoning_seg.camera import is_rigid_transform
 
     intr = frame.intrinsics
+    if intr is None:
+        raise FrameRejected("no_intrinsics", "frame has no camera intrinsics")
+    if not isinstance(intr, CameraIntrinsics):
+        raise FrameRejected(
+            "no_intrinsics", f"intrinsics must be CameraIntrinsics, got {type(intr).__name__}"
+        )
+    if not (
+        -0.5 * intr.width <= intr.cx <= 1.5 * intr.width
+        and -0.5 * intr.height <= intr.cy <= 1.5 * intr.height
+    ):
+        raise FrameRejected(
+            "bad_intrinsics",
+            f"principal point ({intr.cx:.1f}, {intr.cy:.1f}) is far outside the "
+            f"{intr.width}x{intr.height} image",
+        )
     depth = np.asarray(frame.depth)
-    if depth.ndim != 2 or depth.shape != (intr.height, intr.width):
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+        raise FrameRejected(
+            "bad_depth", f"expected an (H, W) float image in metres, got {depth.shape} {depth.dtype}"
+        )
+    if depth.shape != (intr.height, intr.width):
         raise FrameRejected("size_mismatch", f"depth {depth.shape} vs camera info {intr.width}x{intr.height}")
-    color = np.asarray(frame.color)
-    if color.ndim != 3 or color.shape[2] != 3 or color.dtype != np.uint8:
+    color = _sanitize_color(np.asarray(frame.color), intr)
+    T = np.asarray(frame.T_world_cam)
+    if T.shape != (4, 4) or not is_rigid_transform(T):
+        raise FrameRejected("bad_pose", "camera pose is not a finite rigid transform")
+    try:
+        stamp = float(frame.stamp)
+    except (TypeError, ValueError):
+        stamp = math.nan
+    if not math.isfinite(stamp):
+        raise FrameRejected("bad_stamp", f"stamp {frame.stamp!r} is not a finite number")
+    d = depth.astype(np.float32, copy=True)
+    with np.errstate(invalid="ignore"):
+        sample = d[::7, ::7]
+        sample = sample[np.isfinite(sample) & (sample > 0)]
+        if sample.size and float(np.median(sample)) > 100.0:
+            raise FrameRejected(
+                "depth_units",
+                f"median valid depth is {float(np.median(sample)):.0f}: millimetres passed as metres?",
+            )
+        d[~(np.isfinite(d) & (d >= depth_min) & (d <= depth_max))] = 0.0
+    valid = float(np.count_nonzero(d)) / d.size
+    if valid < min_valid_fraction:
+        raise FrameRejected("no_depth", f"only {valid:.1%} of depth pixels are valid")
+    return RGBDFrame(color, d, intr, T.astype(np.float64), stamp, frame.frame_id)
+
+
+def _sanitize_color(color: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
+    if color.ndim != 3 or color.shape[2] not in (3, 4) or color.dtype != np.uint8:
         raise FrameRejected("bad_color", f"expected HxWx3 uint8 RGB, got {color.shape} {color.dtype}")
-    if color.shape[:2] != depth.shape:
-        ch, cw = color.shape[:2]
-        if abs(cw / ch - intr.width / intr.height) > 0.01:
+    if color.shape[2] == 4:
+        color = color[..., :3]
+    ch, cw = color.shape[:2]
+    if (ch, cw) != (intr.height, intr.width):
+        if abs(cw / ch - intr.width / intr.height) > 0.01 * intr.width / intr.height:
             raise FrameRejected(
                 "size_mismatch",
                 f"colour {cw}x{ch} and depth {intr.width}x{intr.height} have different aspect ratios",
             )
-        rows = (np.arange(intr.height) * ch // intr.height).astype(np.int64)
-        cols = (np.arange(intr.width) * cw // intr.width).astype(np.int64)
+        # Nearest neighbour at each depth pixel's centre: row r of the depth image covers colour rows
+        # [r * ch / h, (r + 1) * ch / h); its centre is (r + 0.5) * ch / h.
+        rows = np.minimum(((np.arange(intr.height) + 0.5) * ch / intr.height).astype(np.int64), ch - 1)
+        cols = np.minimum(((np.arange(intr.width) + 0.5) * cw / intr.width).astype(np.int64), cw - 1)
         color = color[rows][:, cols]
-    if not is_rigid_transform(frame.T_world_cam):
-        raise FrameRejected("bad_pose", "camera pose is not a finite rigid transform")
-    d = depth.astype(np.float32, copy=True)
-    with np.errstate(invalid="ignore"):
-        d[~np.isfinite(d) | (d < depth_min) | (d > depth_max)] = 0.0
-    valid = float(np.count_nonzero(d)) / d.size
-    if valid < min_valid_fraction:
-        raise FrameRejected("no_depth", f"only {valid:.1%} of depth pixels are valid")
-    return RGBDFrame(
-        np.ascontiguousarray(color),
-        d,
-        intr,
-        np.asarray(frame.T_world_cam, dtype=np.float64),
-        frame.stamp,
-        frame.frame_id,
-    )
+    return np.ascontiguousarray(color)

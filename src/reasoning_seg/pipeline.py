@@ -10,7 +10,6 @@ stalls the camera stream.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter
@@ -21,20 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.config import PipelineConfig
 from reasoning_seg.frames import FrameRejected, RGBDFrame, sanitize_frame
 from reasoning_seg.fusion import fuse
 from reasoning_seg.keyframes import Keyframe, KeyframeWindow
 from reasoning_seg.result import QueryResult, package_result
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
+from reasoning_seg.state_io import load_state, save_state
 from reasoning_seg.view_selection import select_local_views, select_views
 from reasoning_seg.voxel_map import MapSurface, VoxelMap
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(stage, views_done, views_total)``; used for action feedback."""
-
-_STATE_FORMAT = "reasoning_seg.state/1"
 
 
 class QueryError(ValueError):
@@ -65,6 +62,7 @@ class IngestStats:
 
     frames_received: int = 0
     frames_integrated: int = 0
+    frames_skipped: int = 0
     keyframes_added: int = 0
     rejected: Counter = field(default_factory=Counter)
 
@@ -101,7 +99,9 @@ class ReasoningSegPipeline:
         """Integrate one posed RGB-D frame; returns the keyframe if it became one.
 
         Raises :class:`FrameRejected` (already counted in ``stats.rejected``) for unusable input;
-        the map is untouched in that case.
+        the map is untouched in that case. A valid frame the integration rate skips
+        (``map.integrate_every`` / ``map.max_rate_hz``) is counted in ``stats.frames_skipped`` and
+        may still become a keyframe: the 2D model wants sharp, well-placed images, not fused ones.
         """
         self.stats.frames_received += 1
         c = self.config.map
@@ -111,9 +111,12 @@ class ReasoningSegPipeline:
             self.stats.rejected[exc.reason] += 1
             raise
         with self._lock:
-            self.map.integrate(clean)
-            self.stats.frames_integrated += 1
+            integrated = self.map.offer(clean)
             kf = self.keyframes.offer(clean)
+        if integrated:
+            self.stats.frames_integrated += 1
+        else:
+            self.stats.frames_skipped += 1
         if kf is not None:
             self.stats.keyframes_added += 1
         return kf
@@ -289,61 +292,77 @@ class ReasoningSegPipeline:
             self.map.clear()
             self.keyframes.clear()
 
-    def save(self, directory: str | Path) -> None:
-        """Write map + keyframes (images, depths, poses, intrinsics) into ``directory``."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+    def remove_points(self, points: np.ndarray, radius: float | None = None) -> int:
+        """Remove a picked object from the map: voxels within ``radius`` of ``points`` are deleted.
+
+        ``points`` is (N, 3) map points or a boolean mask over :meth:`surface`; ``radius`` defaults to
+        the truncation band plus a voxel (:meth:`VoxelMap.removal_radius`). The keyframe window
+        forgets having observed that spot, so the next view of it becomes a keyframe (the 2D model
+        then sees the scene without the object). Returns the number of voxels cleared.
+        """
         with self._lock:
-            self.map.save(d / "map")
-            window = self.keyframes.snapshot()
-        arrays: dict[str, np.ndarray] = {"ids": np.array([k.keyframe_id for k in window], dtype=np.int64)}
-        for k in window:
-            f = k.frame
-            i = f.intrinsics
-            arrays[f"color_{k.keyframe_id}"] = f.color
-            arrays[f"depth_{k.keyframe_id}"] = f.depth
-            arrays[f"pose_{k.keyframe_id}"] = f.T_world_cam
-            arrays[f"meta_{k.keyframe_id}"] = np.array(
-                [i.width, i.height, i.fx, i.fy, i.cx, i.cy, f.stamp, f.frame_id], dtype=np.float64
-            )
-        np.savez_compressed(d / "keyframes.npz", **arrays)
-        (d / "state.json").write_text(
-            json.dumps({"format": _STATE_FORMAT, "keyframes": len(window)}, indent=2)
-        )
+            pts = np.asarray(points)
+            if pts.dtype == bool:
+                surf = self.map.surface()
+                if pts.shape != (len(surf),):
+                    raise ValueError(f"mask has shape {pts.shape} but the surface has {len(surf)} points")
+                pts = surf.points[pts]
+            r = self.map.removal_radius() if radius is None else float(radius)
+            n = self.map.remove_points(pts, r)
+            self.keyframes.forget(np.asarray(pts, dtype=np.float64).reshape(-1, 3), r)
+            return n
+
+    def label_points(self, label: int, points: np.ndarray, probability: np.ndarray | float = 1.0) -> int:
+        """Remember a query's answer on the map voxels (``label`` > 0; replaces that label's last answer)."""
+        with self._lock:
+            return self.map.set_labels(points, probability, label)
+
+    def labelled_points(self, label: int, min_probability: float = 0.0) -> tuple[MapSurface, np.ndarray]:
+        """Current surface points carrying ``label`` and their probabilities (to re-publish a target)."""
+        with self._lock:
+            return self.map.labelled_surface(label, min_probability)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write map + keyframes (images, depths, poses, intrinsics) into ``directory`` atomically.
+
+        The map is copied under the lock (ingestion pauses for the copy only); files are written
+        outside it. See :mod:`reasoning_seg.state_io` for the layout and the crash-safety rules.
+        """
+        with self._lock:
+            map_arrays = self.map.to_arrays()
+            window = [(k.keyframe_id, k.frame) for k in self.keyframes.snapshot()]
+            next_id = self.keyframes.next_id
+        c = self.config.map
+        meta = {
+            "map": {
+                "voxel_size": c.voxel_size,
+                "trunc_voxels": c.trunc_voxels,
+                "depth_max": c.depth_max,
+                "backend": self.map.backend,
+            }
+        }
+        return save_state(directory, meta, map_arrays, window, next_id)
 
     def load(self, directory: str | Path) -> None:
-        """Replace map and keyframes with a saved state; on any error nothing changes."""
-        d = Path(directory)
-        state = d / "state.json"
-        if not state.is_file():
-            raise FileNotFoundError(f"{d} has no state.json: not a saved reasoning_seg map")
-        try:
-            meta = json.loads(state.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{state} is not valid JSON: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != _STATE_FORMAT:
-            raise ValueError(f"{state} is not a {_STATE_FORMAT} file")
+        """Replace map and keyframes with a saved state; on any error nothing changes.
+
+        Raises ``FileNotFoundError`` when ``directory`` holds no saved state and ``ValueError`` for a
+        corrupt, truncated or foreign one, or one saved with another voxel size than this pipeline's.
+        """
+        st = load_state(directory)
+        saved = st.meta.get("map", {})
+        voxel = saved.get("voxel_size") if isinstance(saved, dict) else None
+        if not isinstance(voxel, (int, float)) or not np.isclose(float(voxel), self.config.map.voxel_size):
+            raise ValueError(
+                f"saved map has voxel size {voxel} m but this pipeline uses {self.config.map.voxel_size} m "
+                "(set map.voxel_size to match)"
+            )
         new_map = VoxelMap(self.config.map)
-        new_map.load(d / "map")
+        new_map.from_arrays(st.map_arrays)
         window = KeyframeWindow(self.config.keyframes)
-        try:
-            with np.load(d / "keyframes.npz") as z:
-                for kid in z["ids"]:
-                    m = z[f"meta_{kid}"]
-                    intr = CameraIntrinsics(int(m[0]), int(m[1]), *map(float, m[2:6]))
-                    window.add(
-                        RGBDFrame(
-                            z[f"color_{kid}"],
-                            z[f"depth_{kid}"],
-                            intr,
-                            z[f"pose_{kid}"],
-                            float(m[6]),
-                            int(m[7]),
-                        ),
-                        keyframe_id=int(kid),
-                    )
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            raise ValueError(f"{d / 'keyframes.npz'} is missing or corrupt: {exc}") from exc
+        for kid, frame in st.keyframes:
+            window.add(frame, keyframe_id=kid)
+        window.next_id = st.next_keyframe_id
         with self._lock:
             self.map, self.keyframes = new_map, window
 
