@@ -33,9 +33,9 @@ from reasoning_seg.lisa.model import clip_preprocess  # noqa: E402
 from reasoning_seg.lisa.prompt import PromptTokens  # noqa: E402
 from reasoning_seg.lisa.random_checkpoint import LISA_7B, LISA_13B, TINY, build_random_lisa  # noqa: E402
 from reasoning_seg.lisa.sam import SamImageTransform, postprocess_masks  # noqa: E402
+from reasoning_seg.lisa.segmenter import resolve_dtype  # noqa: E402
 
 ARCHS = {"lisa7b": LISA_7B, "lisa13b": LISA_13B, "tiny": TINY}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 STAGES = ("preprocess", "clip", "prefill", "decode", "seg_mlp", "sam_encoder", "sam_decoder", "upsample")
 
 
@@ -55,8 +55,6 @@ def run_once(model, images, prompt, new_tokens, device) -> dict[str, float]:
         t[stage] = t.get(stage, 0.0) + now - t0
         return now
 
-    from transformers import DynamicCache
-
     t0 = time.perf_counter()
     clip = torch.stack([clip_preprocess(im, model.clip_image_size) for im in images])
     sam_tf = SamImageTransform(model.sam_arch.image_size)
@@ -66,15 +64,10 @@ def run_once(model, images, prompt, new_tokens, device) -> dict[str, float]:
     tokens = model.image_tokens(clip.to(device))
     embeds = model.prompt_embeddings(prompt, tokens)
     t0 = mark("clip", t0)
-    cache = DynamicCache()
-    h = model.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    cache, h = model.prefill(embeds)
     t0 = mark("prefill", t0)
-    for _ in range(new_tokens):  # the loop of LisaModel.generate, without the EOS stop
-        nxt = model.llm.lm_head(h).argmax(-1)
-        out = model.llm.model(
-            inputs_embeds=model.llm.model.embed_tokens(nxt[:, None]), past_key_values=cache, use_cache=True
-        )
-        h = out.last_hidden_state[:, -1]
+    for _ in range(new_tokens):  # LisaModel.generate's steps, without the EOS stop
+        h = model.feed_token(cache, model.llm.lm_head(h).argmax(-1))
     t0 = mark("decode", t0)
     seg = model.seg_embeddings(h)
     t0 = mark("seg_mlp", t0)
@@ -94,7 +87,10 @@ def main() -> None:
     ap.add_argument("--arch", choices=sorted(ARCHS), default="lisa7b")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU"
+        "--dtype",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="auto: bf16 on CUDA, fp32 on CPU",
     )
     ap.add_argument("--views", default="1,4,8")
     ap.add_argument("--new-tokens", type=int, default=16)
@@ -104,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = torch.device(args.device)
-    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    dtype = resolve_dtype(args.dtype, device)
     arch = ARCHS[args.arch]
     w, h = (int(x) for x in args.size.split("x"))
     t_build = time.perf_counter()

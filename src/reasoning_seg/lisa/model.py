@@ -189,16 +189,29 @@ class LisaModel(nn.Module):
         return torch.cat([before, image_tokens.to(before.dtype), after], dim=1)
 
     @torch.no_grad()
+    def prefill(self, inputs_embeds: torch.Tensor):
+        """Run the prompt through the LLM; returns (KV cache, last position's final hidden state (B, H))."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        out = self.llm.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+        return cache, out.last_hidden_state[:, -1]
+
+    @torch.no_grad()
+    def feed_token(self, cache, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row (B,) to the cached sequence; returns the new final hidden state (B, H)."""
+        out = self.llm.model(
+            inputs_embeds=self.llm.model.embed_tokens(tokens[:, None]), past_key_values=cache, use_cache=True
+        )
+        return out.last_hidden_state[:, -1]
+
+    @torch.no_grad()
     def generate(
         self, inputs_embeds: torch.Tensor, max_new_tokens: int, eos_id: int, seg_id: int
     ) -> Generation:
         """Greedy decoding of all views at once (every row has the same length: no padding needed)."""
-        from transformers import DynamicCache
-
         b = inputs_embeds.shape[0]
-        cache = DynamicCache()
-        hidden = self.llm.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
-        h = hidden.last_hidden_state[:, -1]
+        cache, h = self.prefill(inputs_embeds)
         tokens: list[list[int]] = [[] for _ in range(b)]
         seg_hidden = torch.zeros_like(h)
         has_seg = [False] * b
@@ -218,10 +231,7 @@ class LisaModel(nn.Module):
                     has_seg[i] = True
             if all(done):
                 break
-            step = self.llm.model(
-                inputs_embeds=self.llm.model.embed_tokens(nxt[:, None]), past_key_values=cache, use_cache=True
-            )
-            h = step.last_hidden_state[:, -1]
+            h = self.feed_token(cache, nxt)
         return Generation(tokens, seg_hidden, has_seg)
 
     @torch.no_grad()
@@ -321,7 +331,8 @@ def load_lisa_model(
 
     with torch.device("meta"):
         model = LisaModel(spec, clip_config, sam_arch)
-    expected = expected_language_keys(model) | expected_lisa_sam_keys(sam_arch, SAM_PREFIX)
+    language_shapes = expected_language_keys(model)
+    expected = language_shapes | expected_lisa_sam_keys(sam_arch, SAM_PREFIX)
     check_keys(shapes, expected, str(folder), allowed_extra_prefixes=(VISION_TOWER_PREFIX,))
     clip_files = WeightFiles(tower_dir)
     # Published CLIP folders name the tower's tensors ``vision_model.*``; transformers 5's
@@ -341,7 +352,7 @@ def load_lisa_model(
     sam_device = sam_device if sam_device is not None else llm_device
     llm_dev, sam_dev = torch.device(llm_device), torch.device(sam_device)
     sam_state: dict[str, torch.Tensor] = {}
-    language_keys = set(expected_language_keys(model))
+    language_keys = set(language_shapes)
     for name, tensor in weights.iter_tensors():
         if name in language_keys:
             _assign(model.llm, name, tensor.to(device=llm_dev, dtype=dtype))
