@@ -10,6 +10,11 @@ every row, and writes ``results.json``, ``results.md`` and pictures of the worst
 
     python -m reasoning_seg.benchmark bench/experiments/baselines.yaml --out out/bench/baselines
 
+A row answers with the label-free 3D network (MLLM-For3D §3.3) by setting its checkpoint like any
+other parameter, ``params: {net.checkpoint: out/net/model.pt}``; the table then says how many
+queries the network answered and how many fell back to fusion (and the per-query messages why).
+Training a network first and then evaluating it is :mod:`reasoning_seg.net.experiment`.
+
 Metric definitions: :mod:`reasoning_seg.metrics`. Ground truth: each map point is labelled with
 the instance of the mesh surface it lies on (within 1.5 voxels); a query's truth is its target's
 points *in this map*, so the numbers measure the query path, not how much of the room was scanned.
@@ -249,6 +254,7 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out / "scenes"
     scores: dict[str, list[QueryScore]] = {r.name: [] for r in exp.rows}
+    methods: dict[str, Counter] = {r.name: Counter() for r in exp.rows}
     failures: dict[str, list[_Failure]] = {r.name: [] for r in exp.rows}
     scene_info: list[dict[str, Any]] = []
     t_start = time.perf_counter()
@@ -287,6 +293,7 @@ def run_experiment(
                 target = q.target_instance_id
                 truth = labels == target if target else np.zeros(len(surface), dtype=bool)
                 result = pipe.query(q.text)
+                methods[row.name][result.method or "none"] += 1
                 category = scene.object(target).category if target else ""
                 s = score_query(
                     f"seed{seed}",
@@ -330,6 +337,7 @@ def run_experiment(
                 "params": r.params,
                 "profile": r.profile,
                 "profile_overrides": r.profile_overrides,
+                "methods": dict(methods[r.name]),
                 "summary": summarise(scores[r.name], exp.min_gt_points),
             }
             for r in exp.rows
@@ -445,6 +453,11 @@ def write_markdown(doc: dict[str, Any]) -> str:
             t = r["summary"]["timing"]
             cells = [f"{t['stage_mean_s'].get(st, float('nan')):.4f}" for st in stages]
             lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {t['query_p95_s']:.3f} |")
+    if any(not m.startswith("fusion") for r in doc["rows"] for m in r.get("methods", {})):
+        lines += ["", "## Which method answered", ""]
+        for r in doc["rows"]:
+            counts = ", ".join(f"{m}: {n}" for m, n in sorted(r.get("methods", {}).items()))
+            lines.append(f"- **{r['name']}**: {counts}")
     rows_params = [f"- **{r['name']}**: `{json.dumps(r['params'])}`" for r in doc["rows"]]
     lines += [
         "",

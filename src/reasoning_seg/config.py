@@ -269,6 +269,25 @@ class SegmenterConfig:
 
 
 @dataclass
+class Net3DConfig:
+    """The label-free 3D network at query time (MLLM-For3D §3.3); fusion answers until one is set."""
+
+    checkpoint: str = knob(
+        "",
+        "Trained 3D-network file (model.pt or a trainer .ckpt of python -m reasoning_seg.net.train). "
+        "When set, a query whose fusion found a target is answered by the network from the fused "
+        "[SEG] embedding; empty, unloadable, or no unified embedding: fusion answers (the result says why).",
+    )
+    threshold: float = knob(
+        0.5, "Points whose 3D-net probability sigmoid(scale * cosine) is >= this are the target.", 0.01, 0.99
+    )
+    device: str = knob(
+        "cpu", "Torch device of the 3D network: cpu, cuda, cuda:1, or auto (cuda if available)."
+    )
+    min_points: int = knob(20, "Fewer 3D-net target points than this means 'not found'.", 1, 10_000_000)
+
+
+@dataclass
 class PipelineConfig:
     """Everything the ROS-free core needs."""
 
@@ -278,6 +297,7 @@ class PipelineConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    net: Net3DConfig = field(default_factory=Net3DConfig)
 
     # ---- flattening (ROS parameters are flat dotted names) ----
     def flat(self) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The ROS-free pipeline: frames in, queries answered.
 
-Read :meth:`ReasoningSegPipeline.query` top down to follow a query through every stage.
+Read :meth:`ReasoningSegPipeline.query` top down to follow a query through every stage:
+:func:`run_stages` (views, 2D model, fusion), then the label-free 3D network when one is configured
+(MLLM-For3D §3.3), then packaging.
 
 Threading: ingestion (``add_frame``) and queries may run on different threads. The map and the
 keyframe window are guarded by one lock, held only for integration and for taking a snapshot; the
@@ -22,7 +24,7 @@ import numpy as np
 
 from reasoning_seg.config import PipelineConfig
 from reasoning_seg.frames import FrameRejected, RGBDFrame, sanitize_frame
-from reasoning_seg.fusion import fuse
+from reasoning_seg.fusion import FusionResult, fuse
 from reasoning_seg.keyframes import Keyframe, KeyframeWindow
 from reasoning_seg.result import QueryResult, package_result
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
@@ -32,6 +34,12 @@ from reasoning_seg.voxel_map import MapSurface, VoxelMap
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(stage, views_done, views_total)``; used for action feedback."""
+
+SegmentFn = Callable[[list[ViewInput]], tuple[list[ViewInput], list[ViewSegmentation], list[str]]]
+"""Runs the 2D model on views: returns the views that succeeded, their segmentations, and failures."""
+
+METHOD_3D_NET = "3d_net"
+"""``QueryResult.method`` of answers from the label-free 3D network (the message's METHOD_3D_NET)."""
 
 
 class QueryError(ValueError):
@@ -83,8 +91,107 @@ class StageTimer:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
+@dataclass
+class StageTrace:
+    """What the query stages before packaging produced (:func:`run_stages`).
+
+    Attributes:
+        query: the normalised query text.
+        points: (N, 3) map surface points the query ran on (the snapshot).
+        colors: (N, 3) their colours in [0, 1] (empty when the caller gave none).
+        views: the views the 2D model answered, global views first, then REALM local close-ups.
+        segmentations: one per view.
+        local: (V,) bool, True for the local close-ups.
+        fused: the final fusion over all views (its ``unified_embedding`` is the 3D net's query).
+        failures: per view the 2D model failed on, why (those views are not in ``views``).
+    """
+
+    query: str
+    points: np.ndarray
+    colors: np.ndarray
+    views: list[ViewInput]
+    segmentations: list[ViewSegmentation]
+    local: np.ndarray
+    fused: FusionResult
+    failures: list[str]
+
+
+def run_stages(
+    window: Sequence[Keyframe],
+    points: np.ndarray,
+    query: str,
+    config: PipelineConfig,
+    segment: SegmentFn,
+    num_views: int,
+    threshold: float,
+    timer: StageTimer | None = None,
+    progress: ProgressCallback | None = None,
+    colors: np.ndarray | None = None,
+) -> StageTrace:
+    """The query stages 2-5 on a snapshot: global views, 2D model, fusion, REALM local views, fusion.
+
+    One definition for the node (:meth:`ReasoningSegPipeline.query`) and for pseudo-label
+    generation (:func:`reasoning_seg.net.pseudo_labels.trace_query`), so a 3D network is trained
+    on exactly what the node computes at query time.
+
+    Args:
+        window: keyframes to choose views from.
+        points: (N, 3) map surface points.
+        query: normalised query text (:func:`normalise_query`).
+        config: view selection and fusion settings.
+        segment: runs the 2D model on a list of views (see :data:`SegmentFn`).
+        num_views: global views (REALM global stage).
+        threshold: fused probability at which a point is a candidate for the local close-ups.
+        timer: accumulates the stage times (a fresh one when None).
+        progress: progress callback.
+        colors: (N, 3) point colours, carried into the trace for the 3D network.
+
+    Raises:
+        QueryError: the 2D model failed on every global view.
+    """
+    timer = timer or StageTimer()
+    tol = config.fusion.visibility_tolerance
+    # 2. Choose the views the 2D model will see (REALM global stage).
+    _report(progress, "view_selection", 0, num_views)
+    with timer("view_selection"):
+        views = _view_inputs(select_views(window, points, num_views, config.views, tol))
+
+    # 3. Run the frozen 2D reasoning-segmentation model on each view.
+    with timer("segmentation"):
+        views, segs, failures = segment(views)
+    if not views:
+        raise QueryError("the 2D model failed on every view: " + "; ".join(failures))
+    local = [False] * len(views)
+
+    # 4. Lift the masks onto the map (view filtering, token attention, visibility-checked voting;
+    #    MLLM-For3D §3.1). Fusion may conclude the target is not in the map.
+    _report(progress, "fusion", len(views), len(views))
+    with timer("fusion"):
+        fused = fuse(points, views, segs, config.fusion)
+
+    # 5. REALM local stage (optional): close-ups of the candidate, then fuse all views again.
+    if config.views.local_views > 0 and not fused.not_found_reason:
+        with timer("local_view_selection"):
+            close = select_local_views(
+                window,
+                points[fused.probability >= threshold],
+                config.views.local_views,
+                {v.keyframe_id for v in views},
+                tol,
+            )
+        if close:
+            with timer("segmentation"):
+                more_views, more_segs, more_failures = segment(_view_inputs(close))
+            views, segs, failures = views + more_views, segs + more_segs, failures + more_failures
+            local += [True] * len(more_views)
+            with timer("fusion"):
+                fused = fuse(points, views, segs, config.fusion)
+    cols = np.zeros((0, 3), np.float32) if colors is None else colors
+    return StageTrace(query, points, cols, views, segs, np.array(local, dtype=bool), fused, failures)
+
+
 class ReasoningSegPipeline:
-    """Voxel map + keyframe window + 2D reasoning model + fusion, usable from a notebook."""
+    """Voxel map + keyframe window + 2D reasoning model + fusion (+ 3D network), usable from a notebook."""
 
     def __init__(self, config: PipelineConfig | None = None, segmenter: Segmenter | None = None) -> None:
         self.config = config or PipelineConfig()
@@ -93,6 +200,12 @@ class ReasoningSegPipeline:
         self.keyframes = KeyframeWindow(self.config.keyframes)
         self.stats = IngestStats()
         self._lock = threading.RLock()
+        # The label-free 3D network (MLLM-For3D §3.3): loaded from net.checkpoint by load_net(), or
+        # on the first query that needs it. _net_key is the (checkpoint, device) it was loaded for.
+        self._net = None
+        self._net_key: tuple[str, str] | None = None
+        self._net_status = "not configured"
+        self._net_lock = threading.Lock()
 
     # ------------------------------------------------------------------ ingestion
     def add_frame(self, frame: RGBDFrame) -> Keyframe | None:
@@ -132,79 +245,53 @@ class ReasoningSegPipeline:
         """Answer ``text`` with the target's map points.
 
         Never raises for bad input or a failing model: the result's ``success``/``message`` say what
-        went wrong.
+        went wrong, and ``method``/``message`` say whether fusion or the 3D network answered, and why.
         """
         timer = StageTimer()
         cfg = self.config
-        n_views = num_views if num_views and num_views > 0 else cfg.views.num_views
         threshold = score_threshold if score_threshold and score_threshold > 0 else cfg.query.score_threshold
         try:
-            # 1. Validate the request and take a consistent snapshot of the world.
-            query = normalise_query(text, cfg.query.max_query_chars)
-            if not 0.0 < threshold <= 1.0:
-                raise QueryError(f"score threshold {threshold} is not in (0, 1]")
-            if self.segmenter is None:
-                raise QueryError("no 2D segmentation model is loaded")
-            _report(progress, "snapshot", 0, n_views)
-            with timer("snapshot"), self._lock:
-                surface = self.map.surface()
-                window = self.keyframes.snapshot()
-            if len(surface) == 0 or not window:
-                raise QueryError("the map is empty: no frames have been integrated yet")
+            # 1-5. Validate, snapshot, views, 2D model, fusion (see trace()).
+            trace = self.trace(text, num_views, score_threshold, progress, timer)
+            fused = trace.fused
 
-            # 2. Choose the views the 2D model will see (REALM global stage).
-            _report(progress, "view_selection", 0, n_views)
-            with timer("view_selection"):
-                chosen = select_views(
-                    window, surface.points, n_views, cfg.views, cfg.fusion.visibility_tolerance
-                )
-                views = _view_inputs(chosen)
+            # 6. The label-free 3D network (MLLM-For3D §3.3) answers when one is configured and
+            #    fusion found a target; otherwise (or if it fails) fusion's probability is packaged.
+            prob, method, why = fused.probability, f"fusion:{cfg.fusion.method}", ""
+            if fused.not_found_reason:
+                if cfg.net.checkpoint:
+                    why = "3D net not run: fusion found no target"
+            else:
+                net_prob, why = self._net_probability(trace, timer)
+                if net_prob is not None:
+                    prob, method = net_prob, METHOD_3D_NET
 
-            # 3. Run the frozen 2D reasoning-segmentation model on each view.
-            with timer("segmentation"):
-                views, segs, failures = self._segment(views, query, progress)
-            if not views:
-                raise QueryError("the 2D model failed on every view: " + "; ".join(failures))
-
-            # 4. Lift the masks onto the map (view filtering, token attention, visibility-checked
-            #    voting; MLLM-For3D §3.1). Fusion may conclude the target is not in the map.
-            _report(progress, "fusion", len(views), len(views))
-            with timer("fusion"):
-                fused = fuse(surface.points, views, segs, cfg.fusion)
-
-            # 5. REALM local stage (optional): close-ups of the candidate, then fuse all views again.
-            if cfg.views.local_views > 0 and not fused.not_found_reason:
-                with timer("local_view_selection"):
-                    local = select_local_views(
-                        window,
-                        surface.points[fused.probability >= threshold],
-                        cfg.views.local_views,
-                        {v.keyframe_id for v in views},
-                        cfg.fusion.visibility_tolerance,
-                    )
-                if local:
-                    with timer("segmentation"):
-                        more_views, more_segs, more_failures = self._segment(
-                            _view_inputs(local), query, progress
-                        )
-                    views, segs, failures = views + more_views, segs + more_segs, failures + more_failures
-                    with timer("fusion"):
-                        fused = fuse(surface.points, views, segs, cfg.fusion)
-
-            # 6. Threshold, describe the target, report ('not found' with fusion's reason, if any).
+            # 7. Threshold, describe the target, report ('not found' with fusion's reason, if any).
             with timer("packaging"):
                 if fused.not_found_reason:
-                    result = QueryResult(query, True, False, f"not found: {fused.not_found_reason}")
+                    result = QueryResult(trace.query, True, False, f"not found: {fused.not_found_reason}")
+                elif method == METHOD_3D_NET:
+                    result = package_result(
+                        trace.query,
+                        trace.points,
+                        trace.colors,
+                        prob,
+                        cfg.net.threshold,
+                        cfg.net.min_points,
+                        cfg.query.cluster_radius,
+                    )
                 else:
                     result = package_result(
-                        query,
-                        surface.points,
-                        surface.colors,
-                        fused.probability,
+                        trace.query,
+                        trace.points,
+                        trace.colors,
+                        prob,
                         threshold,
                         cfg.query.min_points,
                         cfg.query.cluster_radius,
                     )
+            if why:
+                result.message += f" ({why})"
         except QueryError as exc:
             return QueryResult(
                 str(text)[:200],
@@ -216,7 +303,9 @@ class ReasoningSegPipeline:
                 method=f"fusion:{cfg.fusion.method}",
             )
 
-        result.method = f"fusion:{cfg.fusion.method}"
+        views, segs = trace.views, trace.segmentations
+        result.method = method
+        result.unified_embedding = fused.unified_embedding
         result.segmenter = self.segmenter.name
         result.keyframe_ids = [v.keyframe_id for v in views]
         result.answer = _best_answer(segs, np.where(fused.view_weights > 0, fused.attention, 0.0))
@@ -240,10 +329,145 @@ class ReasoningSegPipeline:
                 fused.filtered_reasons,
                 strict=True,
             )
-        ] + [{"failed": f} for f in failures]
+        ] + [{"failed": f} for f in trace.failures]
         result.timings = timer.seconds
         _report(progress, "done", len(views), len(views))
         return result
+
+    def trace(
+        self,
+        text: str,
+        num_views: int | None = None,
+        score_threshold: float | None = None,
+        progress: ProgressCallback | None = None,
+        timer: StageTimer | None = None,
+    ) -> StageTrace:
+        """Stages 1-5 of :meth:`query`: validate, snapshot, views, 2D model, fusion (no packaging).
+
+        For callers that want what fusion produced (per-view masks, the unified ``[SEG]``
+        embedding, the fused probability) rather than the packaged answer.
+
+        Raises:
+            QueryError: bad text or threshold, no 2D model, empty map, or the model failed on every view.
+        """
+        timer = timer or StageTimer()
+        cfg = self.config
+        n_views = num_views if num_views and num_views > 0 else cfg.views.num_views
+        threshold = score_threshold if score_threshold and score_threshold > 0 else cfg.query.score_threshold
+        # 1. Validate the request and take a consistent snapshot of the world.
+        query = normalise_query(text, cfg.query.max_query_chars)
+        if not 0.0 < threshold <= 1.0:
+            raise QueryError(f"score threshold {threshold} is not in (0, 1]")
+        if self.segmenter is None:
+            raise QueryError("no 2D segmentation model is loaded")
+        _report(progress, "snapshot", 0, n_views)
+        with timer("snapshot"), self._lock:
+            surface = self.map.surface()
+            window = self.keyframes.snapshot()
+        if len(surface) == 0 or not window:
+            raise QueryError("the map is empty: no frames have been integrated yet")
+        return run_stages(
+            window,
+            surface.points,
+            query,
+            cfg,
+            lambda views: self._segment(views, query, progress),
+            n_views,
+            threshold,
+            timer,
+            progress,
+            colors=surface.colors,
+        )
+
+    # ------------------------------------------------------------------ the 3D network
+    @property
+    def net_status(self) -> str:
+        """The 3D network's state: "not configured", "loading", "ready: ..." or "failed: ..."."""
+        if not self.config.net.checkpoint:
+            return "not configured"
+        if self._net_key != self._wanted_net_key():
+            return "loading" if self._net_lock.locked() else "not loaded yet"
+        return self._net_status
+
+    @property
+    def net(self):
+        """The loaded :class:`~reasoning_seg.net.model.LabelFree3DNet`, or None."""
+        return self._net if self._net_key == self._wanted_net_key() else None
+
+    def _wanted_net_key(self) -> tuple[str, str]:
+        c = self.config.net
+        return (c.checkpoint, c.device)
+
+    def load_net(self) -> str:
+        """Load ``net.checkpoint`` onto ``net.device`` (blocking); returns the new :attr:`net_status`.
+
+        Never raises: a missing, corrupt or mismatched checkpoint, or no PyTorch, is reported in the
+        status and queries keep being answered by fusion. Loading again for the same checkpoint
+        and device does nothing.
+        """
+        with self._net_lock:
+            return self._load_net_locked()
+
+    def _load_net_locked(self) -> str:
+        key = self._wanted_net_key()
+        if key == self._net_key:
+            return self._net_status
+        path, device = key
+        net, status = None, "not configured"
+        if path:
+            try:
+                net, status = self._read_net(path, device)
+            except Exception as exc:  # noqa: BLE001 - any loader error leaves fusion answering, says why
+                status = f"failed: {type(exc).__name__}: {exc}"
+        self._net, self._net_key, self._net_status = net, key, status
+        return status
+
+    def _read_net(self, path: str, device: str):
+        try:
+            import torch
+
+            from reasoning_seg.net.model import LabelFree3DNet
+        except ImportError as exc:
+            raise RuntimeError(
+                f"the 3D network needs PyTorch (pip install 'reasoning_seg[net]'): {exc}"
+            ) from exc
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        net = LabelFree3DNet.load(path, map_location=torch.device(device))
+        dim = self.config.segmenter.embedding_dim
+        if net.config.embed_dim != dim:
+            raise ValueError(
+                f"{path} expects {net.config.embed_dim}-d [SEG] embeddings, the segmenter gives {dim}-d"
+            )
+        n = sum(p.numel() for p in net.parameters()) / 1e6
+        width = net.config.unet.out_channels
+        return net, f"ready: {Path(path).name} ({n:.2f} M parameters, {width}-d features, {device})"
+
+    def _net_probability(self, trace: StageTrace, timer: StageTimer) -> tuple[np.ndarray | None, str]:
+        """The 3D network's per-point probability (§3.3), or None and why fusion answers instead."""
+        if not self.config.net.checkpoint:
+            return None, "answered by fusion: no 3D-net checkpoint configured"
+        if self._net_key != self._wanted_net_key():
+            if not self._net_lock.acquire(blocking=False):
+                return None, "answered by fusion: the 3D net is still loading"
+            try:
+                self._load_net_locked()
+            finally:
+                self._net_lock.release()
+        net, status = self._net, self._net_status
+        if net is None:
+            return None, f"answered by fusion: 3D net {status}"
+        if trace.fused.unified_embedding is None:
+            return None, (
+                f"answered by fusion: fusion method '{self.config.fusion.method}' gave no unified [SEG] "
+                "embedding for the 3D net"
+            )
+        try:
+            with timer("3d_net"):
+                prob = net.predict(trace.points, trace.colors, trace.fused.unified_embedding)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fusion still has an answer
+            return None, f"answered by fusion: 3D net failed: {type(exc).__name__}: {exc}"
+        return prob, f"answered by the 3D net, {status.removeprefix('ready: ')}"
 
     def _segment(
         self, views: list[ViewInput], query: str, progress: ProgressCallback | None

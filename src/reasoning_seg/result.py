@@ -62,7 +62,11 @@ class QueryResult:
     """The answer to one query, in the map frame.
 
     ``success`` means the query ran; ``found`` that a target was segmented (a query can succeed and
-    find nothing: 'not found' is a valid answer).
+    find nothing: 'not found' is a valid answer). ``method`` says what produced the points:
+    ``"fusion:<fusion.method>"`` or ``"3d_net"`` (the label-free 3D network, MLLM-For3D §3.3).
+    ``unified_embedding`` is fusion's attention-weighted ``[SEG]`` embedding (§3.1, the 3D network's
+    query token; a unit vector), None when fusion computed none (every view filtered out, or the
+    naive method); it is kept so a caller can re-ask a 3D network without the 2D model.
     """
 
     query: str
@@ -80,6 +84,7 @@ class QueryResult:
     keyframe_ids: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     view_reports: list[dict] = field(default_factory=list)
+    unified_embedding: np.ndarray | None = None
 
     def summary(self) -> dict:
         """JSON-serialisable summary (no point arrays)."""

@@ -7,8 +7,8 @@ slower than the 3D network).
 
 What one query records is exactly what the node computes when it answers that query, because the
 node's own stages run: view selection (global, then REALM's local close-ups), the configured
-segmenter, and the configured fusion (:func:`trace_query` follows
-:meth:`reasoning_seg.pipeline.ReasoningSegPipeline.query` step by step). Per scene:
+segmenter, and the configured fusion (:func:`trace_query` calls
+:func:`reasoning_seg.pipeline.run_stages`, which :meth:`ReasoningSegPipeline.query` calls too). Per scene:
 
 - the map: surface points (float32 metres), colours, and the SIMULATION's ground-truth instance of
   every point (for evaluation and the hybrid "w/ label" mode only; never used label-free);
@@ -52,11 +52,10 @@ import numpy as np
 
 from reasoning_seg.camera import visible_pixels
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.fusion import FusionResult, fuse
+from reasoning_seg.fusion import FusionResult
 from reasoning_seg.keyframes import Keyframe
-from reasoning_seg.pipeline import normalise_query
+from reasoning_seg.pipeline import normalise_query, run_stages
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
-from reasoning_seg.view_selection import select_local_views, select_views
 
 FORMAT = "reasoning_seg.pseudo_labels"
 VERSION = 1
@@ -108,13 +107,6 @@ class QueryTrace:
     outcomes: list[str]
 
 
-def _view_inputs(keyframes: Sequence[Keyframe]) -> list[ViewInput]:
-    return [
-        ViewInput(kf.keyframe_id, kf.frame.color, kf.frame.depth, kf.frame.intrinsics, kf.frame.T_world_cam)
-        for kf in keyframes
-    ]
-
-
 def _segment(
     segmenter: Segmenter, views: list[ViewInput], text: str
 ) -> tuple[list[ViewSegmentation], list[str]]:
@@ -135,38 +127,25 @@ def trace_query(
 ) -> QueryTrace:
     """Run the node's query stages 2-5 on a snapshot (keyframe window + map points).
 
-    Mirrors :meth:`ReasoningSegPipeline.query`: global view selection, segmentation, fusion, then
-    (``views.local_views > 0`` and a target found) REALM local close-ups of the points at or above
-    ``query.score_threshold`` and fusion over all views. The pipeline only returns the packaged
-    result, so the stages are called here directly; a pipeline method returning this trace would
-    keep the two from drifting apart.
+    The stages are the node's own (:func:`reasoning_seg.pipeline.run_stages`: global view
+    selection, segmentation, fusion, then REALM local close-ups of the points at or above
+    ``query.score_threshold`` and fusion over all views); only the segmentation step is wrapped, to
+    record what the SIMULATED model did in each view.
 
     Raises:
         ValueError: for an unusable query text (:func:`reasoning_seg.pipeline.normalise_query`).
     """
     cfg = config
     query = normalise_query(text, cfg.query.max_query_chars)
-    tol = cfg.fusion.visibility_tolerance
-    chosen = select_views(keyframes, points, cfg.views.num_views, cfg.views, tol)
-    views = _view_inputs(chosen)
-    segs, outcomes = _segment(segmenter, views, query)
-    fused = fuse(points, views, segs, cfg.fusion)
-    local = [False] * len(views)
-    if cfg.views.local_views > 0 and not fused.not_found_reason:
-        close = select_local_views(
-            keyframes,
-            points[fused.probability >= cfg.query.score_threshold],
-            cfg.views.local_views,
-            {v.keyframe_id for v in views},
-            tol,
-        )
-        if close:
-            more = _view_inputs(close)
-            more_segs, more_out = _segment(segmenter, more, query)
-            views, segs, outcomes = views + more, segs + more_segs, outcomes + more_out
-            local += [True] * len(more)
-            fused = fuse(points, views, segs, cfg.fusion)
-    return QueryTrace(views, segs, np.array(local, dtype=bool), fused, outcomes)
+    outcomes: list[str] = []
+
+    def segment(views: list[ViewInput]) -> tuple[list[ViewInput], list[ViewSegmentation], list[str]]:
+        segs, outs = _segment(segmenter, views, query)
+        outcomes.extend(outs)
+        return views, segs, []
+
+    st = run_stages(keyframes, points, query, cfg, segment, cfg.views.num_views, cfg.query.score_threshold)
+    return QueryTrace(st.views, st.segmentations, st.local, st.fused, outcomes)
 
 
 def pixel_to_feature_cell(

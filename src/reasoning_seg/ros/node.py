@@ -90,6 +90,10 @@ class ReasoningSegNode(Node):
             self._set_model(segmenter)
         else:
             threading.Thread(target=self._load_model, name="model_loader", daemon=True).start()
+        # --- the label-free 3D network (MLLM-For3D §3.3), optional: also loaded in the background;
+        #     until it is ready (or if it cannot be loaded) queries are answered by fusion.
+        if pipe_cfg.net.checkpoint:
+            threading.Thread(target=self._load_net, name="net_loader", daemon=True).start()
 
         # --- pose source
         self._tf_buffer = None
@@ -144,10 +148,11 @@ class ReasoningSegNode(Node):
             self.create_timer(self.cfg.map_publish_period, self._publish_map, callback_group=admin)
         if self.cfg.diagnostics_period > 0:
             self.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics, callback_group=admin)
+        net = f"'{pipe_cfg.net.checkpoint}' (loading)" if pipe_cfg.net.checkpoint else "off (fusion answers)"
         self.get_logger().info(
             f"reasoning_seg up: map frame '{self.cfg.map_frame}', pose from "
             f"{'TF' if self._tf_buffer else 'camera/pose or camera/transform topics'}, voxel "
-            f"{pipe_cfg.map.voxel_size} m, segmenter '{pipe_cfg.segmenter.backend}'"
+            f"{pipe_cfg.map.voxel_size} m, segmenter '{pipe_cfg.segmenter.backend}', 3D net {net}"
         )
 
     # ------------------------------------------------------------------ model
@@ -158,6 +163,18 @@ class ReasoningSegNode(Node):
         except Exception as exc:  # noqa: BLE001 - any loader error must leave the node up and say why
             self.model_status = f"failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(f"2D model could not be loaded: {exc}")
+
+    def _load_net(self) -> None:
+        status = self.pipeline.load_net()  # never raises; the status says why it failed
+        if status.startswith("ready"):
+            self.get_logger().info(f"3D net {status}: queries are answered by it")
+        else:
+            self.get_logger().error(f"3D net could not be loaded ({status}): queries are answered by fusion")
+
+    @property
+    def net_status(self) -> str:
+        """The 3D network's state ("not configured", "loading", "ready: ...", "failed: ...")."""
+        return self.pipeline.net_status
 
     def _set_model(self, segmenter: Segmenter) -> None:
         self.pipeline.segmenter = segmenter
@@ -429,21 +446,25 @@ class ReasoningSegNode(Node):
         s = self.pipeline.stats
         dropped = self.rejected + s.rejected
         status = DiagnosticStatus(name="reasoning_seg: mapping and queries", hardware_id="reasoning_seg")
-        ok = self.model_status == "ready" and s.frames_integrated > 0
+        net = self.net_status
+        net_failed = net.startswith("failed")
+        ok = self.model_status == "ready" and s.frames_integrated > 0 and not net_failed
         status.level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
-        status.message = (
-            "ok"
-            if ok
-            else (
-                f"model {self.model_status}" if self.model_status != "ready" else "no frames integrated yet"
-            )
-        )
+        if ok:
+            status.message = "ok"
+        elif self.model_status != "ready":
+            status.message = f"model {self.model_status}"
+        elif net_failed:
+            status.message = f"3D net {net} (fusion answers)"
+        else:
+            status.message = "no frames integrated yet"
         values = {
             "frames_received": s.frames_received,
             "frames_integrated": s.frames_integrated,
             "keyframes": len(self.pipeline.keyframes),
             "map_blocks": self.pipeline.map.num_blocks,
             "model": self.model_status,
+            "net3d": net,
             "queries_served": self._queries_served,
             "sync_dropped": self._sync.dropped,
         }

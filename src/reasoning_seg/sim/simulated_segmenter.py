@@ -23,6 +23,12 @@ Errors are partly *consistent across views*: a per-query latent ``u_q`` (one dra
 the model settle on a wrong referent, which it then segments in every view where it is visible,
 exactly the kind of error naive multi-view averaging cannot vote away. The rest is per view.
 
+The ``[SEG]`` embedding of a segmented object is a fixed unit mix of a category direction, a
+colour direction (both shared by all scenes) and a per-scene instance direction
+(:func:`object_embedding`, :data:`SEG_EMBEDDING_MIX`), plus per-view noise: look-alikes get similar
+tokens, as an LLM's hidden state would give them, and a 3D network trained on some rooms can
+recognise the category and colour part in rooms it never saw.
+
 Optionally (``image_features=True``) it also returns SIMULATED SAM image-encoder features, the
 targets of MLLM-For3D's spatial-consistency loss (§3.2, Eq. 2): a (C, G, G) grid over SAM's padded
 square input (C = 256, G = 64 like SAM ViT's 1024 px / 16 px patches), where each cell holds the
@@ -63,12 +69,14 @@ from reasoning_seg.sim.scene import (
 
 __all__ = [
     "PROFILES",
+    "SEG_EMBEDDING_MIX",
     "SimulatedLisaProfile",
     "SimulatedSegmenter",
     "SimulatedViewOutcome",
     "feature_grid_cells",
     "instance_embedding",
     "no_object_embedding",
+    "object_embedding",
 ]
 
 #: Categories that are never segmented as a (wrong) answer: LISA answers with objects, not the room shell.
@@ -99,12 +107,49 @@ def _unit_vector(key: str, dim: int) -> np.ndarray:
 
 
 def instance_embedding(scene_key: str, instance_id: int, dim: int) -> np.ndarray:
-    """Deterministic unit vector per (scene, object): the simulated ``[SEG]`` embedding.
+    """Deterministic unit vector per (scene, object): the *instance part* of the simulated ``[SEG]``.
 
-    LISA's ``[SEG]`` embeddings for the same object agree across views and differ between objects;
-    seeded random unit vectors in high dimension have exactly that property (near-orthogonal).
+    Seeded random unit vectors in high dimension are near-orthogonal, so this part tells objects
+    apart; it means nothing outside its scene. :func:`object_embedding` adds the parts that do.
     """
     return _unit_vector(f"{scene_key}:{instance_id}", dim)
+
+
+#: Mix of the SIMULATED ``[SEG]`` embedding of an object: category, colour, instance directions
+#: (before normalising). OUR ASSUMPTION, not a measurement of LISA: its ``[SEG]`` token is a hidden
+#: state of the LLM, so what it says about an object should be mostly *what* the object is, which
+#: carries over to unseen rooms, plus a part specific to the instance in its image context. With
+#: this mix the shares of the squared norm are 25% category, 12% colour, 63% instance, so objects
+#: of one category and colour have cosine ~0.37, of one category ~0.25, of one colour ~0.12, and
+#: unrelated objects ~0: token attention still tells a look-alike from the target (its weight
+#: shrinks with the cosine), and a 3D network trained on some rooms has a category/colour signal to
+#: recognise in rooms it never saw (MLLM-For3D §3.3 answers from the embedding alone).
+SEG_EMBEDDING_MIX = (0.5, 0.35, 0.8)
+
+
+def object_embedding(
+    scene_key: str,
+    instance_id: int,
+    category: str,
+    color_name: str,
+    dim: int,
+    mix: tuple[float, float, float] = SEG_EMBEDDING_MIX,
+) -> np.ndarray:
+    """The SIMULATED ``[SEG]`` embedding of an object: unit mix of category, colour and instance parts.
+
+    The category and colour directions are shared by every scene (keys without the scene), the
+    instance part is :func:`instance_embedding`. Deterministic; ``mix = (0, 0, 1)`` gives the pure
+    instance direction (the simulation before category and colour were added).
+    """
+    a, b, d = (float(x) for x in mix)
+    if min(a, b, d) < 0 or a + b + d <= 0:
+        raise ValueError(f"embedding mix must be >= 0 and not all 0, got {mix}")
+    v = d * instance_embedding(scene_key, instance_id, dim).astype(np.float64)
+    if a:
+        v = v + a * _unit_vector(f"seg-category:{category}", dim)
+    if b:
+        v = v + b * _unit_vector(f"seg-colour:{color_name}", dim)
+    return (v / np.linalg.norm(v)).astype(np.float32)
 
 
 def no_object_embedding(dim: int) -> np.ndarray:
@@ -413,6 +458,8 @@ class SimulatedSegmenter:
         feature_grid: side G of the simulated feature grid (SAM's 64).
         feature_noise: expected norm of the smooth per-cell noise added to the unit object codes.
         feature_cache_size: feature grids kept (LRU; one is C * G * G * 4 bytes, 4 MB by default).
+        embedding_mix: (category, colour, instance) weights of the simulated ``[SEG]`` embedding
+            (:data:`SEG_EMBEDDING_MIX`; ``(0, 0, 1)``: pure per-instance vectors).
     """
 
     def __init__(
@@ -427,6 +474,7 @@ class SimulatedSegmenter:
         feature_grid: int = 64,
         feature_noise: float = 0.5,
         feature_cache_size: int = 16,
+        embedding_mix: tuple[float, float, float] = SEG_EMBEDDING_MIX,
     ) -> None:
         if isinstance(profile, str):
             if profile not in PROFILES:
@@ -458,11 +506,23 @@ class SimulatedSegmenter:
         self.feature_noise = float(feature_noise)
         self.feature_cache_size = int(feature_cache_size)
         self._feature_cache: OrderedDict[tuple[CameraIntrinsics, bytes], np.ndarray] = OrderedDict()
+        self.embedding_mix = tuple(float(x) for x in embedding_mix)
+        if len(self.embedding_mix) != 3:
+            raise ValueError(f"embedding_mix needs (category, colour, instance) weights, got {embedding_mix}")
+        object_embedding("check", 0, "", "", 1, self.embedding_mix)  # validates the weights
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
 
     # -- queries ----------------------------------------------------------------------------------
+
+    def object_embedding(self, instance_id: int) -> np.ndarray:
+        """Noise-free SIMULATED ``[SEG]`` embedding of an object of this scene (:func:`object_embedding`)."""
+        obj = self._objects.get(int(instance_id))
+        category, colour = (obj.category, obj.color_name) if obj is not None else ("", "")
+        return object_embedding(
+            self._key, int(instance_id), category, colour, self.embedding_dim, self.embedding_mix
+        )
 
     def target_of(self, query: str) -> int | None:
         """Target id of a scripted query (0: absent target; None: the model does not understand the text)."""
@@ -717,7 +777,7 @@ class SimulatedSegmenter:
             conf = float(np.clip(conf, 0.01, 0.99))
             l_in = (_LOGIT_IN[0] + (_LOGIT_IN[1] - _LOGIT_IN[0]) * u_logit_in) * (0.4 + 0.6 * conf)
             logits = _soft_logits(mask, l_in, l_out, sigma)
-            emb_dir = instance_embedding(self._key, segmented, self.embedding_dim)
+            emb_dir = self.object_embedding(segmented)
             answer = _ANSWER_FOUND
         else:
             conf = float(np.clip(p.conf_miss_mean + p.conf_std * z_conf, 0.01, 0.99))
