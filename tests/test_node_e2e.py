@@ -72,7 +72,11 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
     )
     client.create_subscription(SegmentationResult, "/reasoning_seg/result", results.append, latched)
     try:
-        # A query before any frame: clear answer, node stays up.
+        # A query before any frame: clear answer, node stays up. (The simulated model loads in the
+        # background; before it is ready the answer would be "not ready" instead.)
+        deadline = time.monotonic() + 30
+        while running_node.model_status != "ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
         early = call_segment(client, "the red chair", timeout=30.0)
         assert not early.success and "empty" in early.message
 

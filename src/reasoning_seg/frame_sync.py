@@ -110,23 +110,108 @@ class PoseBuffer:
         self._stamps.append(stamp)
         self._poses.append(np.asarray(T_world_cam, dtype=np.float64))
 
+    def clear(self) -> None:
+        """Forget every pose (the sensor clock jumped back: a replayed bag, a restarted simulation)."""
+        self._stamps.clear()
+        self._poses.clear()
+
     def lookup(self, stamp: float) -> tuple[np.ndarray | None, str]:
-        """``(T_world_cam, "")`` or ``(None, reason)``."""
+        """``(T_world_cam, "")`` or ``(None, why)``."""
+        T, _, why = self.lookup_reason(stamp)
+        return T, why
+
+    def lookup_reason(self, stamp: float) -> tuple[np.ndarray | None, str, str]:
+        """``(T_world_cam, "", "")`` or ``(None, reason, why)``.
+
+        ``reason`` is a short counter key: ``no_pose`` when no pose was ever received, ``stale_pose``
+        when the poses around the stamp are too far away in time (the pose source lags, stalled or
+        has a gap), so operators can tell a missing pose source from a slow one.
+        """
         if not self._stamps:
-            return None, "no pose received yet"
+            return None, "no_pose", "no pose received yet"
         s = np.asarray(self._stamps)
         i = int(np.searchsorted(s, stamp))
         if 0 < i < len(s):
             t0, t1 = s[i - 1], s[i]
-            if t1 - t0 > 2 * self.max_age:
-                return None, f"pose gap of {t1 - t0:.2f}s around the image stamp"
-            a = 0.0 if t1 == t0 else (stamp - t0) / (t1 - t0)
-            return _interpolate(self._poses[i - 1], self._poses[i], a), ""
+            if t1 - t0 <= 2 * self.max_age:
+                a = 0.0 if t1 == t0 else (stamp - t0) / (t1 - t0)
+                return _interpolate(self._poses[i - 1], self._poses[i], a), "", ""
+            # Too far apart to interpolate across (the pose source stalled, then resumed): the
+            # nearer pose is used under the same max_age rule as at the ends of the buffer.
+            j = i - 1 if stamp - t0 <= t1 - stamp else i
+            if abs(stamp - s[j]) > self.max_age:
+                return None, "stale_pose", f"pose gap of {t1 - t0:.2f}s around the image stamp"
+            return self._poses[j].copy(), "", ""
         j = 0 if i == 0 else len(s) - 1
         age = abs(stamp - s[j])
         if age > self.max_age:
-            return None, f"nearest pose is {age:.2f}s away from the image stamp (max {self.max_age:.2f}s)"
-        return self._poses[j].copy(), ""
+            return (
+                None,
+                "stale_pose",
+                f"nearest pose is {age:.2f}s away from the image stamp (max {self.max_age:.2f}s)",
+            )
+        return self._poses[j].copy(), "", ""
+
+
+class StampJoin(Generic[T]):
+    """Joins a slow or one-off stream (CameraInfo) to image pairs by stamp.
+
+    Drivers publish CameraInfo either with every image (same stamp) or once, latched, with an old
+    or zero stamp. :meth:`match` therefore prefers the item within ``slop`` of the image stamp,
+    waits for it while the stream looks live (its newest stamp is within ``live_window`` of the
+    image), and otherwise falls back to the closest item, which for a static CameraInfo is the
+    only one there is.
+    """
+
+    def __init__(self, slop: float, live_window: float = 0.5, capacity: int = 30) -> None:
+        self.slop = slop
+        self.live_window = live_window
+        self._items: deque[Stamped[T]] = deque(maxlen=capacity)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def newest_stamp(self) -> float | None:
+        """Stamp of the newest item (None when empty)."""
+        return self._items[-1].stamp if self._items else None
+
+    def clear(self) -> None:
+        """Forget every item."""
+        self._items.clear()
+
+    def add(self, stamp: float, item: T) -> None:
+        """Keep ``item``; an out-of-order one is placed by stamp."""
+        items = self._items
+        if items and stamp < items[-1].stamp:
+            merged = sorted([*items, Stamped(stamp, item)], key=lambda x: x.stamp)
+            items.clear()
+            items.extend(merged[-(items.maxlen or len(merged)) :])
+            return
+        items.append(Stamped(stamp, item))
+
+    def match(self, stamp: float) -> tuple[T | None, str]:
+        """``(item, how)``: how is ``stamp`` (within slop), ``closest`` (fallback), ``wait`` or ``none``.
+
+        ``wait`` (item None) means the stream is live but its item for this stamp has not arrived
+        yet; the caller holds the pair (bounded) and asks again, or takes :meth:`closest`.
+        """
+        if not self._items:
+            return None, "none"
+        best = self.closest(stamp)
+        assert best is not None
+        if abs(best.stamp - stamp) <= self.slop:
+            return best.item, "stamp"
+        newest = self._items[-1].stamp
+        if newest < stamp and stamp - newest <= self.live_window:
+            return None, "wait"
+        return best.item, "closest"
+
+    def closest(self, stamp: float) -> Stamped[T] | None:
+        """The item whose stamp is nearest ``stamp`` (None when empty)."""
+        if not self._items:
+            return None
+        return min(self._items, key=lambda x: abs(x.stamp - stamp))
 
 
 def _interpolate(T0: np.ndarray, T1: np.ndarray, a: float) -> np.ndarray:  # noqa: N803

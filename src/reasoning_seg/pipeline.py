@@ -330,6 +330,10 @@ class ReasoningSegPipeline:
                 strict=True,
             )
         ] + [{"failed": f} for f in trace.failures]
+        if trace.failures:  # the ROS message has no view reports: say it where a user reads it
+            n = len(trace.failures)
+            failed = "; ".join(trace.failures)[:400]
+            result.message += f" (2D model failed on {n} of {n + len(views)} views: {failed})"
         result.timings = timer.seconds
         _report(progress, "done", len(views), len(views))
         return result

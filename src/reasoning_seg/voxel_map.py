@@ -163,9 +163,16 @@ class Open3DBlockGrid:
         ci = o3d.t.geometry.Image(cm)
         Kt = o3d.core.Tensor(np.asarray(K, dtype=np.float64))
         ext = o3d.core.Tensor(_world_to_camera(T_world_cam))
-        blocks = self._grid.compute_unique_block_coordinates(
-            di, Kt, ext, 1000.0, self.depth_max, trunc_voxel_multiplier=self.trunc_voxels
-        )
+        try:
+            blocks = self._grid.compute_unique_block_coordinates(
+                di, Kt, ext, 1000.0, self.depth_max, trunc_voxel_multiplier=self.trunc_voxels
+            )
+        except RuntimeError as exc:
+            # Open3D samples the depth image on a sparse pixel grid to find blocks and raises when
+            # none of its samples is valid (e.g. interlaced depth); that frame adds nothing.
+            if "No block is touched" in str(exc):
+                return
+            raise
         hm = self._grid.hashmap()
         need = hm.size() + int(blocks.shape[0])  # Open3D's own test before activating the blocks
         if need > hm.capacity():  # grow here, where the block budget can cap Open3D's doubling

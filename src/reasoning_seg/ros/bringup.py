@@ -1,8 +1,10 @@
 """``reasoning_seg_bringup``: start the node (and optionally the player) without ``ros2 launch``.
 
 ``launch/bringup.launch.py`` is the way to start the system on a full ROS 2 install. The PyPI
-wheels have no ``launch`` package, so this entry point starts the same executables with the same
+wheels have no ``launch_ros`` package, so this entry point starts the same executables with the same
 parameters file and arguments as separate processes, forwards Ctrl-C, and exits when the node does.
+Options mirror the launch arguments one to one (``--lisa-path`` = ``lisa_path:=``); an option left
+empty keeps the parameters file's value, in both.
 """
 
 from __future__ import annotations
@@ -48,13 +50,22 @@ def node_command(
     return cmd
 
 
-def player_command(source: str, namespace: str = "", overrides: dict[str, object] | None = None) -> list[str]:
-    """Command line of the player for a folder sequence or a rosbag2/MCAP file."""
-    kind = (
-        "bag"
-        if Path(source).suffix in (".db3", ".mcap", ".bag") or (Path(source) / "metadata.yaml").exists()
-        else "folder"
-    )
+def player_command(
+    source: str, namespace: str = "", overrides: dict[str, object] | None = None, kind: str = ""
+) -> list[str]:
+    """Command line of the player for a folder sequence or a rosbag2/MCAP file.
+
+    ``kind`` ("folder" or "bag") is guessed from the path when empty: a ``.db3``/``.mcap``/``.bag``
+    file or a directory with a rosbag2 ``metadata.yaml`` is a bag.
+    """
+    if not kind:
+        kind = (
+            "bag"
+            if Path(source).suffix in (".db3", ".mcap", ".bag") or (Path(source) / "metadata.yaml").exists()
+            else "folder"
+        )
+    if kind not in ("folder", "bag"):
+        raise ValueError(f"kind must be 'folder' or 'bag', got {kind!r}")
     cmd = [sys.executable, "-m", "reasoning_seg.ros.player", "--ros-args", "-p", f"{kind}:={source}"]
     if namespace:
         cmd += ["-r", f"__ns:={namespace}"]
@@ -69,61 +80,86 @@ def _param_text(v: object) -> str:
     return str(v)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``reasoning_seg_bringup`` (mirrors the launch file's arguments)."""
+#: bringup option (argparse dest) -> node parameter it overrides; the launch file has the same
+#: arguments (dest names) and maps them to the same parameters. Paths are made absolute.
+NODE_OVERRIDES: dict[str, str] = {
+    "segmenter": "segmenter.backend",
+    "scene": "segmenter.scene",
+    "sim_profile": "segmenter.sim_profile",
+    "device": "map.device",
+    "lisa_path": "segmenter.lisa_path",
+    "lisa_vision_tower": "segmenter.lisa_vision_tower",
+    "lisa_device": "segmenter.lisa_device",
+    "net_checkpoint": "net.checkpoint",
+    "net_device": "net.device",
+}
+_PATH_OPTIONS = ("scene", "lisa_path", "lisa_vision_tower", "net_checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options; dest names equal the launch file's argument names."""
     p = argparse.ArgumentParser(prog="reasoning_seg_bringup", description=__doc__.split("\n\n")[0])
-    p.add_argument("--params-file", type=Path, default=default_params_file())
-    p.add_argument("--namespace", default="")
+    p.add_argument("--params-file", dest="params_file", type=Path, default=default_params_file())
+    p.add_argument("--namespace", default="", help="namespace of the node and the player")
     p.add_argument(
         "--sequence", default="", help="folder sequence or rosbag2/MCAP to play (omit for a live camera)"
     )
+    p.add_argument("--bag", default="", help="rosbag2/MCAP to play (same as --sequence with a bag)")
     p.add_argument("--rate", type=float, default=1.0, help="playback rate multiplier")
     p.add_argument("--loop", action="store_true", help="loop the recording")
-    p.add_argument("--segmenter", default="", help="override segmenter.backend")
+    # Empty = keep the parameters file's value (only given options override it).
+    p.add_argument("--segmenter", default="", help="override segmenter.backend (simulated | lisa)")
     p.add_argument("--scene", default="", help="override segmenter.scene (simulated backend)")
     p.add_argument("--sim-profile", default="", help="override segmenter.sim_profile (simulated backend)")
     p.add_argument("--device", default="", help="override map.device (e.g. CUDA:0)")
     p.add_argument("--lisa-path", default="", help="override segmenter.lisa_path (LISA checkpoint folder)")
     p.add_argument("--lisa-vision-tower", default="", help="override segmenter.lisa_vision_tower")
     p.add_argument("--lisa-device", default="", help="override segmenter.lisa_device (e.g. cuda:0)")
+    p.add_argument("--net-checkpoint", default="", help="override net.checkpoint (trained 3D network)")
+    p.add_argument("--net-device", default="", help="override net.device (e.g. cuda:0)")
     p.add_argument(
         "--use-rviz", action="store_true", help="start rviz2 with config/reasoning_seg.rviz if installed"
     )
-    a = p.parse_args(argv)
+    return p
 
-    overrides: dict[str, object] = {}
-    if a.segmenter:
-        overrides["segmenter.backend"] = a.segmenter
-    if a.scene:
-        overrides["segmenter.scene"] = str(Path(a.scene).resolve())
-    if a.sim_profile:
-        overrides["segmenter.sim_profile"] = a.sim_profile
-    if a.device:
-        overrides["map.device"] = a.device
-    if a.lisa_path:
-        overrides["segmenter.lisa_path"] = str(Path(a.lisa_path).resolve())
-    if a.lisa_vision_tower:
-        overrides["segmenter.lisa_vision_tower"] = str(Path(a.lisa_vision_tower).resolve())
-    if a.lisa_device:
-        overrides["segmenter.lisa_device"] = a.lisa_device
-    procs = [subprocess.Popen(node_command(a.params_file, a.namespace, overrides))]
-    if a.sequence:
-        procs.append(
-            subprocess.Popen(
-                player_command(
-                    str(Path(a.sequence).resolve()),
-                    a.namespace,
-                    {"rate": a.rate, "loop": a.loop, "start_delay": 2.0},
-                )
-            )
-        )
+
+def overrides_from_args(a: argparse.Namespace) -> dict[str, object]:
+    """Node parameter overrides for the options that were given (see :data:`NODE_OVERRIDES`)."""
+    out: dict[str, object] = {}
+    for dest, param in NODE_OVERRIDES.items():
+        value = getattr(a, dest)
+        if value:
+            out[param] = str(Path(value).resolve()) if dest in _PATH_OPTIONS else value
+    return out
+
+
+def commands(a: argparse.Namespace) -> list[list[str]]:
+    """Command lines to start, node first: node, then the player (if a recording is given), then RViz."""
+    if a.sequence and a.bag:
+        raise ValueError("give --sequence or --bag, not both")
+    cmds = [node_command(a.params_file, a.namespace, overrides_from_args(a))]
+    source = a.sequence or a.bag
+    if source:
+        play = {"rate": a.rate, "loop": a.loop, "start_delay": 2.0}
+        kind = "bag" if a.bag else ""  # --sequence: folder or bag, guessed from the path
+        cmds.append(player_command(str(Path(source).resolve()), a.namespace, play, kind))
     if a.use_rviz:
         if shutil.which("rviz2"):
-            procs.append(
-                subprocess.Popen(["rviz2", "-d", str(share_dir() / "config" / "reasoning_seg.rviz")])
-            )
+            cmds.append(["rviz2", "-d", str(share_dir() / "config" / "reasoning_seg.rviz")])
         else:
             print("reasoning_seg_bringup: rviz2 is not installed here; skipping it", file=sys.stderr)
+    return cmds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``reasoning_seg_bringup`` (mirrors the launch file's arguments)."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        cmds = commands(a)
+    except ValueError as exc:
+        p.error(str(exc))
+    procs = [subprocess.Popen(cmd) for cmd in cmds]
     try:
         while procs[0].poll() is None:
             time.sleep(0.2)

@@ -152,7 +152,8 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
 
     ``K`` (not ``P``) is used because RGB-D drivers publish registered, undistorted depth whose
     intrinsics are ``K``. An uncalibrated camera publishes ``K`` all zero: that and a zero image
-    size raise ``ValueError`` instead of producing a camera that projects everything to NaN.
+    size (or a NaN/inf entry) raise ``ValueError`` instead of producing a camera that projects
+    everything to NaN.
     Binning / ROI are not supported (drivers for RGB-D cameras leave them unset).
     """
     k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
@@ -160,6 +161,8 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
         raise ValueError(f"CameraInfo has zero image size {msg.width}x{msg.height}")
     if not np.any(k):
         raise ValueError("CameraInfo K is all zero: the camera is not calibrated")
+    if not np.all(np.isfinite(k)):
+        raise ValueError(f"CameraInfo K has NaN/inf entries: {k.reshape(-1).tolist()}")
     if msg.binning_x > 1 or msg.binning_y > 1:
         raise ValueError(f"CameraInfo binning {msg.binning_x}x{msg.binning_y} is not supported")
     return CameraIntrinsics.from_K(k, int(msg.width), int(msg.height))

@@ -2,36 +2,44 @@
 
 This layer only converts messages, holds parameters and calls :class:`ReasoningSegPipeline`.
 Threads: camera callbacks run in one mutually exclusive group (frames are integrated in arrival
-order); queries (service and action) in another, so a query never blocks ingestion; map
-save/load/clear and timers in a third. A MultiThreadedExecutor serves all three.
+order); queries (service and action) in a reentrant one, so a query never blocks ingestion and a
+second query reaches the node at once to be queued or refused (one query lock runs them one at a
+time); map save/load/clear, track/remove and the map and diagnostics timers in a third; the
+re-segmentation of tracked (persistent) queries in a fourth. A MultiThreadedExecutor with
+:func:`executor_threads` threads serves them all.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
-from collections import Counter, deque
+import traceback
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped, Vector3
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import MarkerArray
+from visualization_msgs.msg import Marker, MarkerArray
 
 from reasoning_seg.action import SegmentQuery
-from reasoning_seg.frame_sync import ApproximatePairSync, PoseBuffer
+from reasoning_seg.camera import CameraIntrinsics
+from reasoning_seg.frame_sync import ApproximatePairSync, PoseBuffer, StampJoin
 from reasoning_seg.frames import FrameRejected, RGBDFrame
 from reasoning_seg.msg import SegmentationResult, StageTiming
-from reasoning_seg.pipeline import QueryCancelled, ReasoningSegPipeline
+from reasoning_seg.pipeline import QueryCancelled, QueryError, ReasoningSegPipeline, normalise_query
 from reasoning_seg.result import QueryResult
 from reasoning_seg.ros.conversions import box_marker as make_box_marker
 from reasoning_seg.ros.conversions import (
@@ -48,19 +56,35 @@ from reasoning_seg.ros.conversions import (
     transform_to_matrix,
 )
 from reasoning_seg.ros.conversions import text_marker as make_text_marker
-from reasoning_seg.ros.params import declare_and_read
+from reasoning_seg.ros.params import NodeConfig, declare_and_read
 from reasoning_seg.segmenter import Segmenter, segmenter_from_config
-from reasoning_seg.srv import LoadMap, SaveMap, Segment
+from reasoning_seg.srv import LoadMap, RemoveTarget, SaveMap, Segment, TrackQuery
 
 try:  # real ROS 2 installs; not available from PyPI wheels
     import tf2_ros  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the installation
     tf2_ros = None
+try:  # real ROS 2 installs; otherwise the node pairs colour and depth with its own ApproximatePairSync
+    import message_filters  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the installation
+    message_filters = None
 
 _CAMERA_QUEUE = 30  # reliable camera subscription depth, and the colour/depth pairing queue depth
+# Sensor stamps going back by more than this many seconds are a restarted source (a replayed bag, a
+# reset simulation), not an out-of-order frame: buffers are reset and the stream is accepted again.
+_TIME_JUMP_BACK = 2.0
 _LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
+# Requests of the query service/action kept until the node takes them: DDS silently drops those
+# beyond this depth, and a request must be answered (if only with "busy"), never lost in a flood.
+_QUERY_REQUESTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+_WAIT_SLICE = 0.1  # s: a queued query re-checks for cancellation this often
+_TRACK_TICK = 0.1  # s: how often tracked queries are checked for being due
+_RATE_WINDOW = 10.0  # s: frame rates in /diagnostics are averaged over this sliding window
+_REMEMBERED = 16  # latest answers kept for RemoveTarget (plus one per tracked query)
+_USER = ""  # marker owner of the user's latest query; tracked queries own markers under their text
+_PERIOD_RANGE = next(f.metadata["range"] for f in fields(NodeConfig) if f.name == "persistent_period")
 
 
 class ReasoningSegNode(Node):
@@ -71,7 +95,14 @@ class ReasoningSegNode(Node):
         self.cfg, pipe_cfg = declare_and_read(self)
         self.pipeline = ReasoningSegPipeline(pipe_cfg)
         self.rejected: Counter = Counter()
-        self._intrinsics = None
+        self._intrinsics = None  # the latest valid CameraInfo (for status); frames use _infos
+        # CameraInfo joined to each pair by stamp; a static/latched one (old stamp) is used as is. A
+        # pair waits for its own CameraInfo only if the newest one is at most a few frames older
+        # (a per-frame stream), so a slow (1 Hz) or one-off CameraInfo adds no latency.
+        self._infos: StampJoin[CameraIntrinsics] = StampJoin(
+            self.cfg.sync_slop, live_window=max(0.1, 5 * self.cfg.sync_slop)
+        )
+        self._last_stamp: float | None = None  # stamp of the last frame the pipeline accepted
         # The executor may drain one topic's queue in a burst before the other's, so the pairing queue
         # is as deep as the subscription queue to never drop a frame whose partner is queued.
         self._sync: ApproximatePairSync = ApproximatePairSync(self.cfg.sync_slop, queue_size=_CAMERA_QUEUE)
@@ -83,6 +114,20 @@ class ReasoningSegNode(Node):
         self._queries_served = 0
         self._last_map_version = -1
         self._last_warn: dict[str, float] = {}
+        # --- queries, tracking and diagnostics state (counters read by /diagnostics), under _state_lock
+        self._state_lock = threading.Lock()
+        self._queries_refused = 0
+        self._waiting = 0  # queries waiting for _query_lock (concurrent_queries=queue)
+        self._running_query: str | None = None
+        self._tracked: dict[str, _Tracked] = {}  # persistent queries by normalised text
+        self._persistent_runs = 0
+        self._persistent_skipped = 0
+        self._last_results: OrderedDict[str, QueryResult] = OrderedDict()  # for RemoveTarget
+        self._last_answered: str | None = None  # the latest Segment/SegmentQuery answer's query
+        self._markers: dict[str, list[Marker]] = {}  # by owner: _USER or a tracked query
+        self._markers_lock = threading.Lock()
+        self._rate_samples: deque[tuple[float, int, int]] = deque()
+        self._map_points = 0
 
         # --- the 2D model: loaded in the background so the node is up (and mapping) at once
         self.model_status = "loading"
@@ -105,8 +150,11 @@ class ReasoningSegNode(Node):
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
 
         sensors = MutuallyExclusiveCallbackGroup()
-        queries = MutuallyExclusiveCallbackGroup()
+        # Reentrant: a second query must reach _acquire_query_slot to be queued or refused at once,
+        # not wait unseen in the executor; _query_lock still runs one query at a time.
+        queries = ReentrantCallbackGroup()
         admin = MutuallyExclusiveCallbackGroup()
+        tracking = MutuallyExclusiveCallbackGroup()  # its own group: a long re-run must not stall admin
         # Reliable (recordings): a deeper queue absorbs bursts while a query or GC stalls the executor;
         # keep-last history still bounds memory (_CAMERA_QUEUE colour + depth images).
         qos = (
@@ -114,8 +162,39 @@ class ReasoningSegNode(Node):
             if self.cfg.sensor_qos == "sensor_data"
             else QoSProfile(depth=_CAMERA_QUEUE)
         )
-        self.create_subscription(Image, "camera/color/image_raw", self._on_color, qos, callback_group=sensors)
-        self.create_subscription(Image, "camera/depth/image_raw", self._on_depth, qos, callback_group=sensors)
+        if message_filters is not None:  # pragma: no cover - needs a ROS install with message_filters
+            subs = [
+                message_filters.Subscriber(self, Image, t, qos_profile=qos, callback_group=sensors)
+                for t in ("camera/color/image_raw", "camera/depth/image_raw")
+            ]
+            # Python's ApproximateTimeSynchronizer needs a stamp difference strictly below a positive
+            # slop; exact pairing (sync_slop 0) is the TimeSynchronizer. CameraInfo is not a third input:
+            # a camera that publishes it once (latched, old stamp) would never complete a triple.
+            if self.cfg.sync_slop > 0:
+                self._mf_sync = message_filters.ApproximateTimeSynchronizer(
+                    subs, _CAMERA_QUEUE, self.cfg.sync_slop
+                )
+                self.sync_backend = "message_filters.ApproximateTimeSynchronizer"
+            else:
+                self._mf_sync = message_filters.TimeSynchronizer(subs, _CAMERA_QUEUE)
+                self.sync_backend = "message_filters.TimeSynchronizer"
+            self._mf_sync.registerCallback(self._on_pair)
+        else:
+            self.create_subscription(
+                Image, "camera/color/image_raw", self._on_color, qos, callback_group=sensors
+            )
+            self.create_subscription(
+                Image, "camera/depth/image_raw", self._on_depth, qos, callback_group=sensors
+            )
+            self.sync_backend = "ApproximatePairSync (message_filters not importable)"
+        if self._tf_buffer is not None:  # pragma: no cover - needs tf2_ros
+            # Pairs wait (bounded) for TF to catch up with their stamp; retry while no image arrives.
+            self.create_timer(0.05, self._drain_pending, callback_group=sensors)
+        self.get_logger().info(
+            f"colour/depth paired by {self.sync_backend} (slop {self.cfg.sync_slop} s); CameraInfo joined "
+            "by stamp, the latest one when it is static; camera QoS "
+            f"{self.cfg.sensor_qos}"
+        )
         self.create_subscription(
             CameraInfo, "camera/color/camera_info", self._on_info, qos, callback_group=sensors
         )
@@ -131,7 +210,9 @@ class ReasoningSegNode(Node):
         self.pub_markers = self.create_publisher(MarkerArray, "~/markers", _LATCHED)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        self.create_service(Segment, "~/segment", self._on_segment, callback_group=queries)
+        self.create_service(
+            Segment, "~/segment", self._on_segment, qos_profile=_QUERY_REQUESTS, callback_group=queries
+        )
         self._action = ActionServer(
             self,
             SegmentQuery,
@@ -140,10 +221,14 @@ class ReasoningSegNode(Node):
             goal_callback=lambda _g: GoalResponse.ACCEPT,
             cancel_callback=lambda _g: CancelResponse.ACCEPT,
             callback_group=queries,
+            goal_service_qos_profile=_QUERY_REQUESTS,
         )
         self.create_service(SaveMap, "~/save_map", self._on_save, callback_group=admin)
         self.create_service(LoadMap, "~/load_map", self._on_load, callback_group=admin)
         self.create_service(Trigger, "~/clear_map", self._on_clear, callback_group=admin)
+        self.create_service(TrackQuery, "~/track_query", self._on_track, callback_group=admin)
+        self.create_service(RemoveTarget, "~/remove_target", self._on_remove, callback_group=admin)
+        self.create_timer(_TRACK_TICK, self._track_tick, callback_group=tracking)
         if self.cfg.map_publish_period > 0:
             self.create_timer(self.cfg.map_publish_period, self._publish_map, callback_group=admin)
         if self.cfg.diagnostics_period > 0:
@@ -194,10 +279,16 @@ class ReasoningSegNode(Node):
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:
-            self._intrinsics = camera_info_to_intrinsics(msg)
+            intr = camera_info_to_intrinsics(msg)
         except ValueError as exc:
             self._reject("bad_camera_info", str(exc))
             return
+        stamp = stamp_to_sec(msg.header.stamp)
+        newest = self._infos.newest_stamp
+        if newest is not None and stamp < newest - _TIME_JUMP_BACK:
+            self._infos.clear()  # the source restarted: its old infos would be joined by stamp
+        self._intrinsics = intr
+        self._infos.add(stamp, intr)
         self._drain_pending()
 
     def _on_pose(self, msg: PoseStamped) -> None:
@@ -218,7 +309,14 @@ class ReasoningSegNode(Node):
                 "wrong_pose_frame", f"pose is in '{header.frame_id}', expected '{self.cfg.map_frame}'"
             )
             return
-        self._poses.add(stamp_to_sec(header.stamp), T)
+        stamp = stamp_to_sec(header.stamp)
+        newest = self._poses.newest_stamp
+        if newest is not None and stamp < newest - _TIME_JUMP_BACK:
+            # A replayed bag or a reset simulation: poses from the old timeline would be interpolated
+            # with the new ones.
+            self._warn("time_jump", f"pose stamps jumped back {newest - stamp:.1f} s: pose buffer reset")
+            self._poses.clear()
+        self._poses.add(stamp, T)
         self._drain_pending()
 
     def _on_color(self, msg: Image) -> None:
@@ -231,54 +329,107 @@ class ReasoningSegNode(Node):
         if pair:
             self._enqueue(*pair)
 
+    def _on_pair(self, color: Image, depth: Image) -> None:  # pragma: no cover - message_filters only
+        self._enqueue(stamp_to_sec(color.header.stamp), color, depth)
+
     _MAX_PENDING = 10
 
     def _enqueue(self, stamp: float, color: Image, depth: Image) -> None:
+        """Hold the pair until it can be decided; the oldest is decided anyway when too many wait.
+
+        Bounded: at most ``_MAX_PENDING`` pairs (a third of a second at 30 Hz) wait for their pose,
+        CameraInfo or TF; a source that never catches up costs one counted drop per new pair.
+        """
         self._pending.append((stamp, color, depth))
         self._drain_pending()
         while len(self._pending) > self._MAX_PENDING:
             self._process(*self._pending.popleft())
 
-    def _ready(self, stamp: float) -> bool:
+    def _ready(self, stamp: float, color: Image) -> bool:
         """Whether a pair can be decided now.
 
-        Camera info must be known and, with topic poses, a pose at or after the pair's stamp must
-        have arrived, so the pose is interpolated rather than extrapolated.
+        A CameraInfo for the pair's stamp (or a static one) must be known and, with topic poses, a
+        pose at or after the pair's stamp (and on the same timeline) must have arrived, so the pose
+        is interpolated rather than extrapolated. With TF the pair waits while TF has not reached
+        its stamp yet (extrapolation into the future: the transform publisher lags the camera); any
+        other TF failure is decided at once.
         """
-        if self._intrinsics is None:
+        if self._infos.match(stamp)[1] in ("none", "wait"):
             return False
         if self._tf_buffer is not None:
-            return True
+            return self._tf_lookup(color, 0.0)[1] != "tf_future"
         newest = self._poses.newest_stamp
-        return newest is not None and newest >= stamp
+        # A pair far older than the newest pose is from a restarted source (its first pose, which
+        # resets the buffer, may still be on the way): it waits rather than meet the old timeline.
+        return newest is not None and stamp <= newest <= stamp + _TIME_JUMP_BACK
 
     def _drain_pending(self) -> None:
-        while self._pending and self._ready(self._pending[0][0]):
+        """Decide, in arrival order, every pair up to the newest one that is ready.
+
+        Pairs before a ready one are decided too (counted if their pose never comes): once a newer
+        pair can be integrated, waiting for older ones only delays the stream.
+        """
+        last = -1
+        for k, (stamp, color, _) in enumerate(self._pending):
+            if self._ready(stamp, color):
+                last = k
+        for _ in range(last + 1):
             self._process(*self._pending.popleft())
+
+    def _tf_lookup(self, color: Image, timeout: float) -> tuple[np.ndarray | None, str, str]:
+        """``(T_map_camera, "", "")`` or ``(None, reason, detail)``; reason ``tf_future`` = TF lags."""
+        frame = self.cfg.camera_frame or color.header.frame_id
+        if not frame:
+            return None, "no_pose", "the image has no frame_id and camera_frame is not set"
+        try:
+            tf = self._tf_buffer.lookup_transform(
+                self.cfg.map_frame, frame, color.header.stamp, rclpy.duration.Duration(seconds=timeout)
+            )
+        except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated exception types
+            text = f"TF {self.cfg.map_frame} <- {frame}: {type(exc).__name__}: {exc}"
+            extrapolation = getattr(tf2_ros, "ExtrapolationException", ())
+            if isinstance(exc, extrapolation) and "future" in str(exc):
+                return None, "tf_future", text
+            return None, "no_pose", text
+        try:
+            return transform_to_matrix(tf.transform), "", ""
+        except ValueError as exc:
+            return None, "bad_pose", f"TF {self.cfg.map_frame} <- {frame}: {exc}"
 
     def _lookup_pose(self, stamp: float, color: Image) -> np.ndarray | None:
         if self._tf_buffer is None:
-            T, why = self._poses.lookup(stamp)
-            if T is None:
-                self._reject("no_pose", why)
-            return T
-        frame = self.cfg.camera_frame or color.header.frame_id
-        try:  # pragma: no cover - needs tf2_ros
-            tf = self._tf_buffer.lookup_transform(
-                self.cfg.map_frame,
-                frame,
-                color.header.stamp,
-                rclpy.duration.Duration(seconds=self.cfg.tf_timeout),
-            )
-            return transform_to_matrix(tf.transform)
-        except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated exception types
-            self._reject("no_pose", f"TF {self.cfg.map_frame} <- {frame}: {exc}")
-            return None
+            T, reason, why = self._poses.lookup_reason(stamp)
+        else:
+            T, reason, why = self._tf_lookup(color, self.cfg.tf_timeout)
+        if T is None:
+            self._reject(reason, why)
+        return T
 
     def _process(self, stamp: float, color: Image, depth: Image) -> None:
-        if self._intrinsics is None:
-            self._reject("no_camera_info", "no valid CameraInfo received yet")
-            return
+        """Decide one pair: integrate it or count why not. Never raises (it would stop the executor)."""
+        try:
+            self._process_pair(stamp, color, depth)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not take the node down
+            self.rejected["internal_error"] += 1
+            self.get_logger().error(f"frame at {stamp:.3f} dropped by an internal error: {exc!r}")
+
+    def _process_pair(self, stamp: float, color: Image, depth: Image) -> None:
+        intr, _ = self._infos.match(stamp)
+        if intr is None:  # no CameraInfo at all, or the live one for this stamp never came
+            closest = self._infos.closest(stamp)
+            if closest is None:
+                self._reject("no_camera_info", "no valid CameraInfo received yet")
+                return
+            intr = closest.item
+        last = self._last_stamp
+        if last is not None and stamp <= last:
+            if stamp >= last - _TIME_JUMP_BACK:
+                self._reject(
+                    "out_of_order",
+                    f"stamp {stamp:.3f} s is not after the last integrated frame ({last:.3f} s)",
+                )
+                return
+            self._warn("time_jump", f"image stamps jumped back {last - stamp:.1f} s: restarted source?")
         T = self._lookup_pose(stamp, color)
         if T is None:
             return
@@ -288,11 +439,13 @@ class ReasoningSegNode(Node):
         except ValueError as exc:
             self._reject("bad_encoding", str(exc))
             return
-        frame = RGBDFrame(rgb, d, self._intrinsics, T, stamp, int(self.pipeline.stats.frames_received))
+        frame = RGBDFrame(rgb, d, intr, T, stamp, int(self.pipeline.stats.frames_received))
         try:
             self.pipeline.add_frame(frame)
         except FrameRejected as exc:  # counted by the pipeline
             self._warn(exc.reason, f"frame dropped ({exc.reason}): {exc.detail}")
+            return
+        self._last_stamp = stamp
 
     # ------------------------------------------------------------------ queries
     def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
@@ -313,7 +466,12 @@ class ReasoningSegNode(Node):
         out = SegmentQuery.Result()
         try:
             result, out.result = self._run_query(
-                g.query, g.num_views, g.score_threshold, g.target_frame, progress
+                g.query,
+                g.num_views,
+                g.score_threshold,
+                g.target_frame,
+                progress,
+                cancelled=lambda: goal_handle.is_cancel_requested,
             )
         except QueryCancelled:
             goal_handle.canceled()
@@ -326,14 +484,56 @@ class ReasoningSegNode(Node):
             goal_handle.abort()
         return out
 
-    def _run_query(
-        self, text: str, num_views: int, threshold: float, target_frame: str, progress=None
-    ) -> tuple[QueryResult, SegmentationResult]:
-        header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
+    def _acquire_query_slot(self, cancelled: Callable[[], bool] | None = None) -> str:
+        """Take the query lock; returns "" once it is held, else why the query is refused.
 
+        Only one query runs at a time (the 2D model and its GPU memory are shared). With
+        ``concurrent_queries=queue`` a query waits, but at most ``max_queued_queries`` of them: each
+        waiting one holds an executor thread, and a flood must not take the threads that ingestion
+        and the admin services need. Raises :class:`QueryCancelled` when ``cancelled()`` turns true
+        while waiting (an action goal cancelled in the queue).
+        """
+        if self._query_lock.acquire(blocking=False):
+            return ""
+        if self.cfg.concurrent_queries == "reject":
+            return "busy: another query is running (concurrent_queries=reject)"
+        with self._state_lock:
+            if self._waiting >= self.cfg.max_queued_queries:
+                return (
+                    f"busy: {self._waiting} queries already waiting "
+                    f"(max_queued_queries={self.cfg.max_queued_queries})"
+                )
+            self._waiting += 1
+        try:
+            timeout = self.cfg.query_wait_timeout
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return f"busy: waited {timeout:g} s for the running query (query_wait_timeout)"
+                # Short slices so a cancelled goal leaves the queue promptly.
+                if self._query_lock.acquire(timeout=min(left, _WAIT_SLICE)):
+                    return ""
+                if cancelled is not None and cancelled():
+                    raise QueryCancelled()
+        finally:
+            with self._state_lock:
+                self._waiting -= 1
+
+    def _run_query(
+        self,
+        text: str,
+        num_views: int,
+        threshold: float,
+        target_frame: str,
+        progress=None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[QueryResult, SegmentationResult]:
         def refuse(why: str) -> tuple[QueryResult, SegmentationResult]:
+            with self._state_lock:
+                self._queries_refused += 1
             r = QueryResult(text[:200], False, False, why)
-            return r, self._result_msg(r, header)
+            return r, self._result_msg(r, make_header(self.cfg.map_frame, self.get_clock().now().to_msg()))
 
         if target_frame and target_frame != self.cfg.map_frame:
             return refuse(
@@ -342,20 +542,32 @@ class ReasoningSegNode(Node):
             )
         if self.model_status != "ready":
             return refuse(f"2D model not ready ({self.model_status})")
-        queue = self.cfg.concurrent_queries == "queue"
-        if not self._query_lock.acquire(blocking=queue, timeout=self.cfg.query_wait_timeout if queue else -1):
-            return refuse("busy: another query is running (concurrent_queries=reject)")
+        why = self._acquire_query_slot(cancelled)
+        if why:
+            return refuse(why)
         try:
-            result = self.pipeline.query(
-                text, num_views=num_views, score_threshold=threshold, progress=progress
-            )
+            self._running_query = text[:80]
+            # Stamped once the query runs (not when it was queued): the map state it is computed on.
+            header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
+            try:
+                result = self.pipeline.query(
+                    text, num_views=num_views, score_threshold=threshold, progress=progress
+                )
+            except QueryCancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug in one query must not take the node down
+                self.get_logger().error(f"query '{text[:80]}' failed:\n{traceback.format_exc()}")
+                why = f"internal error: {type(exc).__name__}: {exc}"
+                result = QueryResult(str(text)[:200], False, False, why)
             t0 = time.perf_counter()
             msg = self._result_msg(result, header)
             if result.success:
+                self._remember(result, user=True)
                 self._publish_result(result, msg, header)
             result.timings["publishing"] = time.perf_counter() - t0
             msg.timings.append(StageTiming(stage="publishing", seconds=result.timings["publishing"]))
-            self._queries_served += 1
+            with self._state_lock:
+                self._queries_served += 1
             # rclpy fixes a call site's severity on first use, hence two calls rather than one.
             text = f"query '{result.query[:80]}': {result.message}"
             if result.success:
@@ -364,7 +576,18 @@ class ReasoningSegNode(Node):
                 self.get_logger().warning(text)
             return result, msg
         finally:
+            self._running_query = None
             self._query_lock.release()
+
+    def _remember(self, result: QueryResult, user: bool) -> None:
+        """Keep a query's latest answer for RemoveTarget (bounded; the oldest answers go first)."""
+        with self._state_lock:
+            self._last_results[result.query] = result
+            self._last_results.move_to_end(result.query)
+            while len(self._last_results) > _REMEMBERED + self.cfg.max_persistent_queries:
+                self._last_results.popitem(last=False)
+            if user:
+                self._last_answered = result.query
 
     def _result_msg(self, r: QueryResult, header: Header) -> SegmentationResult:
         m = SegmentationResult()
@@ -384,26 +607,158 @@ class ReasoningSegNode(Node):
         m.timings = [StageTiming(stage=k, seconds=float(v)) for k, v in r.timings.items()]
         return m
 
-    def _publish_result(self, r: QueryResult, msg: SegmentationResult, header: Header) -> None:
+    def _publish_result(
+        self, r: QueryResult, msg: SegmentationResult, header: Header, tracked: bool = False
+    ) -> None:
+        """Publish an answer on ~/result, ~/target_cloud and ~/markers.
+
+        Markers are owned by the user's latest query (namespaces ``target``, ``target_label``,
+        ``views``) or by one tracked query (``tracked/<query>/...``), so re-publishing one tracked
+        query never erases the markers of another.
+        """
         self.pub_result.publish(msg)
         self.pub_target.publish(msg.cloud)
-        markers = MarkerArray()
-        markers.markers.append(delete_all_marker(header))
+        prefix = f"tracked/{r.query[:60]}/" if tracked else ""
+        markers: list[Marker] = []
         if r.found:
-            markers.markers.append(
-                make_box_marker(r.box.center, r.box.rotation, r.box.size, header, ns="target")
+            markers.append(
+                make_box_marker(r.box.center, r.box.rotation, r.box.size, header, ns=f"{prefix}target")
             )
             top = r.box.center + np.array([0.0, 0.0, r.box.size[2] / 2 + 0.1])
-            markers.markers.append(
-                make_text_marker(top, f"{r.query[:60]} ({r.confidence:.2f})", header, ns="target_label")
+            markers.append(
+                make_text_marker(
+                    top, f"{r.query[:60]} ({r.confidence:.2f})", header, ns=f"{prefix}target_label"
+                )
             )
         if self.cfg.publish_frustums:
             used = set(r.keyframe_ids)
             for i, kf in enumerate(k for k in self.pipeline.keyframes.snapshot() if k.keyframe_id in used):
-                markers.markers.append(
-                    frustum_marker(kf.T_world_cam, kf.frame.intrinsics, 0.3, header, ns="views", id=i)
+                markers.append(
+                    frustum_marker(
+                        kf.T_world_cam, kf.frame.intrinsics, 0.3, header, ns=f"{prefix}views", id=i
+                    )
                 )
-        self.pub_markers.publish(markers)
+        self._set_markers({(r.query if tracked else _USER): markers})
+
+    def _set_markers(self, owners: dict[str, list[Marker] | None]) -> None:
+        """Replace (or with None drop) the markers of some owners, then publish every owner's markers.
+
+        ~/markers is latched with depth 1, so each message is the whole picture: DELETEALL first,
+        then the markers of the user's query and of every tracked query. A viewer that connects
+        late gets all of them, not just the last query's.
+        """
+        with self._markers_lock:
+            for owner, markers in owners.items():
+                if markers is None:
+                    self._markers.pop(owner, None)
+                else:
+                    self._markers[owner] = markers
+            out = MarkerArray()
+            now = self.get_clock().now().to_msg()
+            out.markers.append(delete_all_marker(make_header(self.cfg.map_frame, now)))
+            for markers in self._markers.values():
+                out.markers.extend(markers)
+            self.pub_markers.publish(out)
+
+    # ------------------------------------------------------------------ persistent queries
+    def _on_track(self, req: TrackQuery.Request, resp: TrackQuery.Response) -> TrackQuery.Response:
+        """Start, update or stop re-segmenting a query as the map grows (see srv/TrackQuery.srv)."""
+        key = " ".join(req.query.split())
+        if req.clear:
+            with self._state_lock:
+                gone = list(self._tracked) if not key else [key] if key in self._tracked else []
+                for k in gone:
+                    del self._tracked[k]
+                resp.active = list(self._tracked)
+            if key and not gone:
+                resp.success, resp.message = False, f"'{key[:80]}' is not tracked"
+            else:
+                self._set_markers(dict.fromkeys(gone))
+                resp.success = True
+                resp.message = f"stopped tracking {len(gone)} quer{'y' if len(gone) == 1 else 'ies'}"
+            return resp
+        try:
+            key = normalise_query(req.query, self.pipeline.config.query.max_query_chars)
+        except QueryError as exc:
+            resp.success, resp.message = False, str(exc)
+            resp.active = self._active_tracked()
+            return resp
+        threshold = float(req.score_threshold)
+        threshold = threshold if math.isfinite(threshold) and threshold > 0 else 0.0  # 0 = node default
+        period = float(req.period)
+        if math.isfinite(period) and period > 0:
+            period = min(max(period, _PERIOD_RANGE[0]), _PERIOD_RANGE[1])
+        else:
+            period = self.cfg.persistent_period
+        limit = self.cfg.max_persistent_queries
+        with self._state_lock:
+            if threshold > 1.0:
+                resp.success, resp.message = False, f"score threshold {threshold} is not in (0, 1]"
+            elif key not in self._tracked and len(self._tracked) >= limit:
+                resp.success = False
+                resp.message = (
+                    f"refused: already tracking {len(self._tracked)} queries (max_persistent_queries={limit})"
+                    if limit
+                    else "refused: tracking is disabled (max_persistent_queries=0)"
+                )
+            else:
+                verb = "updated" if key in self._tracked else "tracking"
+                self._tracked[key] = _Tracked(key, int(req.num_views), threshold, period)
+                resp.success = True
+                resp.message = (
+                    f"{verb} '{key[:80]}': re-segmented at most every {period:g} s while the map changes"
+                )
+            resp.active = list(self._tracked)
+        return resp
+
+    def _active_tracked(self) -> list[str]:
+        with self._state_lock:
+            return list(self._tracked)
+
+    def _track_tick(self) -> None:
+        """Re-run one due tracked query (map changed and its period elapsed), never beside a user query.
+
+        One query per tick, the longest-waiting first, so user queries get the lock in between. A
+        round is skipped (and counted once per period) while a user query runs or waits: tracking
+        is background work and must not delay an answer someone is waiting for.
+        """
+        if self.model_status != "ready":
+            return
+        now, version = time.monotonic(), self.pipeline.map.version
+        with self._state_lock:
+            due = [
+                t
+                for t in self._tracked.values()
+                if t.last_version != version and now - t.last_run >= t.period
+            ]
+        if not due:
+            return
+        if self._waiting or not self._query_lock.acquire(blocking=False):
+            with self._state_lock:
+                for t in due:
+                    if now - t.skip_counted >= t.period:
+                        t.skip_counted = now
+                        self._persistent_skipped += 1
+            return
+        t = min(due, key=lambda t: t.last_run)
+        try:
+            self._running_query = f"(tracked) {t.query[:80]}"
+            version = self.pipeline.map.version  # the answer reflects at least this map state
+            header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
+            result = self.pipeline.query(t.query, num_views=t.num_views, score_threshold=t.score_threshold)
+            msg = self._result_msg(result, header)
+            with self._state_lock:
+                t.last_run, t.last_version = time.monotonic(), version
+                self._persistent_runs += 1
+                current = self._tracked.get(t.query) is t  # not cleared, removed or updated meanwhile
+            if current and result.success:
+                self._remember(result, user=False)
+                self._publish_result(result, msg, header, tracked=True)
+            elif current:
+                self._warn(f"track:{t.query}", f"tracked query '{t.query[:80]}': {result.message}", 30.0)
+        finally:
+            self._running_query = None
+            self._query_lock.release()
 
     # ------------------------------------------------------------------ map services and timers
     def _on_save(self, req: SaveMap.Request, resp: SaveMap.Response) -> SaveMap.Response:
@@ -423,11 +778,72 @@ class ReasoningSegNode(Node):
             resp.success, resp.message = True, f"loaded map with {len(self.pipeline.keyframes)} keyframes"
         except Exception as exc:  # noqa: BLE001 - the current map is kept on any error
             resp.success, resp.message = False, f"load failed (current map kept): {exc}"
+            return resp
+        self._forget_answers()
         return resp
 
     def _on_clear(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
         self.pipeline.clear()
+        self._forget_answers()
         resp.success, resp.message = True, "map and keyframes cleared"
+        return resp
+
+    def _forget_answers(self) -> None:
+        """Answers computed on a replaced map must not drive a RemoveTarget on the new one."""
+        with self._state_lock:
+            self._last_results.clear()
+            self._last_answered = None
+
+    def _on_remove(self, req: RemoveTarget.Request, resp: RemoveTarget.Response) -> RemoveTarget.Response:
+        """After a pick: clear the target's voxels from the map (REALM's object removal, on the TSDF).
+
+        The radius is the map's truncation band plus one voxel (:meth:`VoxelMap.removal_radius`:
+        less would leave the band's inner voxels to form a ghost surface once the spot is seen
+        again) plus the margin. The object comes back only if the camera sees it again.
+        """
+        key = " ".join(req.query.split())
+        with self._state_lock:
+            key = key or self._last_answered or ""
+            r = self._last_results.get(key) if key else None
+        if not key:
+            resp.success, resp.message = False, "no query has been answered yet: nothing to remove"
+            return resp
+        if r is None:
+            resp.success = False
+            resp.message = f"no answer to '{key[:80]}' is known on this map (ask it with ~/segment first)"
+            return resp
+        if not r.found or len(r.points) == 0:
+            resp.success = False
+            resp.message = f"the last answer to '{key[:80]}' found no target: nothing removed"
+            return resp
+        margin = float(req.margin)
+        margin = margin if math.isfinite(margin) and margin > 0 else self.cfg.removal_margin
+        radius = self.pipeline.map.removal_radius() + margin
+        try:
+            n = self.pipeline.remove_points(r.points, radius)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, the map lock is released
+            resp.success, resp.message = False, f"removal failed: {type(exc).__name__}: {exc}"
+            return resp
+        with self._state_lock:
+            self._tracked.pop(key, None)
+            self._last_results.pop(key, None)
+            user_target = self._last_answered == key
+            if user_target:
+                self._last_answered = None
+        owners: dict[str, list[Marker] | None] = {key: None}
+        if user_target:
+            owners[_USER] = None
+        self._set_markers(owners)
+        header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
+        self.pub_target.publish(
+            points_to_cloud_msg(np.zeros((0, 3)), header, fields={"confidence": np.zeros(0, np.float32)})
+        )
+        self._publish_map()
+        resp.success, resp.num_points_removed = True, int(n)
+        resp.message = (
+            f"removed {n} voxels within {radius:.3f} m of the {len(r.points)} target points of '{key[:80]}'"
+        )
+        self.get_logger().info(resp.message)
         return resp
 
     def _publish_map(self) -> None:
@@ -435,6 +851,7 @@ class ReasoningSegNode(Node):
             return
         surface = self.pipeline.surface()
         self._last_map_version = surface.version
+        self._map_points = len(surface)
         pts, cols = surface.points, surface.colors
         if len(pts) > self.cfg.map_publish_max_points:
             idx = np.random.default_rng(0).choice(len(pts), self.cfg.map_publish_max_points, replace=False)
@@ -442,9 +859,62 @@ class ReasoningSegNode(Node):
         header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
         self.pub_map.publish(points_to_cloud_msg(pts, header, colors=(cols * 255).astype(np.uint8)))
 
+    def _rates(self, received: int, integrated: int) -> tuple[float, float]:
+        """Frames received / integrated per second over the last ``_RATE_WINDOW`` seconds."""
+        now = time.monotonic()
+        samples = self._rate_samples
+        samples.append((now, received, integrated))
+        while len(samples) > 2 and samples[1][0] <= now - _RATE_WINDOW:
+            samples.popleft()
+        t0, r0, i0 = samples[0]
+        dt = now - t0
+        if dt <= 0:
+            return 0.0, 0.0
+        return (received - r0) / dt, (integrated - i0) / dt
+
+    def diagnostics_values(self) -> dict[str, str]:
+        """The key/value pairs of the /diagnostics status (also handy from a debugger or a test)."""
+        s = self.pipeline.stats
+        m, kf = self.pipeline.map, self.pipeline.keyframes
+        dropped = self.rejected + s.rejected
+        # Not frame losses but what the pipeline chose not to keep: frames over the integration
+        # rate, frames not novel enough to be keyframes, and whole map blocks evicted by the budget.
+        dropped.update(skipped=s.frames_skipped, not_novel=kf.rejected_not_novel, blocks=m.blocks_dropped)
+        rx, integ = self._rates(s.frames_received, s.frames_integrated)
+        if self.cfg.map_publish_period > 0:
+            map_points = self._map_points  # as of the last map publication: no extra extraction
+        else:
+            map_points = len(self.pipeline.surface())
+        with self._state_lock:
+            values: dict[str, object] = {
+                "frames_received": s.frames_received,
+                "frames_integrated": s.frames_integrated,
+                "rate.received_hz": f"{rx:.2f}",
+                "rate.integrated_hz": f"{integ:.2f}",
+                "keyframes": len(kf),
+                "map_blocks": m.num_blocks,
+                "map_points": map_points,
+                "map_memory_mb": f"{m.memory_bytes() / 2**20:.1f}",
+                "model": self.model_status,
+                "net3d": self.net_status,
+                "queries_served": self._queries_served,
+                "queries_refused": self._queries_refused,
+                "queries_waiting": self._waiting,
+                "query_running": "true" if self._running_query is not None else "false",
+                "pending_pairs": len(self._pending),
+                "sync_dropped": self._sync.dropped,
+                "persistent_queries": len(self._tracked),
+                "persistent_runs": self._persistent_runs,
+                "persistent_skipped": self._persistent_skipped,
+            }
+        values.update({f"dropped.{k}": v for k, v in sorted(dropped.items())})
+        gpu = gpu_memory_mb()
+        if gpu is not None:
+            values["gpu_memory_mb"] = f"{gpu:.1f}"
+        return {k: str(v) for k, v in values.items()}
+
     def _publish_diagnostics(self) -> None:
         s = self.pipeline.stats
-        dropped = self.rejected + s.rejected
         status = DiagnosticStatus(name="reasoning_seg: mapping and queries", hardware_id="reasoning_seg")
         net = self.net_status
         net_failed = net.startswith("failed")
@@ -458,20 +928,50 @@ class ReasoningSegNode(Node):
             status.message = f"3D net {net} (fusion answers)"
         else:
             status.message = "no frames integrated yet"
-        values = {
-            "frames_received": s.frames_received,
-            "frames_integrated": s.frames_integrated,
-            "keyframes": len(self.pipeline.keyframes),
-            "map_blocks": self.pipeline.map.num_blocks,
-            "model": self.model_status,
-            "net3d": net,
-            "queries_served": self._queries_served,
-            "sync_dropped": self._sync.dropped,
-        }
-        values.update({f"dropped.{k}": v for k, v in sorted(dropped.items())})
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostics_values().items()]
         arr = DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()), status=[status])
         self.pub_diag.publish(arr)
+
+
+@dataclass
+class _Tracked:
+    """A persistent query (TrackQuery) and when it last ran."""
+
+    query: str
+    num_views: int
+    score_threshold: float
+    period: float
+    last_run: float = -math.inf  # monotonic seconds
+    last_version: int = -1  # map version it last ran on
+    skip_counted: float = -math.inf  # when a skipped round was last counted
+
+
+def gpu_memory_mb() -> float | None:
+    """MiB of CUDA memory PyTorch holds on all devices, or None when this process does not use CUDA.
+
+    Only looks at torch if something already imported it (the 2D model or the 3D net): importing it
+    here would cost seconds and memory for nothing, and it must not initialise CUDA either.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        cuda = torch.cuda
+        if not (cuda.is_available() and cuda.is_initialized()):
+            return None
+        return sum(cuda.memory_allocated(i) for i in range(cuda.device_count())) / 2**20
+    except Exception:  # noqa: BLE001 - diagnostics must never take the node down
+        return None
+
+
+def executor_threads(cfg: NodeConfig) -> int:
+    """Executor threads the node needs so that waiting queries never starve ingestion.
+
+    One each for the camera, admin and tracking groups, one for the running query, one for
+    answering refusals and action bookkeeping, plus one per query allowed to wait
+    (``max_queued_queries``). Python's thread pool starts threads only when they are needed.
+    """
+    return 5 + (cfg.max_queued_queries if cfg.concurrent_queries == "queue" else 0)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -483,7 +983,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"reasoning_seg: invalid parameters: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(2)
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = MultiThreadedExecutor(num_threads=executor_threads(node.cfg))
     executor.add_node(node)
     try:
         executor.spin()

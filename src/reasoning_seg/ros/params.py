@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 
 from reasoning_seg.config import PipelineConfig, _coerce, iter_knobs, knob
@@ -58,6 +59,30 @@ class NodeConfig:
     query_wait_timeout: float = knob(
         120.0, "Max seconds a queued query waits for the running one.", 0.0, 3600.0
     )
+    max_queued_queries: int = knob(
+        4,
+        "With concurrent_queries=queue: at most this many queries wait for the running one; more are "
+        "refused at once (each waiting query holds an executor thread).",
+        0,
+        1000,
+    )
+    persistent_period: float = knob(
+        2.0,
+        "Default minimum seconds between re-segmentations of a tracked query (TrackQuery); it is re-run "
+        "only when the map has changed.",
+        0.1,
+        3600.0,
+    )
+    max_persistent_queries: int = knob(
+        4, "Most queries tracked at once (TrackQuery); more are refused. 0 disables tracking.", 0, 64
+    )
+    removal_margin: float = knob(
+        0.02,
+        "RemoveTarget: metres cleared around a picked target beyond the TSDF truncation band (which is "
+        "always cleared, or a ghost surface would reappear).",
+        0.0,
+        1.0,
+    )
     publish_frustums: bool = knob(True, "Publish the frustums of the keyframes a query used as markers.")
     diagnostics_period: float = knob(1.0, "Seconds between /diagnostics messages (0 disables).", 0.0, 3600.0)
 
@@ -88,10 +113,13 @@ def declare_and_read(node: Node) -> tuple[NodeConfig, PipelineConfig]:
     is out of range, of the wrong type, or not one of the allowed choices.
     """
     node_cfg, pipe_cfg = NodeConfig(), PipelineConfig()
-    for name, default, meta in _node_knobs(node_cfg):
-        node.declare_parameter(name, default, _descriptor(name, default, meta))
-    for name, default, meta in iter_knobs(pipe_cfg):
-        node.declare_parameter(name, default, _descriptor(name, default, meta))
+    for name, default, meta in [*_node_knobs(node_cfg), *iter_knobs(pipe_cfg)]:
+        try:
+            node.declare_parameter(name, default, _descriptor(name, default, meta))
+        except ParameterException as exc:
+            # rclpy checks overrides against the descriptor's range and type itself, with its own
+            # exception types; callers (main(), launch files, tests) handle one: ValueError.
+            raise ValueError(f"{name}: {exc}") from exc
     for name, default, meta in _node_knobs(node_cfg):
         setattr(node_cfg, name, _coerce(name, node.get_parameter(name).value, default, meta))
     pipe_cfg.update({name: node.get_parameter(name).value for name, _, _ in iter_knobs(pipe_cfg)})

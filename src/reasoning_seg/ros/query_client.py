@@ -3,7 +3,9 @@
 What ``ros2 service call /reasoning_seg/segment reasoning_seg/srv/Segment "{query: ...}"`` does on a
 full ROS 2 install, plus a readable summary and optional PLY/JSON output of the target, so it also
 works where ros2cli is not installed (PyPI wheels). ``--action`` uses the action instead and prints
-progress feedback.
+progress feedback. ``--track`` / ``--untrack`` start and stop a persistent query (the node re-publishes
+its answer as the map grows; ``--untrack`` without a query stops all), and ``--remove`` clears a
+picked target's voxels from the map (without a query: the latest answer's target).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rclpy.node import Node
 from reasoning_seg.action import SegmentQuery
 from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix
-from reasoning_seg.srv import Segment
+from reasoning_seg.srv import RemoveTarget, Segment, TrackQuery
 
 
 def result_summary(success: bool, message: str, r: SegmentationResult) -> dict:
@@ -122,6 +124,40 @@ def call_segment(
     return call_service(node, Segment, service, req, timeout)
 
 
+def call_track(
+    node: Node,
+    query: str,
+    num_views: int = 0,
+    score_threshold: float = 0.0,
+    period: float = 0.0,
+    clear: bool = False,
+    service: str = "/reasoning_seg/track_query",
+    timeout: float = 60.0,
+) -> TrackQuery.Response:
+    """Start (``clear=False``) or stop (``clear=True``; ``query=""`` = all) tracking a query."""
+    req = TrackQuery.Request(
+        query=query,
+        num_views=num_views,
+        score_threshold=float(score_threshold),
+        period=float(period),
+        clear=clear,
+    )
+    return call_service(node, TrackQuery, service, req, timeout)
+
+
+def call_remove(
+    node: Node,
+    query: str = "",
+    margin: float = 0.0,
+    service: str = "/reasoning_seg/remove_target",
+    timeout: float = 60.0,
+) -> RemoveTarget.Response:
+    """Remove a query's target from the map (``query=""``: the latest answer's target)."""
+    return call_service(
+        node, RemoveTarget, service, RemoveTarget.Request(query=query, margin=float(margin)), timeout
+    )
+
+
 def call_action(
     node: Node,
     query: str,
@@ -161,12 +197,28 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     ros_args = rclpy.utilities.remove_ros_args(argv)
     p = argparse.ArgumentParser(prog="reasoning_seg_query", description=__doc__.split("\n\n")[0])
-    p.add_argument("query", help="what to find, e.g. 'something I can use to cut this paper'")
+    p.add_argument(
+        "query",
+        nargs="?",
+        default="",
+        help="what to find, e.g. 'something I can use to cut this paper' (may be empty with --untrack, "
+        "--remove)",
+    )
     p.add_argument("--views", type=int, default=0, help="number of views (0 = node default)")
     p.add_argument("--threshold", type=float, default=0.0, help="score threshold (0 = node default)")
     p.add_argument("--frame", default="", help="frame to report in (empty = map frame)")
     p.add_argument("--node", default="/reasoning_seg", help="fully qualified node name")
-    p.add_argument("--action", action="store_true", help="use the SegmentQuery action (progress feedback)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--action", action="store_true", help="use the SegmentQuery action (progress feedback)")
+    mode.add_argument("--track", action="store_true", help="keep the query answered as the map grows")
+    mode.add_argument("--untrack", action="store_true", help="stop tracking the query (none given: all)")
+    mode.add_argument("--remove", action="store_true", help="remove the query's target from the map")
+    p.add_argument(
+        "--period", type=float, default=0.0, help="--track: min seconds between re-runs (0 = node default)"
+    )
+    p.add_argument(
+        "--margin", type=float, default=0.0, help="--remove: extra metres cleared (0 = node default)"
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node")
     p.add_argument("--ply", help="write the target cloud to this PLY file")
     p.add_argument("--json", help="write the summary to this JSON file")
@@ -174,6 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv)
     node = rclpy.create_node("reasoning_seg_query")
     try:
+        if a.track or a.untrack:
+            t = call_track(
+                node, a.query, a.views, a.threshold, a.period, a.untrack, f"{a.node}/track_query", a.timeout
+            )
+            print(
+                json.dumps({"success": t.success, "message": t.message, "active": list(t.active)}, indent=2)
+            )
+            return 0 if t.success else 1
+        if a.remove:
+            rm = call_remove(node, a.query, a.margin, f"{a.node}/remove_target", a.timeout)
+            out = {"success": rm.success, "message": rm.message, "num_points_removed": rm.num_points_removed}
+            print(json.dumps(out, indent=2))
+            return 0 if rm.success else 1
         if a.action:
             r = call_action(
                 node, a.query, a.views, a.threshold, a.frame, f"{a.node}/segment_query", a.timeout

@@ -1,0 +1,818 @@
+"""Bad input through real topics and services (rclpy + DDS on loopback): the node stays up and says why.
+
+Every test starts the node with a map (loaded through ``~/load_map``, then two good frames through
+the camera topics), feeds one kind of bad input, and checks three things: the clear error (the
+service's message, or the ``dropped.<reason>`` counter in /diagnostics), that a good query is still
+answered afterwards, and that nothing already in the map was lost (points and version never shrink).
+
+The 2D model is the simulation of LISA in its ``oracle`` profile (a SIMULATION driven by the scene's
+ground truth) wrapped by :class:`FaultySegmenter`, which injects the failures under test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+
+from reasoning_seg.camera import CameraIntrinsics
+from reasoning_seg.config import PipelineConfig
+from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.image_codec import depth_from_metres
+from reasoning_seg.pipeline import ReasoningSegPipeline
+from reasoning_seg.ros.conversions import (
+    intrinsics_to_camera_info,
+    make_header,
+    matrix_to_pose,
+    numpy_to_image_msg,
+)
+from reasoning_seg.ros.node import ReasoningSegNode
+from reasoning_seg.ros.query_client import call_segment, call_service
+from reasoning_seg.sim.scene import SyntheticScene
+from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
+from reasoning_seg.srv import LoadMap, Segment
+
+pytestmark = pytest.mark.ros
+
+INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
+VOXEL = 0.04
+N_MAP = 10  # frames in the saved map; the rest of the trajectory is streamed through the topics
+N_FRAMES = 16
+T0, DT = 100.0, 0.1  # stamp of frame i: T0 + i * DT
+
+
+# --------------------------------------------------------------------------- the world, built once
+
+
+@dataclass
+class World:
+    scene: SyntheticScene
+    scene_dir: str
+    map_dir: str
+    frames: list[RGBDFrame]
+    query: str
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    tmp = tmp_path_factory.mktemp("robust")
+    scene = SyntheticScene.generate(3)
+    scene.save(tmp / "scene")
+    frames = []
+    for i, T in enumerate(scene.trajectory(N_FRAMES, seed=3)):
+        color, depth, _ = scene.render(INTR, T)
+        frames.append(RGBDFrame(color, depth, INTR, T, T0 + i * DT, i))
+    cfg = PipelineConfig()
+    cfg.update({"map.voxel_size": VOXEL, "fusion.visibility_tolerance": 0.08})
+    pipe = ReasoningSegPipeline(cfg)
+    for f in frames[:N_MAP]:
+        pipe.add_frame(f)
+    pipe.save(tmp / "map")
+    # A query whose target the saved map shows: the good query every test asks afterwards.
+    pipe.segmenter = SimulatedSegmenter(scene, profile="oracle")
+    furniture = {o.instance_id for o in scene.objects if not o.is_structure}
+    for q in scene.queries:
+        if q.kind == "spatial" and q.target_instance_id in furniture and pipe.query(q.text).found:
+            return World(scene, str(tmp / "scene"), str(tmp / "map"), frames, q.text)
+    raise AssertionError("no spatial query is answerable from the saved map")
+
+
+# --------------------------------------------------------------------------- the injected 2D model
+
+
+class FaultySegmenter:
+    """Wraps the simulated LISA; ``fail(views) -> exception or None`` decides which calls fail.
+
+    ``delay`` seconds per call make a query slow enough to be overtaken by others (flooding).
+    """
+
+    def __init__(self, inner: SimulatedSegmenter) -> None:
+        self.inner = inner
+        self.name = f"faulty({inner.name})"
+        self.embedding_dim = inner.embedding_dim
+        self.fail: Callable[[list], BaseException | None] = lambda views: None
+        self.delay = 0.0
+        self.calls: list[list[int]] = []
+
+    def segment(self, views, query):
+        self.calls.append([v.keyframe_id for v in views])
+        if self.delay:
+            time.sleep(self.delay)
+        exc = self.fail(list(views))
+        if exc is not None:
+            raise exc
+        return self.inner.segment(views, query)
+
+
+def _oom() -> BaseException:
+    text = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total capacity)"
+    try:
+        import torch
+
+        return torch.cuda.OutOfMemoryError(text)
+    except (ImportError, AttributeError):
+        return RuntimeError(text)
+
+
+# --------------------------------------------------------------------------- the running graph
+
+
+@dataclass
+class Env:
+    """The node spinning in its own thread, a client node (publishers, service calls), diagnostics."""
+
+    world: World
+    node: ReasoningSegNode
+    client: object
+    seg: FaultySegmenter | None
+    pubs: dict
+    diag: list = field(default_factory=list)
+
+    # ---- feeding
+    def frame_msgs(self, i: int, stamp: float | None = None):
+        f = self.world.frames[i]
+        t = f.stamp if stamp is None else stamp
+        h = make_header("camera_color_optical_frame", t)
+        color = numpy_to_image_msg(f.color, "rgb8", h)
+        depth = numpy_to_image_msg(depth_from_metres(f.depth, "16UC1", 1000.0), "16UC1", h)
+        info = intrinsics_to_camera_info(f.intrinsics, h)
+        pose = PoseStamped(header=make_header("map", t), pose=matrix_to_pose(f.T_world_cam))
+        return color, depth, info, pose
+
+    def publish(self, color=None, depth=None, info=None, pose=None) -> None:
+        """Publish what is given: pose and info first, as a SLAM front-end and a driver would."""
+        for key, msg in (("pose", pose), ("info", info), ("color", color), ("depth", depth)):
+            if msg is not None:
+                self.pubs[key].publish(msg)
+
+    def feed(self, i: int, stamp: float | None = None, **replace) -> None:
+        """Publish frame ``i`` (optionally restamped), with any of its four messages replaced/omitted."""
+        color, depth, info, pose = self.frame_msgs(i, stamp)
+        msgs = {"color": color, "depth": depth, "info": info, "pose": pose}
+        msgs.update(replace)
+        self.publish(**msgs)
+
+    # ---- observing
+    def received(self) -> int:
+        return self.node.pipeline.stats.frames_received
+
+    def integrated(self) -> int:
+        return self.node.pipeline.stats.frames_integrated
+
+    def dropped(self) -> dict[str, int]:
+        """``dropped.<reason>`` counters of the latest /diagnostics message (what operators see)."""
+        if not self.diag:
+            return {}
+        values = {kv.key: kv.value for kv in self.diag[-1].status[0].values}
+        return {k.removeprefix("dropped."): int(v) for k, v in values.items() if k.startswith("dropped.")}
+
+    def wait_dropped(self, reason: str, at_least: int, timeout: float = 20.0) -> dict[str, int]:
+        """Wait until /diagnostics counts ``at_least`` drops for ``reason`` (fails the test if never)."""
+        reached = wait_for(lambda: self.dropped().get(reason, 0) >= at_least, timeout)
+        counts = self.dropped()
+        node = dict(self.node.rejected)
+        assert reached, f"dropped.{reason} never reached {at_least}: {counts} (node {node})"
+        return counts
+
+    def map_state(self) -> tuple[int, int, int]:
+        surf = self.node.pipeline.surface()
+        return len(surf), surf.version, len(self.node.pipeline.keyframes)
+
+    def query(self, text: str, timeout: float = 60.0) -> Segment.Response:
+        return call_segment(self.client, text, timeout=timeout)
+
+    def assert_still_serving(self, before: tuple[int, int, int]) -> None:
+        """A good query is answered and the map has lost nothing since ``before``."""
+        resp = self.query(self.world.query)
+        assert resp.success and resp.result.found, resp.message
+        points, version, keyframes = self.map_state()
+        assert points >= before[0] and version >= before[1] and keyframes >= before[2]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def make_env(ros_context, world):
+    """``make_env(params=(), segmenter=True, load=True, prime=True) -> Env``.
+
+    ``prime`` streams frames N_MAP and N_MAP+1 through the topics (colour, depth, CameraInfo, pose)
+    and waits for them to be integrated, so the node has seen a live camera before the bad input.
+    """
+    started: list = []
+
+    def _make(params: tuple = (), segmenter: bool = True, load: bool = True, prime: bool = True) -> Env:
+        seg = None
+        if segmenter:
+            seg = FaultySegmenter(SimulatedSegmenter(world.scene, profile="oracle"))
+        node = ReasoningSegNode(
+            segmenter=seg,
+            context=ros_context,
+            parameter_overrides=[
+                Parameter("segmenter.scene", value=world.scene_dir),
+                Parameter("segmenter.sim_profile", value="oracle"),
+                Parameter("map.voxel_size", value=VOXEL),
+                Parameter("fusion.visibility_tolerance", value=0.08),
+                Parameter("pose_source", value="topic"),
+                # Reliable, so that no test depends on the load of this shared machine; the default
+                # (sensor_data, best effort) has its own test.
+                Parameter("sensor_qos", value="reliable"),
+                Parameter("diagnostics_period", value=0.1),
+                Parameter("map_publish_period", value=0.0),
+                *params,
+            ],
+        )
+        listener = rclpy.create_node("robust_diag_listener", context=ros_context)
+        diag: list = []
+        listener.create_subscription(DiagnosticArray, "/diagnostics", diag.append, 10)
+        executor = MultiThreadedExecutor(context=ros_context)
+        executor.add_node(node)
+        executor.add_node(listener)
+        thread = threading.Thread(target=executor.spin, daemon=True)
+        thread.start()
+        client = rclpy.create_node("robust_client", context=ros_context)
+        started.append((node, listener, client, executor, thread))
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        pubs = {
+            "color": client.create_publisher(Image, "/camera/color/image_raw", qos),
+            "depth": client.create_publisher(Image, "/camera/depth/image_raw", qos),
+            "info": client.create_publisher(CameraInfo, "/camera/color/camera_info", qos),
+            "pose": client.create_publisher(PoseStamped, "/camera/pose", qos),
+        }
+        env = Env(world, node, client, seg, pubs, diag)
+        camera = [pubs["color"], pubs["depth"], pubs["info"]]
+        if node._tf_buffer is None:
+            camera.append(pubs["pose"])
+        assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in camera), 10.0)
+        assert wait_for(lambda: bool(diag), 10.0)
+        if load:
+            resp = call_service(
+                client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=world.map_dir)
+            )
+            assert resp.success, resp.message
+        if prime:
+            for i in (N_MAP, N_MAP + 1):
+                n = env.integrated()
+                env.feed(i)
+                assert wait_for(lambda n=n: env.integrated() > n), (env.node.rejected, env.dropped())
+        return env
+
+    yield _make
+    for node, listener, client, executor, thread in started:
+        client.destroy_node()
+        executor.shutdown()
+        thread.join(timeout=5)
+        listener.destroy_node()
+        node.destroy_node()
+
+
+# --------------------------------------------------------------------------- sensor input
+
+
+def test_camera_subscriptions_use_sensor_data_qos(make_env):
+    # Best effort (what drivers publish); a reliable publisher is compatible with it, and frames fed
+    # one at a time (as prime does) arrive and are integrated.
+    env = make_env(params=(Parameter("sensor_qos", value="sensor_data"),))
+    for topic in ("/camera/color/image_raw", "/camera/depth/image_raw", "/camera/color/camera_info"):
+        infos = [
+            i for i in env.client.get_subscriptions_info_by_topic(topic) if i.node_name == "reasoning_seg"
+        ]
+        assert infos and infos[0].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT, topic
+    assert "ApproximatePairSync" in env.node.sync_backend or "message_filters" in env.node.sync_backend
+
+
+def test_nan_and_zero_depth(make_env):
+    env = make_env()
+    before = env.map_state()
+    i = N_MAP + 2
+    color, depth, info, pose = env.frame_msgs(i)
+    # All NaN (32FC1 float metres) and all zero (16UC1: no reading): nothing to integrate.
+    nan = numpy_to_image_msg(np.full((INTR.height, INTR.width), np.nan, np.float32), "32FC1", depth.header)
+    env.publish(color, nan, info, pose)
+    assert env.wait_dropped("no_depth", 1)
+    color, depth, info, pose = env.frame_msgs(i + 1)
+    zero = numpy_to_image_msg(np.zeros((INTR.height, INTR.width), np.uint16), "16UC1", depth.header)
+    env.publish(color, zero, info, pose)
+    assert env.wait_dropped("no_depth", 2)
+    # Scattered holes (60 % of the pixels NaN, inf or negative, as a real sensor's dropouts): those
+    # become "no reading", the rest is integrated.
+    color, depth, info, pose = env.frame_msgs(i + 2)
+    d = env.world.frames[i + 2].depth.astype(np.float32).copy()
+    pick = np.random.default_rng(0).integers(0, 5, size=d.shape)
+    d[pick == 0], d[pick == 1], d[pick == 2] = np.nan, np.inf, -1.0
+    n = env.integrated()
+    env.publish(color, numpy_to_image_msg(d, "32FC1", depth.header), info, pose)
+    assert wait_for(lambda: env.integrated() == n + 1)
+    assert np.all(np.isfinite(env.node.pipeline.surface().points))
+    assert env.dropped().get("no_depth") == 2
+    env.assert_still_serving(before)
+
+
+def test_depth_valid_only_between_open3d_sample_rows(make_env):
+    env = make_env()
+    i = N_MAP + 2
+    color, depth, info, pose = env.frame_msgs(i)
+    d = env.world.frames[i].depth.astype(np.float32).copy()
+    d[np.arange(d.shape[0]) % 4 != 2] = np.nan  # every 4th row valid (interlaced depth), 25 % valid
+    received = env.received()
+    env.publish(color, numpy_to_image_msg(d, "32FC1", depth.header), info, pose)
+    assert wait_for(lambda: env.received() > received)
+    time.sleep(0.3)
+    assert env.node.rejected["internal_error"] == 0, env.dropped()
+
+
+def test_wrong_encodings(make_env):
+    env = make_env()
+    before = env.map_state()
+    i = N_MAP + 2
+    color, depth, info, pose = env.frame_msgs(i)
+    as_rgb = Image(header=depth.header, height=depth.height, width=depth.width, encoding="rgb8")
+    as_rgb.step, as_rgb.data = color.step, color.data  # depth topic carrying a colour image
+    env.publish(color, as_rgb, info, pose)
+    assert env.wait_dropped("bad_encoding", 1)
+
+    color, depth, info, pose = env.frame_msgs(i + 1)
+    color.encoding = "yuv422_yuy2"  # not supported: must be named in the reason, not crash the node
+    env.publish(color, depth, info, pose)
+    assert env.wait_dropped("bad_encoding", 2)
+
+    color, depth, info, pose = env.frame_msgs(i + 2)
+    color.data = color.data[: len(color.data) // 2]  # truncated buffer for the declared size
+    env.publish(color, depth, info, pose)
+    assert env.wait_dropped("bad_encoding", 3)
+
+    # Float depth in millimetres (depth_scale mistakes): refused as such, not silently emptied.
+    color, depth, info, pose = env.frame_msgs(i + 3)
+    mm = numpy_to_image_msg(env.world.frames[i + 3].depth * 1000.0, "32FC1", depth.header)
+    env.publish(color, mm, info, pose)
+    assert env.wait_dropped("depth_units", 1)
+    assert env.node.rejected["bad_encoding"] == 3
+    env.assert_still_serving(before)
+
+
+def test_size_mismatches_between_colour_depth_and_camera_info(make_env):
+    env = make_env()
+    before = env.map_state()
+    i = N_MAP + 2
+    # CameraInfo for another resolution, stamped like the frame: joined to it, refused.
+    color, depth, info, pose = env.frame_msgs(i)
+    env.publish(color, depth, intrinsics_to_camera_info(INTR.scaled(320, 240), info.header), pose)
+    assert env.wait_dropped("size_mismatch", 1)
+    # Colour with another aspect ratio than depth: cannot be registered, refused.
+    color, depth, info, pose = env.frame_msgs(i + 1)
+    wide = numpy_to_image_msg(np.zeros((100, 200, 3), np.uint8), "rgb8", color.header)
+    env.publish(wide, depth, info, pose)
+    assert env.wait_dropped("size_mismatch", 2)
+    # Colour at twice the depth resolution (same aspect): resized to depth and integrated.
+    color, depth, info, pose = env.frame_msgs(i + 2)
+    big = np.repeat(np.repeat(env.world.frames[i + 2].color, 2, axis=0), 2, axis=1)
+    n = env.integrated()
+    env.publish(numpy_to_image_msg(big, "rgb8", color.header), depth, info, pose)
+    assert wait_for(lambda: env.integrated() == n + 1), (env.node.rejected, env.dropped())
+    # /diagnostics is periodic: wait for a message newer than the integration before reading it.
+    assert env.wait_dropped("size_mismatch", 2)["size_mismatch"] == 2
+    env.assert_still_serving(before)
+
+
+def test_camera_info_is_joined_to_its_frame_by_stamp(make_env):
+    env = make_env()
+    i = N_MAP + 2
+    # Frame i's CameraInfo is good, frame i+1's is for another resolution, and both arrive before
+    # either image pair: frame i must still use its own (by stamp), not the latest.
+    c0, d0, info0, p0 = env.frame_msgs(i)
+    c1, d1, info1, p1 = env.frame_msgs(i + 1)
+    env.publish(info=info0, pose=p0)
+    env.publish(info=intrinsics_to_camera_info(INTR.scaled(320, 240), info1.header), pose=p1)
+    time.sleep(0.2)
+    n = env.integrated()
+    env.publish(c0, d0)
+    assert wait_for(lambda: env.integrated() == n + 1), (env.node.rejected, env.dropped())
+    env.publish(c1, d1)
+    assert env.wait_dropped("size_mismatch", 1)
+
+
+def test_missing_camera_info(make_env):
+    env = make_env(prime=False)  # map loaded, but no CameraInfo ever received
+    before = env.map_state()
+    for i in range(N_MAP, N_MAP + 4):
+        env.feed(i, info=None)
+        time.sleep(0.02)
+    # Pairs wait (bounded) for a CameraInfo; none comes, so the oldest are dropped with a reason.
+    for k in range(8):
+        env.feed(N_MAP, stamp=T0 + (N_FRAMES + k) * DT, info=None)
+        time.sleep(0.02)
+    counts = env.wait_dropped("no_camera_info", 2)
+    assert counts["no_camera_info"] >= 2 and env.integrated() == 0
+    env.assert_still_serving(before)
+    # A camera that publishes its CameraInfo once, latched with a zero stamp: used for every frame.
+    _, _, info, _ = env.frame_msgs(0)
+    info.header = make_header("camera_color_optical_frame", 0.0)
+    env.publish(info=info)
+    held = env.node._MAX_PENDING  # the pairs that waited for it are integrated now
+    assert wait_for(lambda: env.integrated() == held), (env.node.rejected, env.dropped())
+    n = env.integrated()
+    env.feed(N_MAP + 4, stamp=T0 + (N_FRAMES + 20) * DT, info=None)
+    assert wait_for(lambda: env.integrated() == n + 1), (env.node.rejected, env.dropped())
+
+
+def test_missing_and_stale_pose(make_env):
+    env = make_env(prime=False)
+    before = env.map_state()
+    # No pose source at all: pairs wait (bounded), then are dropped as no_pose.
+    for k in range(13):
+        env.feed(N_MAP + k % 4, stamp=T0 + (N_MAP + k) * DT, pose=None)
+        time.sleep(0.02)
+    assert env.wait_dropped("no_pose", 3)
+    assert env.integrated() == 0
+    # Poses arrive but lag the images by 3 s, longer than pairs are held (a stalled SLAM front-end):
+    # dropped as stale_pose.
+    for k in range(13):
+        t = T0 + 10.0 + k * DT
+        _, _, _, pose = env.frame_msgs(N_MAP + k % 4, stamp=t - 3.0)
+        env.feed(N_MAP + k % 4, stamp=t, pose=pose)
+        time.sleep(0.02)
+    assert env.wait_dropped("stale_pose", 3)
+    assert env.integrated() == 0
+    # A pose with a NaN quaternion, one in the wrong frame: counted, never used.
+    _, _, _, pose = env.frame_msgs(N_MAP, stamp=T0 + 50)
+    pose.pose.orientation.w = float("nan")
+    env.publish(pose=pose)
+    assert env.wait_dropped("bad_pose", 1)
+    _, _, _, pose = env.frame_msgs(N_MAP, stamp=T0 + 50)
+    pose.header.frame_id = "odom"
+    env.publish(pose=pose)
+    assert env.wait_dropped("wrong_pose_frame", 1)
+    # The pose source recovers: frames are integrated again.
+    n = env.integrated()
+    env.feed(N_MAP, stamp=T0 + 60)
+    assert wait_for(lambda: env.integrated() > n), (env.node.rejected, env.dropped())
+    env.assert_still_serving(before)
+
+
+def test_frames_out_of_order(make_env):
+    env = make_env()  # frames N_MAP and N_MAP + 1 integrated: the last stamp is T0 + (N_MAP + 1) * DT
+    before = env.map_state()
+    last = T0 + (N_MAP + 1) * DT
+    received = env.received()
+    env.feed(N_MAP + 2, stamp=last - 0.3)  # older than the last integrated frame
+    assert env.wait_dropped("out_of_order", 1)
+    env.feed(N_MAP + 1)  # the same stamp again (a duplicated message)
+    assert env.wait_dropped("out_of_order", 2)
+    assert env.received() == received  # never reached the map
+    # Newer frames are integrated as usual.
+    n = env.integrated()
+    env.feed(N_MAP + 2)
+    assert wait_for(lambda: env.integrated() == n + 1), (env.node.rejected, env.dropped())
+    # A jump back of minutes is a restarted source (bag replayed): accepted again, not out of order.
+    env.feed(N_MAP + 3, stamp=T0 - 60.0)
+    assert wait_for(lambda: env.received() == received + 2), (env.node.rejected, env.dropped())
+    assert env.dropped()["out_of_order"] == 2
+    env.assert_still_serving(before)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def test_empty_whitespace_and_10kb_queries(make_env):
+    env = make_env()
+    before = env.map_state()
+    for text, expected in (
+        ("", "empty"),
+        (" \t\n  ", "empty"),
+        ("?!...", "no words"),
+        ("where is " + "x" * 10240, "limit"),
+    ):
+        resp = env.query(text)
+        assert not resp.success and expected in resp.message, (text[:20], resp.message)
+        assert len(resp.result.query) <= 200  # the 10 kB text is not echoed back in full
+    assert env.seg.calls == []  # refused before the 2D model was asked
+    env.assert_still_serving(before)
+
+
+def test_query_on_an_empty_map(make_env):
+    env = make_env(load=False, prime=False)
+    resp = env.query(env.world.query)
+    assert not resp.success and "empty" in resp.message
+    assert call_service(
+        env.client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=env.world.map_dir)
+    ).success
+    env.assert_still_serving((0, 0, 0))
+
+
+def test_queries_flooding_the_service(make_env):
+    env = make_env()
+    before = env.map_state()
+    env.seg.delay = 0.2  # each 2D-model call takes 0.2 s: the first query holds the lock ~1 s
+    # Four operators' nodes, three requests each, all at once (one client's own response queue
+    # would overflow first: what is tested is the node). With the default service QoS (keep last
+    # 10) the node's request reader lost 2 of the 12 and their callers waited forever.
+    ex = SingleThreadedExecutor(context=env.node.context)
+    nodes = [rclpy.create_node(f"flood_{k}", context=env.node.context) for k in range(4)]
+    clients = [n.create_client(Segment, "/reasoning_seg/segment") for n in nodes]
+    for n in nodes:
+        ex.add_node(n)
+    assert all(c.wait_for_service(timeout_sec=10) for c in clients)
+    futures = [c.call_async(Segment.Request(query=env.world.query)) for c in clients for _ in range(3)]
+    deadline = time.monotonic() + 30
+    while not all(f.done() for f in futures) and time.monotonic() < deadline:
+        ex.spin_once(timeout_sec=0.05)
+    ex.shutdown()
+    for n in nodes:
+        n.destroy_node()
+    responses = [f.result() for f in futures]
+    assert all(r is not None for r in responses), (
+        f"{sum(r is None for r in responses)} of {len(responses)} requests were never answered",
+        [r.message for r in responses if r is not None],
+    )
+    answered = [r for r in responses if r.success]
+    refused = [r for r in responses if not r.success]
+    assert answered and all(r.result.found for r in answered)
+    assert refused and all("busy" in r.message for r in refused), [r.message for r in refused]
+    env.seg.delay = 0.0
+    env.assert_still_serving(before)
+
+
+# --------------------------------------------------------------------------- the 2D model failing
+
+
+@pytest.mark.parametrize("error", ["runtime_error", "cuda_oom"])
+def test_segmenter_exception_in_one_view(make_env, error):
+    env = make_env()
+    before = env.map_state()
+    bad: list[int] = []
+
+    def fail(views):
+        if not bad:
+            bad.append(views[0].keyframe_id)  # the first view of the first batch is the bad one
+        if bad[0] in [v.keyframe_id for v in views]:
+            return RuntimeError("view decoder crashed") if error == "runtime_error" else _oom()
+        return None
+
+    env.seg.fail = fail
+    resp = env.query(env.world.query)
+    # The batch failed, every view was retried alone, and only the bad view was dropped.
+    assert resp.success and resp.result.found, resp.message
+    assert bad[0] not in list(resp.result.keyframe_ids) and len(resp.result.keyframe_ids) >= 3
+    assert any(c == [bad[0]] for c in env.seg.calls)
+    env.seg.fail = lambda views: None
+    env.assert_still_serving(before)
+
+
+def test_segmenter_exception_in_one_view_is_reported_in_the_message(make_env):
+    env = make_env()
+    bad: list[int] = []
+
+    def fail(views):
+        if not bad:
+            bad.append(views[0].keyframe_id)
+        return RuntimeError("view decoder crashed") if bad[0] in [v.keyframe_id for v in views] else None
+
+    env.seg.fail = fail
+    resp = env.query(env.world.query)
+    assert resp.success
+    assert "failed" in resp.message and f"keyframe {bad[0]}" in resp.message, resp.message
+
+
+def test_segmenter_failing_on_every_view(make_env):
+    env = make_env()
+    before = env.map_state()
+    env.seg.fail = lambda views: _oom()
+    resp = env.query(env.world.query)
+    assert not resp.success
+    assert "failed on every view" in resp.message and "out of memory" in resp.message, resp.message
+    env.seg.fail = lambda views: None  # the GPU has memory again
+    env.assert_still_serving(before)
+
+
+# --------------------------------------------------------------------------- corrupt checkpoints
+
+
+def test_corrupt_net_checkpoint(make_env, tmp_path):
+    bad = tmp_path / "net.pt"
+    bad.write_bytes(b"\x00not a checkpoint" * 64)
+    env = make_env(params=(Parameter("net.checkpoint", value=str(bad)),))
+    before = env.map_state()
+    assert wait_for(lambda: env.node.net_status.startswith("failed"), 30.0), env.node.net_status
+
+    def net3d() -> str:
+        return {kv.key: kv.value for kv in env.diag[-1].status[0].values}.get("net3d", "")
+
+    assert wait_for(lambda: net3d().startswith("failed"), 5.0), net3d()
+    resp = env.query(env.world.query)
+    assert resp.success and resp.result.found, resp.message
+    assert "answered by fusion" in resp.message and "3D net failed" in resp.message, resp.message
+    assert resp.result.method.startswith("fusion")
+    env.assert_still_serving(before)
+
+
+def test_corrupt_lisa_path(make_env, tmp_path):
+    bad = tmp_path / "LISA-broken"
+    bad.mkdir()
+    (bad / "config.json").write_text("{ this is not json")
+    env = make_env(
+        params=(
+            Parameter("segmenter.backend", value="lisa"),
+            Parameter("segmenter.lisa_path", value=str(bad)),
+            Parameter("segmenter.lisa_device", value="cpu"),
+        ),
+        segmenter=False,
+    )
+    assert wait_for(lambda: env.node.model_status != "loading", 60.0)
+    assert env.node.model_status.startswith("failed")
+    before = env.map_state()
+    resp = env.query(env.world.query)
+    assert not resp.success and "2D model not ready (failed" in resp.message, resp.message
+    # Mapping goes on without a model: the next frames are still integrated.
+    n = env.integrated()
+    env.feed(N_MAP + 2)
+    assert wait_for(lambda: env.integrated() == n + 1), (env.node.rejected, env.dropped())
+    points, version, _ = env.map_state()
+    assert points >= before[0] and version > before[1]
+
+
+# --------------------------------------------------------------------------- pose from TF
+
+
+class _SimulatedTf:
+    """A SIMULATION of the tf2_ros module for the node's TF path (tf2_ros is not installable here).
+
+    ``Buffer.lookup_transform`` answers from ``poses`` (stamp -> T_map_camera) the way tf2 does: a
+    stamp newer than the newest transform is an extrapolation into the future, an unknown frame a
+    lookup error. The real DDS topics still carry the images.
+    """
+
+    class TransformException(Exception):  # noqa: N818 - tf2's names
+        pass
+
+    class ExtrapolationException(TransformException):
+        pass
+
+    class LookupException(TransformException):
+        pass
+
+    class TransformListener:
+        def __init__(self, buffer, node) -> None:
+            self.buffer = buffer
+
+    class Buffer:
+        def __init__(self) -> None:
+            self.poses: dict[float, np.ndarray] = {}
+            self.frames = {"camera_color_optical_frame"}
+            self.timeouts: list[float] = []
+
+        def lookup_transform(self, target, source, stamp, timeout):
+            from geometry_msgs.msg import TransformStamped
+
+            from reasoning_seg.ros.conversions import matrix_to_transform, stamp_to_sec
+
+            self.timeouts.append(timeout.nanoseconds * 1e-9)
+            if source not in self.frames:
+                raise _SimulatedTf.LookupException(f'"{source}" passed to lookupTransform does not exist')
+            t = round(stamp_to_sec(stamp), 6)
+            newest = max(self.poses, default=-1.0)
+            if t > newest:
+                raise _SimulatedTf.ExtrapolationException(
+                    f"Lookup would require extrapolation into the future. Requested time {t} but the "
+                    f"latest data is at time {newest}"
+                )
+            if t not in self.poses:
+                raise _SimulatedTf.ExtrapolationException("Lookup would require extrapolation into the past")
+            return TransformStamped(transform=matrix_to_transform(self.poses[t]))
+
+
+def test_pose_from_tf_waits_for_tf_to_catch_up(make_env, monkeypatch):
+    import reasoning_seg.ros.node as node_module
+
+    monkeypatch.setattr(node_module, "tf2_ros", _SimulatedTf)
+    env = make_env(params=(Parameter("pose_source", value="tf"),), load=True, prime=False)
+    buf = env.node._tf_buffer
+    assert isinstance(buf, _SimulatedTf.Buffer)
+    before = env.map_state()
+    i = N_MAP
+    # TF lags the camera: the pair waits instead of being dropped ...
+    env.feed(i, pose=None)
+    time.sleep(0.5)
+    assert env.received() == 0 and not env.dropped().get("no_pose") and not env.dropped().get("tf_future")
+    # ... and is integrated as soon as the transform for its stamp arrives (the node's retry timer).
+    buf.poses[round(env.world.frames[i].stamp, 6)] = env.world.frames[i].T_world_cam
+    assert wait_for(lambda: env.integrated() == 1), (env.node.rejected, env.dropped())
+    assert max(buf.timeouts) == pytest.approx(env.node.cfg.tf_timeout)
+    # An unknown camera frame is not a lag: dropped at once with the reason.
+    color, depth, info, _ = env.frame_msgs(i + 1)
+    color.header.frame_id = depth.header.frame_id = "camera_nowhere"
+    env.publish(color, depth, info)
+    assert env.wait_dropped("no_pose", 1)
+    # TF that never catches up: pairs are held at most _MAX_PENDING deep, then dropped as tf_future.
+    for k in range(env.node._MAX_PENDING + 2):
+        env.feed(i + 2, stamp=T0 + 5.0 + k * DT, pose=None)
+        time.sleep(0.02)
+    assert env.wait_dropped("tf_future", 2)
+    assert len(env.node._pending) <= env.node._MAX_PENDING
+    env.assert_still_serving(before)
+
+
+# --------------------------------------------------------------------------- CameraInfo join (no ROS)
+
+
+def test_stamp_join_prefers_the_stamp_then_waits_while_live_then_falls_back():
+    from reasoning_seg.frame_sync import StampJoin
+
+    j: StampJoin[str] = StampJoin(slop=0.02, live_window=0.5)
+    assert j.match(1.0) == (None, "none")
+    j.add(1.0, "a")
+    j.add(1.1, "b")
+    assert j.match(1.005) == ("a", "stamp")
+    assert j.match(1.2) == (None, "wait")  # the stream is live: its info for 1.2 is on the way
+    assert j.match(3.0) == ("b", "closest")  # nothing newer came for 1.9 s: static from here on
+    assert j.match(0.5) == ("a", "closest")  # older than every info: the oldest is the closest
+    j.add(1.05, "late")  # out of order: placed by stamp
+    assert j.match(1.05) == ("late", "stamp")
+    static: StampJoin[str] = StampJoin(slop=0.02)
+    static.add(0.0, "latched")  # published once with a zero stamp
+    assert static.match(1234.5) == ("latched", "closest")
+
+
+def test_pose_buffer_uses_a_pose_after_a_stall_but_never_interpolates_across_it():
+    from reasoning_seg.frame_sync import PoseBuffer
+
+    buf = PoseBuffer(max_age=0.1)
+    a, b = np.eye(4), np.eye(4)
+    b[:3, 3] = (5.0, 0.0, 0.0)
+    buf.add(1.0, a)
+    buf.add(60.0, b)  # the SLAM front-end stalled for a minute, then resumed
+    T, reason, _ = buf.lookup_reason(60.0)
+    assert reason == "" and np.allclose(T, b)  # exactly at the resumed pose: usable
+    assert buf.lookup_reason(1.05)[1] == ""  # near the last pose before the stall
+    T, reason, why = buf.lookup_reason(30.0)
+    assert T is None and reason == "stale_pose" and "gap" in why
+    assert PoseBuffer(0.1).lookup_reason(1.0)[1] == "no_pose"
+
+
+# --------------------------------------------------------------------------- message_filters wiring
+
+
+class _SimulatedMessageFilters:
+    """A SIMULATION of the message_filters API the node uses (the package is not installable here).
+
+    Subscriber wraps a real rclpy subscription exactly as message_filters does (extra keyword
+    arguments go to ``create_subscription``); the synchroniser pairs the two inputs by nearest stamp.
+    """
+
+    class Subscriber:
+        def __init__(self, node, msg_type, topic, **kwargs) -> None:
+            self.callbacks: list = []
+            self.sub = node.create_subscription(msg_type, topic, self._cb, **kwargs)
+
+        def _cb(self, msg) -> None:
+            for cb in self.callbacks:
+                cb(msg)
+
+    class ApproximateTimeSynchronizer:
+        def __init__(self, fs, queue_size, slop) -> None:
+            from reasoning_seg.ros.conversions import stamp_to_sec
+
+            self.slop, self.queues, self.out = slop, ([], []), []
+            for k, f in enumerate(fs):
+                f.callbacks.append(lambda msg, k=k: self._add(k, stamp_to_sec(msg.header.stamp), msg))
+
+        def registerCallback(self, cb) -> None:  # noqa: N802 - message_filters' name
+            self.out.append(cb)
+
+        def _add(self, k: int, t: float, msg) -> None:
+            other = self.queues[1 - k]
+            match = [m for m in other if abs(m[0] - t) < self.slop]
+            if not match:
+                self.queues[k].append((t, msg))
+                return
+            other.remove(match[0])
+            pair = (msg, match[0][1]) if k == 0 else (match[0][1], msg)
+            for cb in self.out:
+                cb(*pair)
+
+    TimeSynchronizer = None
+
+
+def test_colour_and_depth_paired_by_message_filters_when_importable(make_env, monkeypatch):
+    import reasoning_seg.ros.node as node_module
+
+    monkeypatch.setattr(node_module, "message_filters", _SimulatedMessageFilters)
+    env = make_env()  # prime: two frames through the topics, integrated
+    assert env.node.sync_backend == "message_filters.ApproximateTimeSynchronizer"
+    assert env.integrated() >= 2 and not env.node.rejected
