@@ -181,8 +181,12 @@ class Env:
         """Wait until /diagnostics counts ``at_least`` drops for ``reason`` (fails the test if never)."""
         reached = wait_for(lambda: self.dropped().get(reason, 0) >= at_least, timeout)
         counts = self.dropped()
-        node = dict(self.node.rejected)
-        assert reached, f"dropped.{reason} never reached {at_least}: {counts} (node {node})"
+        n = self.node
+        state = (
+            f"node {dict(n.rejected)}, pending {len(n._pending)}, received {self.received()}, "
+            f"infos {len(n._infos)} newest {n._infos.newest_stamp}, pose newest {n._poses.newest_stamp}"
+        )
+        assert reached, f"dropped.{reason} never reached {at_least}: {counts} ({state})"
         return counts
 
     def map_state(self) -> tuple[int, int, int]:

@@ -311,7 +311,9 @@ def test_unreadable_frame_is_skipped_and_restamp_uses_one_stamp_per_frame(ros_co
     t_start = stamp_to_sec(clock.now().to_msg())
     try:
         summary = play(
-            {"wait_for_subscribers": 1, "restamp": True},
+            # rate 100: steps are due 0.67 ms apart, faster than one step publishes, so the player is
+            # late; stamps must still keep the recording's spacing (scheduled time, not send time).
+            {"wait_for_subscribers": 1, "restamp": True, "rate": 100.0},
             context=ros_context,
             sequence=_SequenceWithBadFrame(frames, 30.0),
             extra_nodes=[rec.node],
@@ -325,4 +327,6 @@ def test_unreadable_frame_is_skipped_and_restamp_uses_one_stamp_per_frame(ros_co
         stamps = {(rec.got[k][i].header.stamp.sec, rec.got[k][i].header.stamp.nanosec) for k in TOPICS}
         assert len(stamps) == 1
         assert stamp_to_sec(rec.got["color"][i].header.stamp) >= t_start  # wall time, not 100.0 s
+    gap = stamp_to_sec(rec.got["color"][1].header.stamp) - stamp_to_sec(rec.got["color"][0].header.stamp)
+    assert gap == pytest.approx(2 / 30 / 100, abs=2e-6)  # frames 0 and 2 of a 30 fps recording
     np.testing.assert_array_equal(image_msg_to_rgb8(rec.got["color"][1]), frames[2][0])

@@ -151,6 +151,11 @@ class FusionConfig:
         "majority_vote: views vote for an instance hypothesis, the winner is kept (REALM GLSpaG-Global).",
         choices=("naive", "filtered", "token_attention", "majority_vote"),
     )
+    device: str = knob(
+        "auto",
+        "Where view selection and fusion run: numpy (CPU) | auto (CUDA when available, else numpy) | "
+        "cuda | cuda:N. Same results on every device (bench/results/query.md).",
+    )
     visibility_tolerance: float = knob(
         0.05,
         "A map point is visible in a view when its depth is within this (m) of the view's depth.",

@@ -20,18 +20,32 @@ methods differ in which views vote and with what weight:
 "Not found" (``not_found_reason`` set, probability all zero) replaces a hallucinated blob when the
 evidence says the target is not in the map: every view was filtered out, the views' [SEG]
 embeddings do not agree on one object, or no map point has enough in-mask support.
+
+Every method takes ``device``: None (the default) runs the numpy reference implementation; a torch
+device ("cuda", "cuda:0", "cpu"; "auto" = CUDA when available, else numpy) runs the depth test and
+the voting of all views batched on that device (:func:`visible_pixels_torch`), keeping the map points
+and keyframe depth images there between queries. Both paths compute the same float64 arithmetic, so
+their results agree to the last bit or two (tests/test_query_overhead.py); on a GPU the torch path is
+what keeps a query's overhead around the 2D model within the issue-8 budget (bench/results/query.md).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reasoning_seg.camera import visible_pixels
+from reasoning_seg.camera import CameraIntrinsics, invert_transform, visible_pixels
 from reasoning_seg.config import FusionConfig
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("naive", "filtered", "token_attention", "majority_vote")
 
@@ -71,29 +85,33 @@ def fuse_naive(
     views: Sequence[ViewInput],
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
+    device: str | None = None,
 ) -> FusionResult:
     """Unweighted multi-view unprojection of masks onto ``points`` (N, 3) (Table 4 (a) baseline)."""
     _check_lengths(views, segmentations)
     n = len(points)
-    votes = np.zeros(n, dtype=np.float64)
-    observed = np.zeros(n, dtype=np.int32)
     weights = np.zeros(len(views), dtype=np.float32)
-    reasons: list[str] = []
-    for i, (view, seg) in enumerate(zip(views, segmentations, strict=True)):
-        reason = view_filter_reason(seg, config)
-        reasons.append(reason)
-        if reason:
-            continue
-        weights[i] = 1.0
-        visible, pix = visible_pixels(
-            points, view.T_world_cam, view.intrinsics, view.depth, config.visibility_tolerance
+    reasons = [view_filter_reason(seg, config) for seg in segmentations]
+    weights[[i for i, r in enumerate(reasons) if not r]] = 1.0
+    dev = torch_device(device)
+    if dev is not None:  # the same vote with weight 1 and binary masks: sum of votes / views seeing
+        prob, observed = _vote_torch(
+            points, views, segmentations, weights.astype(np.float64), "binary", config, None, 1, dev
         )
-        inside = seg.mask.reshape(-1)[pix[visible]]
-        votes[visible] += inside
-        observed[visible] += 1
-    prob = np.zeros(n, dtype=np.float32)
-    seen = observed > 0
-    prob[seen] = (votes[seen] / observed[seen]).astype(np.float32)
+    else:
+        votes = np.zeros(n, dtype=np.float64)
+        observed = np.zeros(n, dtype=np.int32)
+        for i in np.flatnonzero(weights):
+            view, seg = views[i], segmentations[i]
+            visible, pix = visible_pixels(
+                points, view.T_world_cam, view.intrinsics, view.depth, config.visibility_tolerance
+            )
+            inside = seg.mask.reshape(-1)[pix[visible]]
+            votes[visible] += inside
+            observed[visible] += 1
+        prob = np.zeros(n, dtype=np.float32)
+        seen = observed > 0
+        prob[seen] = (votes[seen] / observed[seen]).astype(np.float32)
     attention = weights / weights.sum() if weights.any() else weights.copy()
     return FusionResult(
         prob,
@@ -177,9 +195,13 @@ def _mask_values(seg: ViewSegmentation, mode: str) -> np.ndarray:
 
 
 def _visibility(
-    points: np.ndarray, views: Sequence[ViewInput], idx: np.ndarray, tolerance: float
+    points: np.ndarray, views: Sequence[ViewInput], idx: np.ndarray, tolerance: float, dev: Any = None
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``{view index: (visible (N,), flat pixel (N,))}`` for the views ``idx`` (the depth test)."""
+    if dev is not None and len(idx):
+        visible, flat, _ = visible_pixels_torch(points, [_camera(views[i]) for i in idx], tolerance, dev)
+        visible, flat = visible.cpu().numpy(), flat.cpu().numpy()
+        return {int(i): (visible[j], flat[j]) for j, i in enumerate(idx)}
     return {
         int(i): visible_pixels(points, views[i].T_world_cam, views[i].intrinsics, views[i].depth, tolerance)
         for i in idx
@@ -219,9 +241,10 @@ def fuse_filtered(
     views: Sequence[ViewInput],
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
+    device: str | None = None,
 ) -> FusionResult:
     """View filtering + visibility voting with equal weights (the ablation without token attention)."""
-    return _fuse_weighted(points, views, segmentations, config, use_attention=False)
+    return _fuse_weighted(points, views, segmentations, config, use_attention=False, device=device)
 
 
 def fuse_token_attention(
@@ -229,9 +252,10 @@ def fuse_token_attention(
     views: Sequence[ViewInput],
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
+    device: str | None = None,
 ) -> FusionResult:
     """Full MLLM-For3D §3.1: filtering, token attention, attention-weighted votes, not-found checks."""
-    return _fuse_weighted(points, views, segmentations, config, use_attention=True)
+    return _fuse_weighted(points, views, segmentations, config, use_attention=True, device=device)
 
 
 def _fuse_weighted(
@@ -240,16 +264,24 @@ def _fuse_weighted(
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
     use_attention: bool,
+    device: str | None = None,
 ) -> FusionResult:
     result, idx = _filter_and_weight(len(points), views, segmentations, config, use_attention)
     if idx.size == 0:
         return result
     result.view_weights[idx] = result.attention[idx] if use_attention else 1.0
-    masks = {i: _mask_values(segmentations[i], config.mask_mode) for i in idx}
-    vis = _visibility(points, views, idx, config.visibility_tolerance)
-    votes = _vote(len(points), masks, vis, result.attention.astype(np.float64), len(idx))
-    result.observed = votes.observed
-    result.probability = _gate(votes, config.min_support)
+    weights = result.attention.astype(np.float64)
+    dev = torch_device(device)
+    if dev is not None:
+        result.probability, result.observed = _vote_torch(
+            points, views, segmentations, weights, config.mask_mode, config, config.min_support, len(idx), dev
+        )
+    else:
+        masks = {i: _mask_values(segmentations[i], config.mask_mode) for i in idx}
+        vis = _visibility(points, views, idx, config.visibility_tolerance)
+        votes = _vote(len(points), masks, vis, weights, len(idx))
+        result.observed = votes.observed
+        result.probability = _gate(votes, config.min_support)
 
     return _conclude(result, config, check_agreement=use_attention)
 
@@ -259,6 +291,7 @@ def fuse_majority_vote(
     views: Sequence[ViewInput],
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
+    device: str | None = None,
 ) -> FusionResult:
     """REALM GLSpaG-Global's majority vote over instance hypotheses, adapted to our map.
 
@@ -275,7 +308,8 @@ def fuse_majority_vote(
     REALM's feature field would have kept apart.
 
     Views are filtered first, and the token-attention agreement check applies as for
-    ``token_attention`` (attention is computed for the tie-break and reported).
+    ``token_attention`` (attention is computed for the tie-break and reported). With a ``device``
+    only the depth test runs there; the hypotheses and ballots stay on the host.
     """
     n, nv = len(points), len(views)
     result, idx = _filter_and_weight(n, views, segmentations, config, use_attention=True)
@@ -284,7 +318,7 @@ def fuse_majority_vote(
     reasons = result.filtered_reasons
     attention = result.attention.astype(np.float64)
     masks = {i: _mask_values(segmentations[i], config.mask_mode) for i in idx}
-    vis = _visibility(points, views, idx, config.visibility_tolerance)
+    vis = _visibility(points, views, idx, config.visibility_tolerance, torch_device(device))
     inside = {i: _inside(n, masks[i], vis[i]) for i in idx}
     covered = np.zeros(n, dtype=bool)
     for i in idx:
@@ -360,8 +394,9 @@ def fuse(
     views: Sequence[ViewInput],
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
+    device: str | None = None,
 ) -> FusionResult:
-    """Dispatch on ``config.method`` (one of :data:`METHODS`)."""
+    """Dispatch on ``config.method`` (one of :data:`METHODS`); ``device`` as in the module docstring."""
     methods = {
         "naive": fuse_naive,
         "filtered": fuse_filtered,
@@ -370,7 +405,7 @@ def fuse(
     }
     if config.method not in methods:
         raise ValueError(f"unknown fusion method '{config.method}' (one of {', '.join(METHODS)})")
-    return methods[config.method](points, views, segmentations, config)
+    return methods[config.method](points, views, segmentations, config, device=device)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -460,3 +495,200 @@ def _disagreement_reason(agreement: float, floor: float) -> str:
 
 def _no_support_reason(min_support: float) -> str:
     return f"no map point is inside the trusted views' masks with support >= {min_support:g} view(s)"
+
+
+# ---------------------------------------------------------------------------- the torch path
+def torch_device(device: str | None) -> torch.device | None:
+    """The torch device of the batched path, or None for the numpy reference path.
+
+    None, "" and "numpy" select numpy; "auto" selects CUDA when PyTorch sees a GPU and numpy
+    otherwise (on a CPU the batched path gains little). Open3D-style names ("CUDA:0", "CPU:0") are
+    accepted so the map's device setting can be passed on as it is.
+    """
+    if device is None or device in ("", "numpy"):
+        return None
+    import torch
+
+    name = device.lower()
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    return torch.device(name)
+
+
+class _DeviceArrays:
+    """Device copies of host arrays that outlive a query (map points, keyframe depths, masks).
+
+    Why: uploading the 30 keyframe depth images of a 640x480 window is ~37 MB per query, which on a
+    GPU would cost more than all the arithmetic. Entries are keyed by the array's identity and
+    dropped when the array is garbage-collected (weakref callback), so nothing stale can be served
+    for a new array that reuses an old one's id. The arrays the pipeline passes (map surface
+    snapshots, keyframe images, segmentations) are never modified in place; a caller that mutates
+    an array between calls must pass a copy. On the CPU nothing is cached: the tensor is the array.
+    """
+
+    def __init__(self, max_entries: int = 128) -> None:
+        self._entries: OrderedDict[tuple[int, str], tuple[weakref.ref, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def get(self, array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``array`` as a contiguous ``dtype`` tensor on ``device`` (uploaded once per array)."""
+        import torch
+
+        if device.type == "cpu":  # zero-copy view; caching it would keep the array alive for ever
+            return torch.from_numpy(np.ascontiguousarray(array)).to(dtype=dtype)
+        key = (id(array), f"{device}/{dtype}")
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0]() is array:
+                self._entries.move_to_end(key)
+                return hit[1]
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+        try:
+            ref = weakref.ref(array, lambda _, key=key: self._forget(key))
+        except TypeError:  # not weak-referenceable: used once, not cached
+            return tensor
+        with self._lock:
+            self._entries[key] = (ref, tensor)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return tensor
+
+    def _forget(self, key: tuple[int, str]) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Drop every device copy (frees GPU memory)."""
+        with self._lock:
+            self._entries.clear()
+
+
+DEVICE_ARRAYS = _DeviceArrays()
+"""The process-wide cache of device copies used by the torch path (see :class:`_DeviceArrays`)."""
+
+Camera = tuple[np.ndarray, CameraIntrinsics, np.ndarray]
+"""(T_world_cam, intrinsics, depth) of one view or keyframe: what the depth test needs."""
+
+
+def _camera(view: ViewInput) -> Camera:
+    return view.T_world_cam, view.intrinsics, view.depth
+
+
+def visible_pixels_torch(
+    points: np.ndarray | torch.Tensor,
+    cameras: Sequence[Camera],
+    tolerance: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`reasoning_seg.camera.visible_pixels` for V cameras at once, on ``device``.
+
+    The MLLM-For3D §3.1 occlusion test, batched: points are moved into every camera with one
+    (V, N, 3) matrix product, projected, rounded to the nearest pixel and compared with that pixel's
+    depth, in float64 like the numpy version (same operations in the same order, so the two agree
+    except where a projection lands within a rounding error of a pixel border). Cameras may differ
+    in resolution: their depth images are read from one flat buffer at per-camera offsets.
+
+    Args:
+        points: (N, 3) world points (a numpy array is uploaded through :data:`DEVICE_ARRAYS`).
+        cameras: V (T_world_cam, intrinsics, depth) triples.
+        tolerance: metres between a point's depth and the pixel's for the point to count as visible.
+        device: torch device to compute on.
+
+    Returns:
+        ``(visible (V, N) bool, flat pixel index (V, N) int64 with -1 where not visible, z (V, N)
+        float64 depth of each point in each camera)``.
+    """
+    import torch
+
+    p = points_on_device(points, device)
+    n, nv = p.shape[0], len(cameras)
+    if nv == 0 or n == 0:
+        empty = torch.zeros((nv, n), dtype=torch.bool, device=device)
+        return empty, torch.full((nv, n), -1, dtype=torch.int64, device=device), p.new_zeros((nv, n))
+    inv = torch.from_numpy(np.stack([invert_transform(T) for T, _, _ in cameras])).to(device)
+    intr = [k for _, k, _ in cameras]
+    cam = torch.tensor(
+        [[k.fx, k.fy, k.cx, k.cy, k.width, k.height] for k in intr], dtype=torch.float64, device=device
+    )
+    fx, fy, cx, cy, width, height = (c[:, None] for c in cam.unbind(1))
+    sizes = [k.width * k.height for k in intr]
+    offsets = torch.tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.int64, device=device)[:, None]
+    depth = torch.cat([DEVICE_ARRAYS.get(d, device, torch.float64).reshape(-1) for _, _, d in cameras])
+
+    pc = torch.matmul(p, inv[:, :3, :3].transpose(1, 2)) + inv[:, None, :3, 3]  # (V, N, 3) camera frame
+    x, y, z = pc.unbind(-1)
+    u = torch.round(fx * x / z + cx)
+    v = torch.round(fy * y / z + cy)
+    inside = (z > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    local = torch.where(inside, v * width + u, 0.0).to(torch.int64)
+    dv = depth[local + offsets]
+    visible = inside & torch.isfinite(dv) & (dv > 0) & ((dv - z).abs() <= tolerance)
+    flat = torch.where(visible, local, -1)
+    return visible, flat, z
+
+
+def points_on_device(points: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(N, 3) float64 ``points`` on ``device``; a numpy array is uploaded once while it lives."""
+    import torch
+
+    if isinstance(points, torch.Tensor):
+        return points.to(device=device, dtype=torch.float64).reshape(-1, 3)
+    return DEVICE_ARRAYS.get(_as_rows(points), device, torch.float64)
+
+
+def _as_rows(points: np.ndarray) -> np.ndarray:
+    """``points`` as (N, 3), the same object when it already is one (so the device cache hits)."""
+    arr = np.asarray(points)
+    return arr if arr.ndim == 2 and arr.shape[1] == 3 else arr.reshape(-1, 3)
+
+
+def _vote_torch(
+    points: np.ndarray,
+    views: Sequence[ViewInput],
+    segmentations: Sequence[ViewSegmentation],
+    weights: np.ndarray,
+    mode: str,
+    config: FusionConfig,
+    min_support: float | None,
+    shares: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_vote` + :func:`_gate` on ``device``: ``(probability (N,) float32, observed (N,) int32)``.
+
+    P(p) = Σ a_i m_i(p) / Σ a_i over the views that see p (MLLM-For3D §3.2), accumulated view by
+    view in the numpy version's order so the float64 sums are the same. ``min_support`` None skips
+    the support gate (naive).
+    """
+    import torch
+
+    voters = np.flatnonzero(weights > 0)
+    visible, flat, _ = visible_pixels_torch(
+        points, [_camera(views[i]) for i in voters], config.visibility_tolerance, device
+    )
+    n = visible.shape[1]
+    num = torch.zeros(n, dtype=torch.float64, device=device)
+    den = torch.zeros(n, dtype=torch.float64, device=device)
+    observed = torch.zeros(n, dtype=torch.int32, device=device)
+    for j, i in enumerate(voters):
+        w = float(weights[i])
+        m = _mask_values_torch(segmentations[i], mode, device)[flat[j].clamp(min=0)]
+        num += torch.where(visible[j], w * m, 0.0)
+        den += torch.where(visible[j], w, 0.0)
+        observed += visible[j]
+    prob = torch.where(den > 0, num / den, 0.0)
+    if min_support is not None:
+        prob = torch.where(num * shares >= min_support, prob, 0.0)
+    return prob.to(torch.float32).cpu().numpy(), observed.cpu().numpy()
+
+
+def _mask_values_torch(seg: ViewSegmentation, mode: str, device: torch.device) -> torch.Tensor:
+    """:func:`_mask_values` on ``device`` (float64, flat)."""
+    import torch
+
+    logits = DEVICE_ARRAYS.get(seg.mask_logits, device, torch.float64).reshape(-1)
+    if mode == "binary":
+        return (logits > 0).to(torch.float64)
+    if mode == "probability":
+        return 1.0 / (1.0 + torch.exp(-logits.clamp(-60.0, 60.0)))
+    raise ValueError(f"unknown fusion.mask_mode '{mode}' (probability | binary)")

@@ -151,10 +151,11 @@ def run_stages(
     """
     timer = timer or StageTimer()
     tol = config.fusion.visibility_tolerance
+    dev = config.fusion.device  # numpy / auto / cuda: where view selection and fusion run
     # 2. Choose the views the 2D model will see (REALM global stage).
     _report(progress, "view_selection", 0, num_views)
     with timer("view_selection"):
-        views = _view_inputs(select_views(window, points, num_views, config.views, tol))
+        views = _view_inputs(select_views(window, points, num_views, config.views, tol, device=dev))
 
     # 3. Run the frozen 2D reasoning-segmentation model on each view.
     with timer("segmentation"):
@@ -167,7 +168,7 @@ def run_stages(
     #    MLLM-For3D §3.1). Fusion may conclude the target is not in the map.
     _report(progress, "fusion", len(views), len(views))
     with timer("fusion"):
-        fused = fuse(points, views, segs, config.fusion)
+        fused = fuse(points, views, segs, config.fusion, device=dev)
 
     # 5. REALM local stage (optional): close-ups of the candidate, then fuse all views again.
     if config.views.local_views > 0 and not fused.not_found_reason:
@@ -178,6 +179,7 @@ def run_stages(
                 config.views.local_views,
                 {v.keyframe_id for v in views},
                 tol,
+                device=dev,
             )
         if close:
             with timer("segmentation"):
@@ -185,7 +187,7 @@ def run_stages(
             views, segs, failures = views + more_views, segs + more_segs, failures + more_failures
             local += [True] * len(more_views)
             with timer("fusion"):
-                fused = fuse(points, views, segs, config.fusion)
+                fused = fuse(points, views, segs, config.fusion, device=dev)
     cols = np.zeros((0, 3), np.float32) if colors is None else colors
     return StageTrace(query, points, cols, views, segs, np.array(local, dtype=bool), fused, failures)
 

@@ -8,17 +8,26 @@ views at random; that strategy is kept for comparison. More views is not monoton
 
 REALM's local stage (GLSpaG-Local) is :func:`select_local_views`: once the global views have located
 a candidate target, the keyframes in which that candidate appears largest are close-ups of it.
+
+Both take ``device`` like :func:`reasoning_seg.fusion.fuse`: None runs numpy, a torch device runs the
+depth tests of all keyframes as one batch there (:func:`reasoning_seg.fusion.visible_pixels_torch`),
+which is what makes scoring a 30-keyframe window cheap on a GPU. The choice of views is the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reasoning_seg.camera import invert_transform, visible_pixels
 from reasoning_seg.config import ViewSelectionConfig
+from reasoning_seg.fusion import Camera, points_on_device, torch_device, visible_pixels_torch
 from reasoning_seg.keyframes import Keyframe
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pose_features(keyframes: Sequence[Keyframe], direction_weight: float = 1.0) -> np.ndarray:
@@ -28,8 +37,21 @@ def pose_features(keyframes: Sequence[Keyframe], direction_weight: float = 1.0) 
     return np.hstack([pos, direction_weight * fwd])
 
 
-def coverage(keyframes: Sequence[Keyframe], points: np.ndarray, tolerance: float) -> np.ndarray:
+def _cameras(keyframes: Sequence[Keyframe]) -> list[Camera]:
+    return [(kf.frame.T_world_cam, kf.frame.intrinsics, kf.frame.depth) for kf in keyframes]
+
+
+def coverage(
+    keyframes: Sequence[Keyframe], points: np.ndarray, tolerance: float, device: str | None = None
+) -> np.ndarray:
     """(K,) number of ``points`` each keyframe sees (visibility-checked against its depth)."""
+    dev = torch_device(device)
+    if dev is not None:
+        if not keyframes:
+            return np.zeros(0, dtype=np.int64)
+        pts = _spatial_subsample_torch(points, len(points), dev)  # the upload, through the cache
+        visible, _, _ = visible_pixels_torch(pts, _cameras(keyframes), tolerance, dev)
+        return visible.sum(1).cpu().numpy().astype(np.int64)
     out = np.zeros(len(keyframes), dtype=np.int64)
     for i, kf in enumerate(keyframes):
         f = kf.frame
@@ -50,6 +72,19 @@ def spatial_subsample(points: np.ndarray, max_points: int) -> np.ndarray:
     h = (q[:, 0] * 73856093) ^ (q[:, 1] * 19349663) ^ (q[:, 2] * 83492791)
     keep = (h % 1_000_003) < int(1_000_003 * max_points / len(points))
     return points[keep]
+
+
+def _spatial_subsample_torch(points: np.ndarray, max_points: int, device: torch.device) -> torch.Tensor:
+    """:func:`spatial_subsample` on ``device`` (same hash, same points, same order), as a tensor."""
+    import torch
+
+    p = points_on_device(points, device)
+    if len(p) <= max_points:
+        return p
+    q = torch.round(p * 1000.0).to(torch.int64)
+    h = (q[:, 0] * 73856093) ^ (q[:, 1] * 19349663) ^ (q[:, 2] * 83492791)
+    keep = (h % 1_000_003) < int(1_000_003 * max_points / len(p))
+    return p[keep]
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
@@ -79,6 +114,7 @@ def select_views(
     num_views: int,
     config: ViewSelectionConfig,
     visibility_tolerance: float,
+    device: str | None = None,
 ) -> list[Keyframe]:
     """Pick up to ``num_views`` keyframes for a query, ordered by keyframe id.
 
@@ -98,8 +134,14 @@ def select_views(
     feats = pose_features(kfs)
     labels = kmeans(feats, num_views, config.seed)
     if config.strategy == "diverse_coverage":
-        pts = spatial_subsample(map_points, config.max_points)
-        score = coverage(kfs, pts, visibility_tolerance).astype(np.float64)
+        dev = torch_device(device)
+        if dev is not None:  # subsample and depth tests on the device, one batch for the whole window
+            pts = _spatial_subsample_torch(map_points, config.max_points, dev)
+            visible, _, _ = visible_pixels_torch(pts, _cameras(kfs), visibility_tolerance, dev)
+            score = visible.sum(1).cpu().numpy().astype(np.float64)
+        else:
+            pts = spatial_subsample(map_points, config.max_points)
+            score = coverage(kfs, pts, visibility_tolerance).astype(np.float64)
     elif config.strategy == "diverse":
         score = np.zeros(len(kfs))
     else:
@@ -128,6 +170,7 @@ def select_local_views(
     exclude_ids: set[int],
     visibility_tolerance: float,
     min_visible_fraction: float = 0.3,
+    device: str | None = None,
 ) -> list[Keyframe]:
     """Close-up views of a candidate target (REALM GLSpaG-Local, adapted to a keyframe window).
 
@@ -140,17 +183,41 @@ def select_local_views(
     pts = np.asarray(candidate_points, dtype=np.float64).reshape(-1, 3)
     if num_views <= 0 or len(pts) == 0:
         return []
-    scored: list[tuple[float, int, Keyframe]] = []
-    for kf in keyframes:
-        if kf.keyframe_id in exclude_ids:
-            continue
-        f = kf.frame
-        vis, _ = visible_pixels(pts, f.T_world_cam, f.intrinsics, f.depth, visibility_tolerance)
-        if vis.sum() < min_visible_fraction * len(pts):
-            continue
-        world_to_cam = invert_transform(f.T_world_cam)
-        z = pts[vis] @ world_to_cam[2, :3] + world_to_cam[2, 3]
-        area = float(np.sum((f.intrinsics.fx / z) ** 2))
-        scored.append((area, kf.keyframe_id, kf))
+    kfs = [kf for kf in keyframes if kf.keyframe_id not in exclude_ids]
+    dev = torch_device(device)
+    if dev is not None and kfs:
+        scored = _local_scores_torch(kfs, pts, visibility_tolerance, min_visible_fraction, dev)
+    else:
+        scored = []
+        for kf in kfs:
+            f = kf.frame
+            vis, _ = visible_pixels(pts, f.T_world_cam, f.intrinsics, f.depth, visibility_tolerance)
+            if vis.sum() < min_visible_fraction * len(pts):
+                continue
+            world_to_cam = invert_transform(f.T_world_cam)
+            z = pts[vis] @ world_to_cam[2, :3] + world_to_cam[2, 3]
+            area = float(np.sum((f.intrinsics.fx / z) ** 2))
+            scored.append((area, kf.keyframe_id, kf))
     scored.sort(key=lambda t: (-t[0], t[1]))
     return sorted((kf for _, _, kf in scored[:num_views]), key=lambda kf: kf.keyframe_id)
+
+
+def _local_scores_torch(
+    keyframes: list[Keyframe],
+    pts: np.ndarray,
+    tolerance: float,
+    min_visible_fraction: float,
+    dev: torch.device,
+) -> list[tuple[float, int, Keyframe]]:
+    """(area, id, keyframe) of the keyframes that see enough of ``pts``: the numpy loop, as one batch."""
+    import torch
+
+    visible, _, z = visible_pixels_torch(pts, _cameras(keyframes), tolerance, dev)
+    fx = torch.tensor([kf.frame.intrinsics.fx for kf in keyframes], dtype=torch.float64, device=dev)
+    area = torch.where(visible, (fx[:, None] / z) ** 2, 0.0).sum(1).cpu().numpy()
+    counts = visible.sum(1).cpu().numpy()
+    return [
+        (float(a), kf.keyframe_id, kf)
+        for kf, a, c in zip(keyframes, area, counts, strict=True)
+        if c >= min_visible_fraction * len(pts)
+    ]

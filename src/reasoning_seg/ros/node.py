@@ -98,9 +98,10 @@ class ReasoningSegNode(Node):
         self._intrinsics = None  # the latest valid CameraInfo (for status); frames use _infos
         # CameraInfo joined to each pair by stamp; a static/latched one (old stamp) is used as is. A
         # pair waits for its own CameraInfo only if the newest one is at most a few frames older
-        # (a per-frame stream), so a slow (1 Hz) or one-off CameraInfo adds no latency.
+        # (a per-frame stream, down to 4 Hz), so a slow (1 Hz) or one-off CameraInfo adds no latency.
+        # (0.25 s, not one frame period: a 10 Hz stream is 0.1 s apart and must still count as live.)
         self._infos: StampJoin[CameraIntrinsics] = StampJoin(
-            self.cfg.sync_slop, live_window=max(0.1, 5 * self.cfg.sync_slop)
+            self.cfg.sync_slop, live_window=max(0.25, 5 * self.cfg.sync_slop)
         )
         self._last_stamp: float | None = None  # stamp of the last frame the pipeline accepted
         # The executor may drain one topic's queue in a burst before the other's, so the pairing queue

@@ -52,6 +52,7 @@ from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from rclpy.task import Future
+from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
@@ -140,7 +141,11 @@ _PARAMS: dict[str, tuple[Any, str]] = {
     "depth_topic": ("camera/depth/image_raw", "Folder: depth image topic."),
     "camera_info_topic": ("camera/color/camera_info", "Folder: camera info topic."),
     "pose_topic": ("camera/pose", "Folder: camera pose topic (geometry_msgs/PoseStamped)."),
-    "restamp": (False, "Stamp messages with the current time instead of the recorded time."),
+    "restamp": (
+        False,
+        "Stamp messages with the playback clock instead of the recorded time: start time + recorded "
+        "offset / rate, so stamps keep the recording's spacing even when publication runs late.",
+    ),
     "qos": ("reliable", "reliable (recording default) or sensor_data (best effort, like a driver)."),
     "qos_depth": (10, "Publisher history depth."),
     "bag_topics": ([], "Bag: recorded topics to play (empty = all with a known message type)."),
@@ -203,6 +208,7 @@ class PlayerNode(Node):
         self._t_first: float | None = None  # recorded time of the first item of the first pass
         self._last_t = 0.0
         self._wall_start = 0.0
+        self._ros_start_ns = 0
         self._wait_deadline = 0.0
         self._partial_since = 0.0
         # A steady clock keeps playback running with use_sim_time:=true (nobody publishes /clock for
@@ -368,6 +374,7 @@ class PlayerNode(Node):
             return
         self._t_first = self._next[0]
         self._wall_start = time.monotonic()
+        self._ros_start_ns = self.get_clock().now().nanoseconds
         self._timer.callback = self._on_tick
         self._on_tick()
 
@@ -386,8 +393,10 @@ class PlayerNode(Node):
                 self._reschedule(due - now)
                 return
             self.summary.max_late_s = max(self.summary.max_late_s, now - due)
-            # One stamp per step, so restamped colour, depth, info and pose still match exactly.
-            stamp = self.get_clock().now().to_msg() if self._p["restamp"] else None
+            # One stamp per step, so restamped colour, depth, info and pose still match exactly; it is
+            # the step's scheduled time, not the publication time, so a player that falls behind
+            # (a loaded machine) still stamps consecutive steps 1/fps apart rather than ~0 apart.
+            stamp = self._scheduled_stamp(t) if self._p["restamp"] else None
             for pub, msg in outgoing:
                 self._publish(pub, msg, stamp)
                 self.summary.per_topic[pub.topic_name] = self.summary.per_topic.get(pub.topic_name, 0) + 1
@@ -407,6 +416,11 @@ class PlayerNode(Node):
                 self._items = self._make_items(self._loop_index)
                 self._next = next(self._items, None)
         self._finish()
+
+    def _scheduled_stamp(self, t_recorded: float) -> Any:
+        assert self._t_first is not None
+        offset_ns = int(round((t_recorded - self._t_first) / self._rate * 1e9))
+        return Time(nanoseconds=self._ros_start_ns + offset_ns).to_msg()
 
     def _measure_loop_period(self) -> float:
         assert self._t_first is not None
