@@ -59,6 +59,8 @@ class DataConfig:
         attach_gt: attach SIMULATION ground-truth masks per voxel (for evaluation, and for training
             only in the hybrid "w/ label" mode).
         color_center: subtracted from colours in [0, 1].
+        height: add the height channel to the voxel input (``reasoning_seg.net.model.voxelise``);
+            must match the network's ``unet.in_channels`` (4 with height).
         scene_cache: decoded scene files kept per worker.
     """
 
@@ -72,6 +74,7 @@ class DataConfig:
     require_features: bool = True
     attach_gt: bool = True
     color_center: float = 0.5
+    height: bool = False
     scene_cache: int = 2
 
     def __post_init__(self) -> None:
@@ -197,7 +200,7 @@ class PseudoLabelDataset(Dataset):
         pts = centred(scene.points)
         if transform is not None:
             pts = pts @ m.T
-        vox = voxelise(pts, scene.colors, cfg.voxel_size, cfg.color_center)
+        vox = voxelise(pts, scene.colors, cfg.voxel_size, cfg.color_center, cfg.height)
         n_vox = len(vox.coords)
 
         pairs = scene.pairs(q)

@@ -102,7 +102,9 @@ class AblationScale:
         train_queries / test_queries: queries per room (stratified by kind; 0 = all).
         net: U-Net preset (:data:`reasoning_seg.net.model.UNET_PRESETS`); net_voxel: its voxel.
         steps, batch_size, lr: training steps, scenes per step (each with ``queries_per_item``
-            queries), base learning rate (SGD, poly decay, A.2).
+            queries), base learning rate (poly decay, A.2).
+        optimizer: "sgd" (A.2) or "adamw" (``reasoning_seg.net.train.OptimConfig``).
+        height_input: the network's voxel input has the height channel (colour + geometry).
         accelerator, devices, threads: Lightning's; torch CPU threads (0: torch's default).
         probe_steps, probe_lr: the Table 4 (b) query-projection fit (Adam, full batch).
         queries_per_item: queries trained per scene forward (:class:`SceneQueriesDataset`).
@@ -128,6 +130,8 @@ class AblationScale:
     steps: int = 300
     batch_size: int = 2
     lr: float = 0.1
+    optimizer: str = "sgd"
+    height_input: bool = True
     accelerator: str = "cpu"
     devices: str | int = 1
     threads: int = 2
@@ -209,6 +213,7 @@ class Variant:
         use_spatial: Eq. 2 (spatial consistency).
         fit_query_to_fused: fit the query projection to the fused 3D pseudo-labels after training
             (Table 4 (b), see the module docstring).
+        balance_alignment: class-balanced Eq. 1 per query (our addition; False = the literal mean).
     """
 
     key: str
@@ -216,6 +221,7 @@ class Variant:
     use_align: bool
     use_spatial: bool
     fit_query_to_fused: bool = False
+    balance_alignment: bool = False
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -409,7 +415,7 @@ class SceneQueriesDataset(Dataset):
         pts = centred(scene.points)
         if transform is not None:
             pts = pts @ np.asarray(transform, dtype=np.float64).T
-        vox = voxelise(pts, scene.colors, cfg.voxel_size, cfg.color_center)
+        vox = voxelise(pts, scene.colors, cfg.voxel_size, cfg.color_center, cfg.height)
         emb, a_point, a_query, a_logit, a_weight, s_point, s_feat = [], [], [], [], [], [], []
         for k, qi in enumerate(queries):
             q = scene.queries[qi]
@@ -511,7 +517,10 @@ class SceneQueriesModule(LabelFreeModule):
             logits = (feats[batch["pair_point"]] * query[batch["pair_query"]]).sum(dim=1)
             rows = torch.arange(len(logits), device=logits.device)
             weight = batch["pair_weight"] if lc.weight_alignment_pairs else None
-            align = alignment_loss(logits, rows, batch["pair_logit"], weight)  # Eq. 1
+            group = batch["pair_query"] if lc.balance_alignment else None
+            align = alignment_loss(  # Eq. 1 (class-balanced per query unless balance_alignment is off)
+                logits, rows, batch["pair_logit"], weight, True, group, len(batch["embedding"])
+            )
         if lc.use_spatial:
             s_point = batch["s_point"]
             img = self.net.spatial(feats[s_point])
@@ -534,7 +543,10 @@ def train_scene_queries(
     """Train one variant with :class:`SceneQueriesModule`; writes ``model.pt`` and CSV logs to ``folder``."""
     pl.seed_everything(seed, workers=True, verbose=False)
     data = DataConfig(
-        voxel_size=scale.net_voxel, require_features=variant.use_spatial, scene_cache=max(2, len(files))
+        voxel_size=scale.net_voxel,
+        require_features=variant.use_spatial,
+        scene_cache=max(2, len(files)),
+        height=scale.height_input,
     )
     ds = SceneQueriesDataset(
         files, data, scale.queries_per_item, scale.max_spatial_pairs if variant.use_spatial else 0
@@ -547,10 +559,17 @@ def train_scene_queries(
         num_workers=scale.loader_workers,
         persistent_workers=scale.loader_workers > 0,
     )
-    net = NetConfig(unet=UNET_PRESETS[scale.net], voxel_size=scale.net_voxel)
-    loss = LossConfig(use_align=variant.use_align, use_spatial=variant.use_spatial)
+    unet = dataclasses.replace(UNET_PRESETS[scale.net], in_channels=4 if scale.height_input else 3)
+    net = NetConfig(unet=unet, voxel_size=scale.net_voxel)
+    loss = LossConfig(
+        use_align=variant.use_align,
+        use_spatial=variant.use_spatial,
+        balance_alignment=variant.balance_alignment,
+    )
     module = SceneQueriesModule(
-        net.to_dict(), dataclasses.asdict(OptimConfig(lr=scale.lr)), dataclasses.asdict(loss)
+        net.to_dict(),
+        dataclasses.asdict(OptimConfig(lr=scale.lr, optimizer=scale.optimizer)),
+        dataclasses.asdict(loss),
     )
     timer = StepTimer()
     trainer = pl.Trainer(
@@ -649,7 +668,11 @@ def fit_query_projection(
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     ds = PseudoLabelDataset(
-        files, DataConfig(voxel_size=voxel_size, augment=False, require_features=False), augment=False
+        files,
+        DataConfig(
+            voxel_size=voxel_size, augment=False, require_features=False, height=net.config.height_input
+        ),
+        augment=False,
     )
     dev = net.device
     net.eval()
@@ -947,6 +970,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=0, help="override training steps")
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.0)
+    p.add_argument("--optimizer", default="", help="sgd (A.2) or adamw")
+    p.add_argument("--no-height", action="store_true", help="colour-only voxel input (no height channel)")
     p.add_argument("--queries-per-item", type=int, default=0, help="queries per scene forward")
     p.add_argument("--net", default="", help="override the U-Net preset")
     p.add_argument("--net-voxel", type=float, default=0.0)
@@ -974,6 +999,10 @@ def scale_from_args(a: argparse.Namespace) -> AblationScale:
             changes[name] = getattr(a, name)
     if a.lr:
         changes["lr"] = a.lr
+    if a.optimizer:
+        changes["optimizer"] = a.optimizer
+    if a.no_height:
+        changes["height_input"] = False
     if a.net:
         changes["net"] = a.net
     if a.net_voxel:

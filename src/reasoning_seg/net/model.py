@@ -63,7 +63,8 @@ class NetConfig:
     """Everything needed to rebuild a :class:`LabelFree3DNet` (stored in its checkpoints).
 
     Attributes:
-        unet: U-Net shape (``in_channels`` is the voxel input: 3 = mean RGB).
+        unet: U-Net shape; ``in_channels`` picks the voxel input: 3 = mean RGB, 4 = mean RGB and
+            the voxel's height above the lowest occupied voxel (:func:`voxelise`).
         embed_dim: dimension of the ``[SEG]`` embedding (LISA's 256).
         image_dim: dimension of the SAM image features Eq. 2 compares with (256).
         voxel_size: voxel edge in metres the network sees (A.2: 0.05 m).
@@ -86,8 +87,10 @@ class NetConfig:
     color_center: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.unet.in_channels != 3:
-            raise ValueError("the voxel input is mean RGB: unet.in_channels must be 3")
+        if self.unet.in_channels not in (3, 4):
+            raise ValueError(
+                f"unet.in_channels must be 3 (mean RGB) or 4 (mean RGB + height), got {self.unet.in_channels}"
+            )
         if self.embed_dim < 1 or self.image_dim < 1:
             raise ValueError("embed_dim and image_dim must be >= 1")
         if not (self.voxel_size > 0 and np.isfinite(self.voxel_size)):
@@ -117,13 +120,19 @@ class NetConfig:
         except TypeError as exc:
             raise ValueError(f"malformed network config: {exc}") from exc
 
+    @property
+    def height_input(self) -> bool:
+        """Whether the voxel input carries the height channel (``unet.in_channels == 4``)."""
+        return self.unet.in_channels == 4
+
 
 class VoxelInput(NamedTuple):
     """A voxelised point cloud.
 
     Attributes:
         coords: (V, 3) int64 voxel indices, shifted so the minimum is 0.
-        feats: (V, 3) float32 mean colour of the voxel's points minus ``color_center``.
+        feats: (V, 3) float32 mean colour of the voxel's points minus ``color_center``, or (V, 4)
+            with the height channel.
         inverse: (N,) int64 voxel row of each input point.
     """
 
@@ -142,20 +151,35 @@ def centred(points: np.ndarray) -> np.ndarray:
     return p - p.mean(axis=0) if len(p) else p
 
 
+HEIGHT_OFFSET = 1.0
+"""Metres subtracted from the height channel so it is roughly centred (rooms are ~2-3 m high)."""
+
+
 def voxelise(
-    points: np.ndarray, colors: np.ndarray, voxel_size: float, color_center: float = 0.5
+    points: np.ndarray,
+    colors: np.ndarray,
+    voxel_size: float,
+    color_center: float = 0.5,
+    height: bool = False,
 ) -> VoxelInput:
     """Quantise points to a ``voxel_size`` grid, one row per occupied voxel (mean colour).
 
     The coordinates are shifted to start at 0; a translation by a multiple of the U-Net's coarsest
     stride changes nothing, any other translation only re-aligns the grid.
+
+    With ``height`` a fourth channel holds the voxel's height above the lowest occupied voxel
+    (metres, minus :data:`HEIGHT_OFFSET`): the geometry input the issue asks for next to colour.
+    Why height: in a z-up map (REP-103) it separates floor, seat, table-top and shelf objects,
+    and it is unchanged by the A.2 augmentations (rotation about z, flips of x and y), so the
+    network does not have to infer it from occupancy through many convolutions.
     """
     p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     c = np.asarray(colors, dtype=np.float32).reshape(-1, 3)
     if len(p) != len(c):
         raise ValueError(f"{len(p)} points but {len(c)} colours")
+    width = 4 if height else 3
     if len(p) == 0:
-        return VoxelInput(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
+        return VoxelInput(np.zeros((0, 3), np.int64), np.zeros((0, width), np.float32), np.zeros(0, np.int64))
     if not np.all(np.isfinite(p)):
         raise ValueError("points contain NaN/inf")
     q = np.floor(p / voxel_size).astype(np.int64)
@@ -170,6 +194,9 @@ def voxelise(
     counts = np.bincount(inverse, minlength=len(coords)).astype(np.float32)
     feats = np.stack([np.bincount(inverse, weights=c[:, k], minlength=len(coords)) for k in range(3)], 1)
     feats = (feats / counts[:, None] - color_center).astype(np.float32)
+    if height:
+        z = coords[:, 2:3].astype(np.float32) * np.float32(voxel_size) - np.float32(HEIGHT_OFFSET)
+        feats = np.concatenate([feats, z], axis=1)
     return VoxelInput(coords, feats, inverse.astype(np.int64))
 
 
@@ -234,7 +261,8 @@ class LabelFree3DNet(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            vox = voxelise(centred(points), colors, self.config.voxel_size, self.config.color_center)
+            c = self.config
+            vox = voxelise(centred(points), colors, c.voxel_size, c.color_center, c.height_input)
             prob = self.voxel_probabilities(vox, seg_embedding)
         finally:
             self.train(was_training)

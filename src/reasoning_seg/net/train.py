@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("poly", "cosine", "none")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -77,6 +78,8 @@ class OptimConfig:
             ``min_lr``) or "none".
         poly_power: exponent of the polynomial decay.
         min_lr: floor of the cosine schedule.
+        optimizer: "sgd" (A.2) or "adamw" (our option for short runs: it converges in far fewer
+            steps than SGD at lr 0.1 on the small CPU-scale experiments; use lr ~1e-3).
     """
 
     lr: float = 0.1
@@ -86,8 +89,11 @@ class OptimConfig:
     schedule: str = "poly"
     poly_power: float = 0.9
     min_lr: float = 0.0
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got '{self.schedule}'")
         if not self.lr > 0 or self.momentum < 0 or self.weight_decay < 0:
@@ -103,6 +109,9 @@ class LossConfig:
         use_align: Eq. 1 token-for-query alignment (off = Table 4 (b)).
         use_spatial: Eq. 2 spatial consistency (off = Table 4 (c)).
         weight_alignment_pairs: weight Eq. 1's pairs by their view's token attention.
+        balance_alignment: class-balanced Eq. 1 per query (our addition, see
+            :func:`reasoning_seg.net.losses.balanced_pair_weights`; off = the literal mean, the
+            default: on the simulated rooms it fitted the training room worse, IoU 0.26 vs 0.32).
         target_logit_threshold: pairs with a 2D logit above it are in Eq. 2's set S.
         with_gt: add BCE against ground-truth voxel masks (the paper's "w/ label" rows).
         lambda_gt: weight of that term.
@@ -112,6 +121,7 @@ class LossConfig:
     use_align: bool = True
     use_spatial: bool = True
     weight_alignment_pairs: bool = True
+    balance_alignment: bool = False
     target_logit_threshold: float = 0.0
     with_gt: bool = False
     lambda_gt: float = 1.0
@@ -158,6 +168,7 @@ class LabelFreeModule(pl.LightningModule):
             lc.use_spatial,
             lc.target_logit_threshold,
             lc.weight_alignment_pairs,
+            lc.balance_alignment,
         )
         if not (lc.use_align or lc.with_gt):
             self.net.query_head.requires_grad_(False)
@@ -182,7 +193,8 @@ class LabelFreeModule(pl.LightningModule):
                 "the spatial-consistency loss needs SAM features in the pseudo-labels (or --no-spatial)"
             )
         pairs = PointViewPairs(batch["pair_point"], batch["pair_logit"], pair_feat, batch["pair_weight"])
-        terms = self.loss(logits, img, pairs)
+        group = batch["batch_index"][batch["pair_point"]]
+        terms = self.loss(logits, img, pairs, group, len(batch["scene"]))
         total = terms.total
         gt_term = logits.new_zeros(())
         if self.loss_config.with_gt:
@@ -231,12 +243,16 @@ class LabelFreeModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        """SGD (A.2) with a per-step poly / cosine / constant schedule over the whole run."""
+        """SGD (A.2) or AdamW with a per-step poly / cosine / constant schedule over the whole run."""
         o = self.optim_config
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
+        opt: torch.optim.Optimizer
+        if o.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.SGD(
+                params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+            )
         if o.schedule == "none":
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -398,6 +414,7 @@ class TrainConfig:
         unet = UNET_PRESETS[self.net]
         if self.feature_dim:
             unet = dataclasses.replace(unet, out_channels=self.feature_dim)
+        unet = dataclasses.replace(unet, in_channels=4 if self.data.height else 3)
         return NetConfig(unet=unet, voxel_size=self.data.voxel_size, color_center=self.data.color_center)
 
 
@@ -558,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--schedule", choices=SCHEDULES, default="poly")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="A.2: sgd")
     p.add_argument("--poly-power", type=float, default=0.9)
     p.add_argument("--lambda-spatial", type=float, default=1.0, help="weight of Eq. 2 in Eq. 3")
     p.add_argument("--no-align", action="store_true", help="drop Eq. 1 (Table 4 (b))")
@@ -565,11 +583,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unweighted-align", action="store_true", help="plain mean in Eq. 1 (no attention weights)"
     )
+    p.add_argument(
+        "--balanced-align",
+        action="store_true",
+        help="class-balanced Eq. 1 per query (LossConfig.balance_alignment; default: the literal mean)",
+    )
     p.add_argument("--with-gt", action="store_true", help='hybrid "w/ label" mode: add BCE on ground truth')
     p.add_argument("--lambda-gt", type=float, default=1.0)
     p.add_argument("--net", choices=sorted(UNET_PRESETS), default="minkunet14", help="U-Net preset")
     p.add_argument("--feature-dim", type=int, default=0, help="per-voxel feature dimension (0: preset's)")
     p.add_argument("--voxel-size", type=float, default=0.05, help="network voxel in metres (A.2: 0.05)")
+    p.add_argument("--height", action="store_true", help="add the height channel to the voxel input")
     p.add_argument("--no-augment", action="store_true", help="no rotation / flips")
     p.add_argument("--no-dedupe", action="store_true", help="keep every point-view pair (no voxel merge)")
     p.add_argument("--include-not-found", action="store_true", help="also train on 'not found' queries")
@@ -598,6 +622,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         feature_dim=a.feature_dim,
         data=DataConfig(
             voxel_size=a.voxel_size,
+            height=a.height,
             augment=not a.no_augment,
             dedupe_pairs=not a.no_dedupe,
             include_not_found=a.include_not_found,
@@ -609,12 +634,14 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
             weight_decay=a.weight_decay,
             schedule=a.schedule,
             poly_power=a.poly_power,
+            optimizer=a.optimizer,
         ),
         loss=LossConfig(
             lambda_spatial=a.lambda_spatial,
             use_align=not a.no_align,
             use_spatial=not a.no_spatial,
             weight_alignment_pairs=not a.unweighted_align,
+            balance_alignment=a.balanced_align,
             with_gt=a.with_gt,
             lambda_gt=a.lambda_gt,
         ),

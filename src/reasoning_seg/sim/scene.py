@@ -33,10 +33,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import open3d as o3d
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform, look_at
 from reasoning_seg.frames import RGBDFrame
@@ -55,6 +54,21 @@ from reasoning_seg.sim.catalogue import (
     object_parts,
     shelf_board_tops,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import open3d as o3d
+
+
+def _open3d():
+    """Open3D, imported on the first ray cast.
+
+    The rest of the module (scenes, queries, ground-truth lookups of recorded rooms) must import on
+    machines without Open3D, such as the GPU machine that trains the 3D network.
+    """
+    import open3d
+
+    return open3d
+
 
 __all__ = [
     "ABSENT_OBJECTS",
@@ -1512,6 +1526,7 @@ class SyntheticScene:
                 "t1": t1.astype(np.float32),
                 "t2": t2.astype(np.float32),
             }
+            o3d = _open3d()
             rc = o3d.t.geometry.RaycastingScene()
             rc.add_triangles(
                 o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(tris.astype(np.uint32))
@@ -1540,7 +1555,7 @@ class SyntheticScene:
         rays[:, :3] = pose[:3, 3]
         d = rays[:, 3:]
         np.matmul(cam_rays, pose[:3, :3].T.astype(np.float32), out=d)  # z = 1 rays: hit parameter = z-depth
-        ans = rc.cast_rays(o3d.core.Tensor.from_numpy(rays))
+        ans = rc.cast_rays(_open3d().core.Tensor.from_numpy(rays))
         t_hit = ans["t_hit"].numpy()
         prim = ans["primitive_ids"].numpy()
         hit = np.isfinite(t_hit)
@@ -1602,7 +1617,7 @@ class SyntheticScene:
             return out
         rc, tab = self._geometry()
         q = p[finite]
-        ans = rc.compute_closest_points(o3d.core.Tensor(q.astype(np.float32)))
+        ans = rc.compute_closest_points(_open3d().core.Tensor(q.astype(np.float32)))
         closest = ans["points"].numpy().astype(np.float64)
         prim = ans["primitive_ids"].numpy().astype(np.int64)
         dist = np.linalg.norm(q - closest, axis=1)
