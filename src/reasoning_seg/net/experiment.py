@@ -851,9 +851,10 @@ def write_markdown(result: dict[str, Any]) -> str:
         f"- Training: {pl['rooms']} rooms (seeds {sc['train_seeds']}), {pl['queries']} queries, "
         f"{pl['found']} with a fused target (the training items). Fused pseudo-label vs the simulation's "
         f"truth on those: mean point IoU {_pct(pl['fused_point_iou_mean'])}, IoU >= 0.5 for "
-        f"{_pct(pl['fused_point_acc50'])}%. Network '{sc['net']}' at {sc['net_voxel']} m, "
-        f"{sc['steps']} SGD steps of {sc['batch_size']} scenes x {sc.get('queries_per_item', 1)} queries "
-        f"(lr {sc['lr']}, poly decay, A.2 augmentations).",
+        f"{_pct(pl['fused_point_acc50'])}%. Network '{sc['net']}' at {sc['net_voxel']} m, input "
+        f"{'colour + height' if sc.get('height_input', False) else 'colour'}, "
+        f"{sc['steps']} {sc.get('optimizer', 'sgd').upper()} steps of {sc['batch_size']} scenes x "
+        f"{sc.get('queries_per_item', 1)} queries (lr {sc['lr']}, poly decay, A.2 augmentations).",
         f"- Evaluation: {len(doc['scenes']['seeds'])} unseen rooms (seeds {doc['scenes']['seeds']}), "
         f"{n_q} queries, recorded at {sc['width']}x{sc['height']}, {sc['frames']} frames, map voxel "
         f"{sc['map_voxel']} m; the node's query path with `net.checkpoint` set (the network answers when "

@@ -30,7 +30,11 @@ class NodeConfig:
         choices=("auto", "tf", "topic"),
     )
     tf_timeout: float = knob(
-        0.05, "Seconds to wait for a TF at an image stamp before dropping the frame.", 0.0, 5.0
+        0.05,
+        "Seconds a TF lookup at an image stamp may block; pairs whose TF is not there yet (the transform "
+        "publisher lags) wait, bounded, and are retried.",
+        0.0,
+        5.0,
     )
     sensor_qos: str = knob(
         "sensor_data",
