@@ -493,3 +493,15 @@ def test_query_client_track_untrack_remove(make_env, ros_domain_id, monkeypatch,
 def test_invalid_parameters_are_refused_at_start(ros_context, name, value):
     with pytest.raises(ValueError, match=name):
         ReasoningSegNode(context=ros_context, parameter_overrides=[Parameter(name, value=value)])
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypatch):
+    import platform
+
+    from reasoning_seg.ros.node import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the user's explicit setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert limit_malloc_arenas() is True  # glibc: mallopt(M_ARENA_MAX) accepted
