@@ -27,22 +27,20 @@ why frames were dropped, and how many queries were answered, refused or timed ou
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from reasoning_seg.domain_lock import reserve_domain_id
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -346,38 +344,6 @@ def render(rep: SoakReport) -> str:
 
 
 # ------------------------------------------------------------------------------------ processes
-@contextlib.contextmanager
-def reserve_domain_id(first: int = 1, last: int = 100, timeout_s: float = 60.0) -> Iterator[int]:
-    """Hold a ROS domain id no test uses meanwhile: the lock-file protocol of ``tests/conftest.py``.
-
-    A soak runs for minutes on a machine where test suites run too; sharing a domain would let a test's
-    client find this node's services (and the node integrate a test's frames).
-    """
-    lock_dir = Path(tempfile.gettempdir()) / "reasoning_seg_ros_domains"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    span = last - first + 1
-    start = (os.getpid() * 7919 + time.monotonic_ns()) % span
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for k in range(span):
-            domain = first + (start + k) % span
-            fd = os.open(lock_dir / f"{domain}.lock", os.O_CREAT | os.O_RDWR, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            try:
-                yield domain
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no free ROS domain id in {first}..{last} after {timeout_s} s")
-        time.sleep(0.2)
-
-
 def player_main(params: dict, summary_path: Path, write_period: float = 1.0) -> int:
     """The player process: a :class:`PlayerNode` whose counters are written to ``summary_path`` as it runs.
 
@@ -704,7 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.domain_id >= 0:
         rep = run_soak(a, command)
     else:
-        with reserve_domain_id() as domain:
+        # Minutes long, beside test suites: wait longer for a free id than a test does.
+        with reserve_domain_id(timeout_s=60.0, poll_s=0.2) as domain:
             a.domain_id = domain
             rep = run_soak(a, command)
     text = (

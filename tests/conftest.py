@@ -18,20 +18,17 @@ is not installed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-DOMAIN_MIN, DOMAIN_MAX = 1, 100
-_LOCK_DIR = Path(tempfile.gettempdir()) / "reasoning_seg_ros_domains"
+from reasoning_seg.domain_lock import reserve_domain_id
+
 _log_dir: str | None = None
 
 
@@ -51,41 +48,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_log_dir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _reserve_domain_id(timeout_s: float = 30.0) -> Iterator[int]:
-    """Hold an exclusive lock on a free domain id in [DOMAIN_MIN, DOMAIN_MAX] until exit.
-
-    The search starts at a pid-dependent offset so concurrent processes rarely contend for the
-    same lock file; ``flock`` locks vanish when the process dies, so a crashed run leaks nothing.
-    """
-    _LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    span = DOMAIN_MAX - DOMAIN_MIN + 1
-    start = (os.getpid() * 7919 + time.monotonic_ns()) % span
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for k in range(span):
-            domain = DOMAIN_MIN + (start + k) % span
-            fd = os.open(_LOCK_DIR / f"{domain}.lock", os.O_CREAT | os.O_RDWR, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            try:
-                yield domain
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no free ROS domain id in {DOMAIN_MIN}..{DOMAIN_MAX} after {timeout_s} s")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def ros_domain_id() -> Iterator[int]:
     """A ROS domain id reserved for this test alone (see module docstring)."""
-    with _reserve_domain_id() as domain:
+    with reserve_domain_id() as domain:
         yield domain
 
 
