@@ -419,6 +419,7 @@ DIAG_KEYS = {
     "dropped.skipped",
     "dropped.not_novel",
     "dropped.blocks",
+    "dropped.blocks_pruned",
 }
 
 

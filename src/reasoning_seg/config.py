@@ -60,6 +60,17 @@ class MapConfig:
         0.0,
         10000.0,
     )
+    prune_after: int = knob(
+        0,
+        "Noise pruning: a block whose voxels all still weigh less than prune_min_weight this many "
+        "integrated frames after it appeared is dropped (depth outliers no later frame confirms); "
+        "0 = off.",
+        0,
+        1_000_000,
+    )
+    prune_min_weight: float = knob(
+        3.0, "Noise pruning: the largest voxel weight (observations) that confirms a block.", 0.0, 1000.0
+    )
     integrate_every: int = knob(1, "Integrate every Nth valid frame (1 = all).", 1, 10000)
     max_rate_hz: float = knob(
         0.0, "Integrate at most this many frames per second of sensor time (0 = no limit).", 0.0, 1000.0

@@ -176,6 +176,10 @@ class TorchBlockGrid:
         """(N, 3) int64 coordinates of the allocated blocks (sorted by key)."""
         return self._unpack(self._keys).cpu().numpy().astype(np.int64)
 
+    def block_max_weight(self) -> tuple[np.ndarray, np.ndarray]:
+        """Block coordinates (sorted by key) and their largest voxel weight, reduced on the device."""
+        return self.block_coords(), self.weight[self._slots].amax(dim=1).cpu().numpy().astype(np.float32)
+
     def _as_keys(self, block_coords: np.ndarray) -> Any:
         torch = self._torch
         c = torch.as_tensor(np.asarray(block_coords, dtype=np.int64).reshape(-1, 3), device=self.device)

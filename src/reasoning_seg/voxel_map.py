@@ -39,6 +39,8 @@ BOUND_CHECK_EVERY = 10
 """The radius check runs every this many integrated frames (the budget check runs every frame)."""
 BUDGET_HYSTERESIS = 0.9
 """Over budget, blocks are dropped down to this fraction of ``max_blocks`` so eviction is not per frame."""
+PRUNE_CHECK_EVERY = 10
+"""Noise pruning (``prune_after``) looks at every block's weight every this many integrated frames."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class BlockGrid(Protocol):
 
     def block_coords(self) -> np.ndarray:
         """(N, 3) int64 coordinates of the allocated blocks."""
+
+    def block_max_weight(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) int64 block coordinates and each block's largest voxel weight (N,) float32."""
 
     def erase_blocks(self, block_coords: np.ndarray) -> int:
         """Deallocate blocks; returns how many existed."""
@@ -226,6 +231,14 @@ class Open3DBlockGrid:
     def block_coords(self) -> np.ndarray:
         """(N, 3) int64 coordinates of the allocated blocks."""
         return self._active()[1]
+
+    def block_max_weight(self) -> tuple[np.ndarray, np.ndarray]:
+        """Block coordinates and their largest voxel weight (the reduction runs in Open3D)."""
+        idx, keys = self._active()
+        if len(keys) == 0:
+            return keys, np.zeros(0, dtype=np.float32)
+        w = self._grid.attribute("weight")[idx].reshape((len(keys), VOXELS_PER_BLOCK))
+        return keys, w.max(dim=[1]).cpu().numpy().astype(np.float32).reshape(-1)
 
     def _find(self, block_coords: np.ndarray) -> tuple[Any, np.ndarray]:
         o3d = self._o3d
@@ -376,6 +389,11 @@ class VoxelMap:
         self._offered = 0
         self._last_stamp: float | None = None
         self._since_bound = 0
+        self.blocks_pruned = 0
+        self._since_prune = 0
+        # Frame count at which each block was first seen by a prune check (sorted packed keys).
+        self._birth_keys = np.zeros(0, dtype=np.int64)
+        self._birth_frame = np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ state
     @property
@@ -437,7 +455,41 @@ class VoxelMap:
         self._last_stamp = frame.stamp
         self._changed()
         self._since_bound += 1
+        self._since_prune += 1
+        if self.config.prune_after > 0 and self._since_prune >= PRUNE_CHECK_EVERY:
+            self.prune()
         self.bound(np.asarray(frame.T_world_cam)[:3, 3])
+
+    def prune(self) -> int:
+        """Drop blocks that stayed weak ``prune_after`` integrated frames after they appeared.
+
+        Why: a depth outlier (a flying pixel at an edge, a reflection) allocates blocks far from any
+        surface, and nothing ever observes them again, so on an endless stream in one room the map
+        keeps growing with noise and, once at its budget, would evict real surfaces to keep it.
+        A real surface is seen again from the next frames and its voxels gain weight; a block whose
+        largest voxel weight is still below ``prune_min_weight`` after ``prune_after`` frames is
+        treated as noise (a surface glimpsed in fewer frames than that goes too, the price of the
+        rule). Returns the blocks dropped.
+        """
+        c = self.config
+        self._since_prune = 0
+        coords, max_weight = self.grid.block_max_weight()
+        keys = pack_keys(coords)
+        now = self.frames_integrated
+        birth = np.full(len(keys), now, dtype=np.int64)
+        if len(self._birth_keys) and len(keys):
+            pos = np.minimum(np.searchsorted(self._birth_keys, keys), len(self._birth_keys) - 1)
+            known = self._birth_keys[pos] == keys
+            birth[known] = self._birth_frame[pos[known]]
+        weak = (now - birth >= c.prune_after) & (max_weight < c.prune_min_weight)
+        keep = np.flatnonzero(~weak)
+        order = keep[np.argsort(keys[keep], kind="stable")]
+        self._birth_keys, self._birth_frame = keys[order], birth[order]
+        if not weak.any():
+            return 0
+        n = self.drop_blocks(coords[weak])
+        self.blocks_pruned += n
+        return n
 
     def bound(self, camera_position: np.ndarray, force: bool = False) -> int:
         """Apply ``keep_radius`` and ``max_blocks`` around ``camera_position``; returns blocks dropped.
@@ -605,6 +657,8 @@ class VoxelMap:
         self._labels.clear()
         self.frames_integrated = 0
         self._last_stamp = None
+        self._birth_keys = np.zeros(0, dtype=np.int64)
+        self._birth_frame = np.zeros(0, dtype=np.int64)
         self._changed()
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -198,6 +198,28 @@ SCALES: dict[str, AblationScale] = {
         label_workers=12,
         loader_workers=8,
     ),
+    # The GPU machine at the CPU scale's recordings (so the fusion rows stay comparable): 5x the
+    # training rooms, twice the held-out rooms, the network at the map's 4 cm and 4000 AdamW steps.
+    # Each stage fits one 10-minute command on one H100 with 16 CPU cores (--stop-after labels, then
+    # training, then evaluation; pseudo-labels and models are reused between the commands).
+    "gpu": AblationScale(
+        name="gpu",
+        train_seeds=list(range(30)),
+        test_seeds=list(range(100, 106)),
+        net="small",
+        net_voxel=0.04,
+        steps=4000,
+        batch_size=4,
+        lr=0.001,
+        optimizer="adamw",
+        accelerator="gpu",
+        devices=1,
+        threads=0,
+        queries_per_item=32,
+        net_device="cuda",
+        label_workers=15,
+        loader_workers=6,
+    ),
 }
 """Named scales (``--full`` picks "full")."""
 
@@ -281,6 +303,9 @@ def make_pseudo_labels(
     if not (reuse and _matches(stamp, fp)):
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
+    # Stamp first: each room's file appears atomically, so a run killed half-way (a time-limited
+    # command on the GPU machine) leaves valid files of this configuration that the next run keeps.
+    stamp.write_text(json.dumps({"fingerprint": fp}) + "\n")
     t0 = time.perf_counter()
     files = [folder / f"{spec.cache_key(seed)}.npz" for seed in spec.seeds]
     todo = [(seed, path) for seed, path in zip(spec.seeds, files, strict=True) if not path.is_file()]
@@ -299,7 +324,6 @@ def make_pseudo_labels(
     else:
         for a in args:
             log(_label_room(*a))
-    stamp.write_text(json.dumps({"fingerprint": fp}) + "\n")
     stats = _label_stats(files)
     stats["seconds"] = round(time.perf_counter() - t0, 1)
     return files, stats
@@ -953,7 +977,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="out/net_ablation", help="output folder")
     p.add_argument("--cache", default="", help="recorded-room cache (default OUT/scenes)")
-    p.add_argument("--full", action="store_true", help="the GPU-machine scale (SCALES['full'])")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="preset (SCALES)")
+    p.add_argument("--full", action="store_true", help="same as --scale full")
     p.add_argument("--table", default="", help="also write the Markdown table here")
     p.add_argument("--variants", default="", help=f"comma list of {[v.key for v in VARIANTS]} (default all)")
     p.add_argument("--fresh", action="store_true", help="regenerate pseudo-labels and retrain")
@@ -989,7 +1014,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def scale_from_args(a: argparse.Namespace) -> AblationScale:
     """The preset, with the command line's overrides (ValueError on bad values)."""
-    base = SCALES["full" if a.full else "cpu"]
+    base = SCALES["full" if a.full else a.scale]
     changes: dict[str, Any] = {}
     if a.train_seeds:
         changes["train_seeds"] = _seeds(a.train_seeds)

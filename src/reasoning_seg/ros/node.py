@@ -881,8 +881,14 @@ class ReasoningSegNode(Node):
         m, kf = self.pipeline.map, self.pipeline.keyframes
         dropped = self.rejected + s.rejected
         # Not frame losses but what the pipeline chose not to keep: frames over the integration
-        # rate, frames not novel enough to be keyframes, and whole map blocks evicted by the budget.
-        dropped.update(skipped=s.frames_skipped, not_novel=kf.rejected_not_novel, blocks=m.blocks_dropped)
+        # rate, frames not novel enough to be keyframes, whole map blocks evicted (budget, radius or
+        # noise pruning; ``blocks_pruned`` of them by the pruning).
+        dropped.update(
+            skipped=s.frames_skipped,
+            not_novel=kf.rejected_not_novel,
+            blocks=m.blocks_dropped,
+            blocks_pruned=m.blocks_pruned,
+        )
         rx, integ = self._rates(s.frames_received, s.frames_integrated)
         if self.cfg.map_publish_period > 0:
             map_points = self._map_points  # as of the last map publication: no extra extraction
