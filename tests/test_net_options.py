@@ -92,3 +92,15 @@ def test_adamw_is_selectable_and_bad_names_are_refused():
     assert isinstance(module.configure_optimizers(), torch.optim.AdamW)
     with pytest.raises(ValueError, match="optimizer"):
         OptimConfig(optimizer="lion")
+
+
+def test_experiment_variants_extra_rows_only_when_named_and_gpu_scale_exists():
+    from reasoning_seg.net.experiment import SCALES, _variants, build_parser, main, scale_from_args
+
+    assert [v.key for v in _variants(None)] == ["full", "no_tfq", "no_spatial"]
+    (extra,) = _variants(["full_balanced"])
+    assert extra.balance_alignment and extra.use_align and extra.use_spatial
+    assert main(["--variants", "nonsense", "--out", "/nonexistent"]) == 2
+    gpu = scale_from_args(build_parser().parse_args(["--scale", "gpu", "--steps", "7"]))
+    assert gpu.name == "gpu" and gpu.steps == 7 and gpu.accelerator == "gpu"
+    assert not set(gpu.train_seeds) & set(gpu.test_seeds) and SCALES["cpu"].width == gpu.width
