@@ -1,6 +1,8 @@
 """Simulation: a synthetic indoor world with ground truth, for testing the pipeline without a robot.
 
-Everything here is simulated (rendered from boxes with Open3D's CPU ray caster), so every pixel
+Everything here is simulated (rendered from boxes by ray casting: Open3D's CPU ray caster, or
+without Open3D the PyTorch box caster of :mod:`reasoning_seg.sim.raycast` on CPU or CUDA, chosen by
+the environment variable ``REASONING_SEG_RAYCAST`` = auto | open3d | torch), so every pixel
 and every query comes with an exact answer: the instance id that produced it (0 for queries about
 something the room does not contain). Real recordings are read with
 :mod:`reasoning_seg.sequence_io`; simulated ones are written in the same folder format. The

@@ -18,8 +18,10 @@ Design notes:
   :meth:`SyntheticScene.select` evaluates it, and a query is only generated when that evaluation
   returns exactly its target (or, for "absent" queries, nothing at all).
 - Rendering casts one ray per pixel with ``open3d.t.geometry.RaycastingScene`` (CPU, no
-  display). Ray directions have unit z in the camera frame, so the hit parameter *is* the z-depth
-  the rest of the package expects (not the range along the ray).
+  display), or, where Open3D is missing (the GPU machine) or ``REASONING_SEG_RAYCAST=torch``, with
+  the exact ray/box slab test of :mod:`reasoning_seg.sim.raycast` (PyTorch, CPU or CUDA). Ray
+  directions have unit z in the camera frame, so the hit parameter *is* the z-depth the rest of
+  the package expects (not the range along the ray).
 - World frame: z up, floor at z = 0, room interior ``[0, lx] x [0, ly] x [0, h]`` metres.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -68,6 +71,38 @@ def _open3d():
     import open3d
 
     return open3d
+
+
+#: Environment variables choosing the renderer's ray caster. Environment variables rather than
+#: arguments because the scenes are rendered inside pseudo-label worker subprocesses.
+RAYCAST_ENV = "REASONING_SEG_RAYCAST"
+RAYCAST_DEVICE_ENV = "REASONING_SEG_RAYCAST_DEVICE"
+RAYCAST_BACKENDS = ("auto", "open3d", "torch")
+
+
+def _raycast_backend() -> tuple[str, str | None]:
+    """``(backend, torch_device)`` from the environment: "open3d" or "torch" (device None for Open3D).
+
+    ``auto`` (the default) keeps Open3D wherever it imports, so renders made before the torch caster
+    existed are reproduced bit for bit; without Open3D it falls back to the torch slab test.
+    """
+    choice = os.environ.get(RAYCAST_ENV, "auto").strip().lower() or "auto"
+    if choice not in RAYCAST_BACKENDS:
+        raise ValueError(f"{RAYCAST_ENV} must be one of {RAYCAST_BACKENDS}, got {choice!r}")
+    if choice == "auto":
+        try:
+            _open3d()
+            choice = "open3d"
+        except ImportError:
+            choice = "torch"
+    if choice == "open3d":
+        return choice, None
+    device = os.environ.get(RAYCAST_DEVICE_ENV, "").strip()
+    if not device:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return choice, device
 
 
 __all__ = [
@@ -1494,20 +1529,24 @@ class SyntheticScene:
 
     # -- geometry ---------------------------------------------------------------------------------
 
-    def _geometry(self) -> tuple[o3d.t.geometry.RaycastingScene, dict[str, np.ndarray]]:
-        """Ray caster plus per-triangle tables (instance, lit albedo, normal, tangents), built once.
+    def _tables(self) -> dict[str, np.ndarray]:
+        """Mesh (``verts``, ``tris``: 12 triangles per box) and per-triangle tables, built once.
 
+        Tables: ``instance``, ``lit_albedo``, ``normal`` and the texture tangents ``t1``, ``t2``.
         Faces are planar, so lighting and the texture's tangent frame are per-triangle constants:
-        precomputing them keeps per-pixel work to a few gathers.
+        precomputing them keeps per-pixel work to a few gathers. They are computed per *face* (from
+        its first triangle) and repeated, so both triangles of a face carry identical rows and a
+        caster may report either one (the torch caster reports the first).
         """
-        if "raycaster" not in self._cache:
+        if "tables" not in self._cache:
             boxes = self.boxes()
             nb = len(boxes)
             verts = np.empty((nb * 8, 3))
             for k, b in enumerate(boxes):
                 verts[8 * k : 8 * k + 8] = (_UNIT_CORNERS * b.size) @ _rot_z(b.yaw).T + b.center
             tris = (_UNIT_TRIANGLES[None, :, :] + 8 * np.arange(nb)[:, None, None]).reshape(-1, 3)
-            v0, v1, v2 = verts[tris[:, 0]], verts[tris[:, 1]], verts[tris[:, 2]]
+            first = tris[0::2]  # triangles 2f and 2f + 1 form face f (see _unit_box)
+            v0, v1, v2 = verts[first[:, 0]], verts[first[:, 1]], verts[first[:, 2]]
             normal = np.cross(v1 - v0, v2 - v0)
             normal /= np.linalg.norm(normal, axis=1, keepdims=True)
             helper = np.zeros_like(normal)
@@ -1517,27 +1556,70 @@ class SyntheticScene:
             t1 = np.cross(helper, normal)
             t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
             t2 = np.cross(normal, t1)
-            albedo = np.repeat(np.array([b.color for b in boxes], dtype=np.float64).reshape(-1, 3), 12, 0)
+            albedo = np.repeat(np.array([b.color for b in boxes], dtype=np.float64).reshape(-1, 3), 6, 0)
             lambert = _AMBIENT + _DIFFUSE * np.clip(normal @ _LIGHT_DIR, 0.0, None)
-            tables = {
-                "instance": np.repeat([b.instance_id for b in boxes], 12).astype(np.int32),
+            per_face = {
                 "lit_albedo": (albedo * lambert[:, None]).astype(np.float32),
                 "normal": normal.astype(np.float32),
                 "t1": t1.astype(np.float32),
                 "t2": t2.astype(np.float32),
             }
+            tables = {k: np.repeat(v, 2, axis=0) for k, v in per_face.items()}
+            tables["instance"] = np.repeat([b.instance_id for b in boxes], 12).astype(np.int32)
+            tables.update(verts=verts, tris=tris.astype(np.int32))
+            self._cache["tables"] = tables
+        return self._cache["tables"]
+
+    def _geometry(self) -> tuple[o3d.t.geometry.RaycastingScene, dict[str, np.ndarray]]:
+        """Open3D ray caster of the mesh plus the per-triangle tables (see :meth:`_tables`), built once."""
+        tables = self._tables()
+        if "raycaster" not in self._cache:
             o3d = _open3d()
             rc = o3d.t.geometry.RaycastingScene()
             rc.add_triangles(
-                o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(tris.astype(np.uint32))
+                o3d.core.Tensor(tables["verts"].astype(np.float32)),
+                o3d.core.Tensor(tables["tris"].astype(np.uint32)),
             )
-            self._cache.update(raycaster=rc, tables=tables)
-        return self._cache["raycaster"], self._cache["tables"]
+            self._cache["raycaster"] = rc
+        return self._cache["raycaster"], tables
 
     @property
     def raycasting_scene(self) -> o3d.t.geometry.RaycastingScene:
         """The Open3D ray caster of this scene (for custom ray queries in tests and tools)."""
         return self._geometry()[0]
+
+    @property
+    def raycast_backend(self) -> str:
+        """The renderer's ray caster: "open3d" or "torch:<device>" (chosen on first use, see ``_caster``)."""
+        return self._caster()[0]
+
+    def _caster(self) -> tuple[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]]:
+        """``(name, cast)`` of the renderer, chosen once per scene from :data:`RAYCAST_ENV`.
+
+        ``cast(rays)`` takes (N, 6) float32 rays (origin, direction; one common origin) and returns
+        ``(t_hit, triangle ids)`` with inf / any id on a miss, as Open3D's ``cast_rays`` does.
+        """
+        if "caster" not in self._cache:
+            backend, device = _raycast_backend()
+            if backend == "open3d":
+                rc = self._geometry()[0]
+                core = _open3d().core
+
+                def cast(rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    ans = rc.cast_rays(core.Tensor.from_numpy(rays))
+                    return ans["t_hit"].numpy(), ans["primitive_ids"].numpy()
+
+                self._cache["caster"] = ("open3d", cast)
+            else:
+                from reasoning_seg.sim.raycast import BoxRayCaster
+
+                boxes = BoxRayCaster.from_boxes(self.boxes(), device=device)
+
+                def cast(rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    return boxes.cast(rays[0, :3], rays[:, 3:])
+
+                self._cache["caster"] = (f"torch:{boxes.device}", cast)
+        return self._cache["caster"]
 
     def _render_view(
         self,
@@ -1548,16 +1630,15 @@ class SyntheticScene:
         pose = np.asarray(T_world_cam, dtype=np.float64)
         if not is_rigid_transform(pose):
             raise ValueError("T_world_cam must be a finite rigid 4x4 transform")
-        rc, tab = self._geometry()
+        tab = self._tables()
+        cast = self._caster()[1]
         cam_rays = _camera_rays(intrinsics)
         n = cam_rays.shape[0]
         rays = np.empty((n, 6), dtype=np.float32)
         rays[:, :3] = pose[:3, 3]
         d = rays[:, 3:]
         np.matmul(cam_rays, pose[:3, :3].T.astype(np.float32), out=d)  # z = 1 rays: hit parameter = z-depth
-        ans = rc.cast_rays(_open3d().core.Tensor.from_numpy(rays))
-        t_hit = ans["t_hit"].numpy()
-        prim = ans["primitive_ids"].numpy()
+        t_hit, prim = cast(rays)
         hit = np.isfinite(t_hit)
         everything_hit = bool(hit.all())  # the usual case inside a closed room: skip the masking
         idx = prim.astype(np.intp) if everything_hit else prim[hit].astype(np.intp)
@@ -1615,13 +1696,24 @@ class SyntheticScene:
         finite = np.all(np.isfinite(p), axis=1)
         if not finite.any():
             return out
-        rc, tab = self._geometry()
         q = p[finite]
-        ans = rc.compute_closest_points(_open3d().core.Tensor(q.astype(np.float32)))
-        closest = ans["points"].numpy().astype(np.float64)
-        prim = ans["primitive_ids"].numpy().astype(np.int64)
-        dist = np.linalg.norm(q - closest, axis=1)
-        labels = tab["instance"][prim]
+        if self._caster()[0] == "open3d":
+            rc, tab = self._geometry()
+            ans = rc.compute_closest_points(_open3d().core.Tensor(q.astype(np.float32)))
+            closest = ans["points"].numpy().astype(np.float64)
+            prim = ans["primitive_ids"].numpy().astype(np.int64)
+            dist = np.linalg.norm(q - closest, axis=1)
+            labels = tab["instance"][prim]
+        else:  # without Open3D (the torch renderer): the same answer from the boxes themselves
+            from reasoning_seg.sim.raycast import nearest_box_surface
+
+            boxes = self.boxes()
+            if not boxes:
+                return out
+            dist, k = nearest_box_surface(
+                q, [b.center for b in boxes], [b.size for b in boxes], [b.yaw for b in boxes]
+            )
+            labels = np.array([b.instance_id for b in boxes], dtype=np.int32)[k]
         labels[dist > max_distance] = 0
         out[finite] = labels
         return out
