@@ -343,6 +343,7 @@ def make_pseudo_labels(
             log(_label_room(*a))
     stats = _label_stats(files)
     stats["seconds"] = round(time.perf_counter() - t0, 1)
+    (folder / "stats.json").write_text(json.dumps(_json_safe(stats)) + "\n")  # for --eval-only
     return files, stats
 
 
@@ -802,11 +803,14 @@ def run_ablation(
     seed: int = 0,
     log: Log = print,
     stop_after: str = "",
+    eval_only: bool = False,
 ) -> dict[str, Any]:
     """Pseudo-labels -> training -> held-out evaluation; writes ``OUT/ablation.json`` and returns it.
 
     ``stop_after`` "labels" or "train" ends early (returns the partial result, writes nothing): with
     the reuse of unchanged pseudo-labels and models, a long run can be split into short commands.
+    ``eval_only`` evaluates the models already in ``OUT/train/<variant>/`` (with the label and
+    training summaries stored beside them) without the pseudo-labels, e.g. on another machine.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -814,15 +818,28 @@ def run_ablation(
     t0 = time.perf_counter()
     if scale.threads > 0:
         torch.set_num_threads(scale.threads)
-    files, label_stats = make_pseudo_labels(scale, out, cache_dir, reuse, log)
-    log(f"[ablation] pseudo-labels: {label_stats}")
-    if stop_after == "labels":
-        return {"pseudo_labels": label_stats}
     chosen = _variants(variants)
     models: dict[str, Path] = {}
     training: dict[str, Any] = {}
-    for v in chosen:
-        models[v.key], training[v.key] = train_variant(v, scale, files, out, reuse, seed, log)
+    if eval_only:
+        try:
+            label_stats = json.loads((out / "pseudo" / "stats.json").read_text())
+            for v in chosen:
+                models[v.key] = out / "train" / v.key / "model.pt"
+                training[v.key] = json.loads((out / "train" / v.key / "experiment.json").read_text())[
+                    "summary"
+                ]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(
+                f"--eval-only needs the stored labels summary and trained models: {exc}"
+            ) from exc
+    else:
+        files, label_stats = make_pseudo_labels(scale, out, cache_dir, reuse, log)
+        log(f"[ablation] pseudo-labels: {label_stats}")
+        if stop_after == "labels":
+            return {"pseudo_labels": label_stats}
+        for v in chosen:
+            models[v.key], training[v.key] = train_variant(v, scale, files, out, reuse, seed, log)
     if stop_after == "train":
         return {"pseudo_labels": label_stats, "training": training}
     t_eval = time.perf_counter()
@@ -1009,6 +1026,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--label-workers", type=int, default=0, help="processes for pseudo-labels")
     p.add_argument(
+        "--eval-only", action="store_true", help="evaluate the models already trained in OUT (no labels)"
+    )
+    p.add_argument(
         "--table-only", action="store_true", help="only re-render the table from OUT/ablation.json"
     )
     p.add_argument("--loader-workers", type=int, default=-1, help="DataLoader workers for training")
@@ -1098,16 +1118,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = run_ablation(
-        scale,
-        a.out,
-        a.cache or None,
-        variants,
-        reuse=not a.fresh,
-        seed=a.seed,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
-        stop_after=a.stop_after,
-    )
+    try:
+        result = run_ablation(
+            scale,
+            a.out,
+            a.cache or None,
+            variants,
+            reuse=not a.fresh,
+            seed=a.seed,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+            stop_after=a.stop_after,
+            eval_only=a.eval_only,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if a.stop_after:
         print(json.dumps(_json_safe(result), indent=1))
         return 0
