@@ -20,10 +20,18 @@ segmentation (2D model), fusion (global, then again with the local close-ups), l
 as on the robot, so the snapshot re-extracts the surface every time; ``--static`` keeps the map still.
 
 Paths (``--paths``): ``numpy`` is the reference implementation of view selection and fusion; ``torch``
-runs them on ``--device`` (the batched torch path in fusion.py / view_selection.py). Until the pipeline
-passes a device itself, the benchmark binds it into the stage functions the pipeline calls.
+runs them on ``--device`` (the batched torch path in fusion.py / view_selection.py), through the
+pipeline's ``fusion.device`` parameter.
+
+``--profile-dir`` also writes, per map, a torch.profiler table of one torch-path query and the number
+of PyTorch operators each stage issues (``ops_<voxels>.md``). Those counts do not depend on the
+machine, which makes them the CPU-side proxy for a GPU query's overhead: there the stages are bound by
+kernel launches and host<->device copies, not by arithmetic (bench/results/query.md). Operators that
+only make a view of a tensor (reshape, select, ...) launch nothing and are counted apart.
 
     python bench/query_bench.py --voxels 0.035,0.02 --table /tmp/query_cpu.md                  # here
+    python bench/query_bench.py --map-backend torch --map-device cpu --paths torch --voxels 0.02 \
+        --views 4 --repeats 5 --warmup 1 --profile-dir /tmp/qprof                             # op counts
     python bench/query_bench.py --map-backend torch --map-device cuda:0 --device cuda --net \
         --table $OUT/query_gpu.md                                                              # GPU
 """
@@ -262,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(" | ".join(rows[-1]))
                 render(args, argv, rows)
                 if args.profile_dir and device is not None and nv == views[0]:
-                    profile_query(pipe, device, nv, Path(args.profile_dir) / f"profile_{n}.txt")
+                    out = Path(args.profile_dir) / f"profile_{n}.txt"
+                    profile_query(pipe, device, nv, out, None if args.static else live)
     tmp.cleanup()
     print(render(args, argv, rows))
     return 0
@@ -297,11 +306,24 @@ def render(args: argparse.Namespace, argv: list[str] | None, rows: list[list[str
     return text
 
 
-def profile_query(pipe: ReasoningSegPipeline, device: str, num_views: int, out: Path) -> None:
+VIEW_OPS = {
+    "aten::" + n
+    for n in (
+        "select slice unsqueeze squeeze reshape view unbind transpose permute expand t alias as_strided "
+        "detach detach_ resolve_conj resolve_neg lift_fresh"
+    ).split()
+}
+"""Operators that only make a view of a tensor: no kernel launch (counted apart in the op table)."""
+
+
+def profile_query(
+    pipe: ReasoningSegPipeline, device: str, num_views: int, out: Path, live: Iterator[RGBDFrame] | None
+) -> None:
     """torch.profiler over one query on the torch path: where the overhead goes (``--profile-dir``).
 
-    The stage functions are wrapped in ``record_function`` ranges (stage_*), so the table's
-    'CPU total' of those rows is each stage's wall time inside the profile.
+    The stage functions (and the map's surface extraction) are wrapped in ``record_function``
+    ranges (stage_*), so the table's 'CPU total' of those rows is each stage's wall time inside the
+    profile; ``ops_<n>.md`` next to it counts the operators each stage issued (see the docstring).
     """
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -315,19 +337,44 @@ def profile_query(pipe: ReasoningSegPipeline, device: str, num_views: int, out: 
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     saved = pipeline_module.package_result
+    if live is not None:  # a changed map, as in the timed queries: the snapshot extracts
+        pipe.add_frame(next(live))
+        synchronize(device)
     with stage_device(pipe, device):
         names = ("select_views", "select_local_views", "fuse")
         inner = {n: getattr(pipeline_module, n) for n in names}
         for n in names:
             setattr(pipeline_module, n, labelled(n, inner[n]))
         pipeline_module.package_result = labelled("package_result", saved)
+        pipe.map.surface = labelled("surface", pipe.map.surface)
         try:
             with profile(activities=acts) as prof:
                 pipe.query(QUERY, num_views=num_views)
         finally:
             pipeline_module.package_result = saved
+            for n in names:
+                setattr(pipeline_module, n, inner[n])
+            del pipe.map.surface
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(prof.key_averages().table(sort_by="cpu_time_total", row_limit=40))
+    (out.parent / out.name.replace("profile_", "ops_").replace(".txt", ".md")).write_text(op_counts(prof))
+
+
+def op_counts(prof) -> str:  # noqa: ANN001 - a torch.profiler.profile
+    """Markdown: per stage, the top-level PyTorch operators it issued (launching / view-only)."""
+    counts: dict[str, list[int]] = {}
+    for e in prof.events():
+        parent = e.cpu_parent
+        if not e.name.startswith("aten::") or (parent is not None and parent.name.startswith("aten::")):
+            continue
+        while parent is not None and not parent.name.startswith("stage_"):
+            parent = parent.cpu_parent
+        row = counts.setdefault(parent.name.removeprefix("stage_") if parent else "(other)", [0, 0])
+        row[e.name in VIEW_OPS] += 1
+    lines = ["| stage | operators that launch | view-only operators |", "|---|---|---|"]
+    lines += [f"| {k} | {v[0]} | {v[1]} |" for k, v in counts.items()]
+    total = [sum(v[i] for v in counts.values()) for i in (0, 1)]
+    return "\n".join([*lines, f"| **total** | **{total[0]}** | **{total[1]}** |", ""])
 
 
 def _machine() -> str:

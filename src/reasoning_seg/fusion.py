@@ -70,11 +70,52 @@ class FusionResult:
     agreement: float = float("nan")  # sum_i a_i s_i (see token_attention); NaN when not computed
 
 
-def view_filter_reason(seg: ViewSegmentation, config: FusionConfig) -> str:
+class FusionCache:
+    """Per-query memo of the work fusion does for each (view, segmentation) pair.
+
+    Why: the REALM local stage fuses the global views, adds close-ups and fuses all views again
+    (:func:`reasoning_seg.pipeline.run_stages`). A view's depth test and its mask values at the
+    visible points depend neither on the other views nor on the weights, so the second pass only
+    has to compute them for the new close-ups; that is most of a fusion pass's work. The mask
+    pixel counts of the view filter (§3.1) are kept for the same reason.
+
+    Valid for one point array (a query's snapshot; given another array it starts over) and keyed
+    by the identity of the view and segmentation objects, which it keeps alive so that an id
+    cannot be reused while it holds it: make one per query and let it go with the query. Both
+    paths use it (the numpy path memoises its per-view visibility); results are the same with or
+    without it.
+    """
+
+    def __init__(self) -> None:
+        self._points: Any = None
+        self._rows: dict[tuple, Any] = {}
+        self._pixels: dict[int, int] = {}
+        self._keep: list[Any] = []
+
+    def rows(self, points: Any, kind: tuple) -> dict[tuple[int, int], Any]:
+        """The memo of one kind of row (path, mask mode, tolerance, device) for ``points``."""
+        if points is not self._points:
+            self._points, self._rows = points, {}
+        return self._rows.setdefault(kind, {})
+
+    def keep(self, *objects: Any) -> None:
+        """Hold ``objects`` so the ids used as keys stay theirs while the memo lives."""
+        self._keep.extend(objects)
+
+    def mask_pixels(self, seg: ViewSegmentation) -> int:
+        """``count_nonzero(seg.mask)``, counted once per segmentation."""
+        n = self._pixels.get(id(seg))
+        if n is None:
+            n = self._pixels[id(seg)] = int(np.count_nonzero(seg.mask_logits > 0))
+            self._keep.append(seg)
+        return n
+
+
+def view_filter_reason(seg: ViewSegmentation, config: FusionConfig, cache: FusionCache | None = None) -> str:
     """Why a view's mask is not trusted ('' when it is): §3.1 discards very low confidence or area."""
     if seg.confidence < config.min_confidence:
         return f"confidence {seg.confidence:.2f} < {config.min_confidence:.2f}"
-    area = int(np.count_nonzero(seg.mask))
+    area = cache.mask_pixels(seg) if cache is not None else int(np.count_nonzero(seg.mask))
     if area < config.min_mask_pixels:
         return f"mask area {area} px < {config.min_mask_pixels} px"
     return ""
@@ -86,27 +127,27 @@ def fuse_naive(
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
     device: str | None = None,
+    cache: FusionCache | None = None,
 ) -> FusionResult:
     """Unweighted multi-view unprojection of masks onto ``points`` (N, 3) (Table 4 (a) baseline)."""
     _check_lengths(views, segmentations)
     n = len(points)
     weights = np.zeros(len(views), dtype=np.float32)
-    reasons = [view_filter_reason(seg, config) for seg in segmentations]
+    reasons = [view_filter_reason(seg, config, cache) for seg in segmentations]
     weights[[i for i, r in enumerate(reasons) if not r]] = 1.0
     dev = torch_device(device)
     if dev is not None:  # the same vote with weight 1 and binary masks: sum of votes / views seeing
         prob, observed = _vote_torch(
-            points, views, segmentations, weights.astype(np.float64), "binary", config, None, 1, dev
+            points, views, segmentations, weights.astype(np.float64), "binary", config, None, 1, dev, cache
         )
     else:
         votes = np.zeros(n, dtype=np.float64)
         observed = np.zeros(n, dtype=np.int32)
-        for i in np.flatnonzero(weights):
-            view, seg = views[i], segmentations[i]
-            visible, pix = visible_pixels(
-                points, view.T_world_cam, view.intrinsics, view.depth, config.visibility_tolerance
-            )
-            inside = seg.mask.reshape(-1)[pix[visible]]
+        idx = np.flatnonzero(weights)
+        vis = _visibility(points, views, idx, config.visibility_tolerance, None, cache)
+        for i in idx:
+            visible, pix = vis[int(i)]
+            inside = segmentations[i].mask.reshape(-1)[pix[visible]]
             votes[visible] += inside
             observed[visible] += 1
         prob = np.zeros(n, dtype=np.float32)
@@ -195,17 +236,31 @@ def _mask_values(seg: ViewSegmentation, mode: str) -> np.ndarray:
 
 
 def _visibility(
-    points: np.ndarray, views: Sequence[ViewInput], idx: np.ndarray, tolerance: float, dev: Any = None
+    points: np.ndarray,
+    views: Sequence[ViewInput],
+    idx: np.ndarray,
+    tolerance: float,
+    dev: Any = None,
+    cache: FusionCache | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """``{view index: (visible (N,), flat pixel (N,))}`` for the views ``idx`` (the depth test)."""
-    if dev is not None and len(idx):
-        visible, flat, _ = visible_pixels_torch(points, [_camera(views[i]) for i in idx], tolerance, dev)
-        visible, flat = visible.cpu().numpy(), flat.cpu().numpy()
-        return {int(i): (visible[j], flat[j]) for j, i in enumerate(idx)}
-    return {
-        int(i): visible_pixels(points, views[i].T_world_cam, views[i].intrinsics, views[i].depth, tolerance)
-        for i in idx
-    }
+    """``{view index: (visible (N,), flat pixel (N,))}`` for the views ``idx`` (the depth test).
+
+    On the host; ``dev`` runs the depth test there (batched) and copies the result back. Views
+    already in ``cache`` are not tested again.
+    """
+    memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if cache is not None:
+        memo = cache.rows(points, ("host", tolerance, "numpy" if dev is None else _device_key(dev)))
+        cache.keep(*(views[i] for i in idx))
+    todo = [int(i) for i in idx if id(views[i]) not in memo]
+    if dev is not None and todo:
+        visible, flat, _ = visible_pixels_torch(points, [_camera(views[i]) for i in todo], tolerance, dev)
+        visible, flat = to_host(visible), to_host(flat)
+        memo.update({id(views[i]): (visible[j], flat[j]) for j, i in enumerate(todo)})
+    for i in todo if dev is None else ():
+        v = views[i]
+        memo[id(v)] = visible_pixels(points, v.T_world_cam, v.intrinsics, v.depth, tolerance)
+    return {int(i): memo[id(views[i])] for i in idx}
 
 
 def _vote(
@@ -242,9 +297,10 @@ def fuse_filtered(
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
     device: str | None = None,
+    cache: FusionCache | None = None,
 ) -> FusionResult:
     """View filtering + visibility voting with equal weights (the ablation without token attention)."""
-    return _fuse_weighted(points, views, segmentations, config, use_attention=False, device=device)
+    return _fuse_weighted(points, views, segmentations, config, False, device, cache)
 
 
 def fuse_token_attention(
@@ -253,9 +309,10 @@ def fuse_token_attention(
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
     device: str | None = None,
+    cache: FusionCache | None = None,
 ) -> FusionResult:
     """Full MLLM-For3D §3.1: filtering, token attention, attention-weighted votes, not-found checks."""
-    return _fuse_weighted(points, views, segmentations, config, use_attention=True, device=device)
+    return _fuse_weighted(points, views, segmentations, config, True, device, cache)
 
 
 def _fuse_weighted(
@@ -265,20 +322,22 @@ def _fuse_weighted(
     config: FusionConfig,
     use_attention: bool,
     device: str | None = None,
+    cache: FusionCache | None = None,
 ) -> FusionResult:
-    result, idx = _filter_and_weight(len(points), views, segmentations, config, use_attention)
+    result, idx = _filter_and_weight(len(points), views, segmentations, config, use_attention, cache)
     if idx.size == 0:
         return result
     result.view_weights[idx] = result.attention[idx] if use_attention else 1.0
     weights = result.attention.astype(np.float64)
     dev = torch_device(device)
     if dev is not None:
+        mode, floor = config.mask_mode, config.min_support
         result.probability, result.observed = _vote_torch(
-            points, views, segmentations, weights, config.mask_mode, config, config.min_support, len(idx), dev
+            points, views, segmentations, weights, mode, config, floor, len(idx), dev, cache
         )
     else:
         masks = {i: _mask_values(segmentations[i], config.mask_mode) for i in idx}
-        vis = _visibility(points, views, idx, config.visibility_tolerance)
+        vis = _visibility(points, views, idx, config.visibility_tolerance, None, cache)
         votes = _vote(len(points), masks, vis, weights, len(idx))
         result.observed = votes.observed
         result.probability = _gate(votes, config.min_support)
@@ -292,6 +351,7 @@ def fuse_majority_vote(
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
     device: str | None = None,
+    cache: FusionCache | None = None,
 ) -> FusionResult:
     """REALM GLSpaG-Global's majority vote over instance hypotheses, adapted to our map.
 
@@ -312,13 +372,13 @@ def fuse_majority_vote(
     only the depth test runs there; the hypotheses and ballots stay on the host.
     """
     n, nv = len(points), len(views)
-    result, idx = _filter_and_weight(n, views, segmentations, config, use_attention=True)
+    result, idx = _filter_and_weight(n, views, segmentations, config, True, cache)
     if idx.size == 0:
         return result
     reasons = result.filtered_reasons
     attention = result.attention.astype(np.float64)
     masks = {i: _mask_values(segmentations[i], config.mask_mode) for i in idx}
-    vis = _visibility(points, views, idx, config.visibility_tolerance, torch_device(device))
+    vis = _visibility(points, views, idx, config.visibility_tolerance, torch_device(device), cache)
     inside = {i: _inside(n, masks[i], vis[i]) for i in idx}
     covered = np.zeros(n, dtype=bool)
     for i in idx:
@@ -395,8 +455,13 @@ def fuse(
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
     device: str | None = None,
+    cache: FusionCache | None = None,
 ) -> FusionResult:
-    """Dispatch on ``config.method`` (one of :data:`METHODS`); ``device`` as in the module docstring."""
+    """Dispatch on ``config.method`` (one of :data:`METHODS`); ``device`` as in the module docstring.
+
+    ``cache`` (a :class:`FusionCache`, one per query) lets a second call on the same points with
+    more views (REALM's local stage) skip the work already done for the views it has seen.
+    """
     methods = {
         "naive": fuse_naive,
         "filtered": fuse_filtered,
@@ -405,7 +470,7 @@ def fuse(
     }
     if config.method not in methods:
         raise ValueError(f"unknown fusion method '{config.method}' (one of {', '.join(METHODS)})")
-    return methods[config.method](points, views, segmentations, config, device=device)
+    return methods[config.method](points, views, segmentations, config, device=device, cache=cache)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -415,6 +480,7 @@ def _filter_and_weight(
     segmentations: Sequence[ViewSegmentation],
     config: FusionConfig,
     use_attention: bool,
+    cache: FusionCache | None = None,
 ) -> tuple[FusionResult, np.ndarray]:
     """§3.1 step 1 and 2: drop untrusted views, then weight the rest (token attention or equal).
 
@@ -422,7 +488,7 @@ def _filter_and_weight(
     indices of the surviving views; with none left, the result already says 'not found'.
     """
     _check_lengths(views, segmentations)
-    reasons = [view_filter_reason(s, config) for s in segmentations]
+    reasons = [view_filter_reason(s, config, cache) for s in segmentations]
     result = _empty_result(n, len(views), reasons)
     idx = np.array([i for i, r in enumerate(reasons) if not r], dtype=np.int64)
     if idx.size == 0:
@@ -515,44 +581,67 @@ def torch_device(device: str | None) -> torch.device | None:
     return torch.device(name)
 
 
-class _DeviceArrays:
-    """Device copies of host arrays that outlive a query (map points, keyframe depths, masks).
+def _device_key(device: torch.device) -> str:
+    """One name per physical device: "cuda" and "cuda:0" must share cached copies (map vs fusion)."""
+    if device.type == "cuda" and device.index is None:
+        import torch
 
-    Why: uploading the 30 keyframe depth images of a 640x480 window is ~37 MB per query, which on a
-    GPU would cost more than all the arithmetic. Entries are keyed by the array's identity and
-    dropped when the array is garbage-collected (weakref callback), so nothing stale can be served
-    for a new array that reuses an old one's id. The arrays the pipeline passes (map surface
-    snapshots, keyframe images, segmentations) are never modified in place; a caller that mutates
-    an array between calls must pass a copy. On the CPU nothing is cached: the tensor is the array.
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+class _DeviceArrays:
+    """Device copies of host arrays that outlive a query (map points, masks).
+
+    Why: a GPU query must not upload what it uploaded before (the map points are 8 MB at 350k
+    points). Entries are keyed by the array's identity and dropped when the array is
+    garbage-collected (weakref callback), so nothing stale can be served for a new array that
+    reuses an old one's id. The arrays the pipeline passes (map surface snapshots, keyframe
+    images, segmentations) are never modified in place; a caller that mutates an array between
+    calls must pass a copy. On the CPU nothing is cached: the tensor is the array.
     """
 
     def __init__(self, max_entries: int = 128) -> None:
         self._entries: OrderedDict[tuple[int, str], tuple[weakref.ref, Any]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # weakref callbacks may re-enter
         self._max = max_entries
 
-    def get(self, array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """``array`` as a contiguous ``dtype`` tensor on ``device`` (uploaded once per array)."""
+    def get(self, array: np.ndarray, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+        """``array`` as a contiguous ``dtype`` (None: its own) tensor on ``device``, uploaded once."""
         import torch
 
         if device.type == "cpu":  # zero-copy view; caching it would keep the array alive for ever
             return torch.from_numpy(np.ascontiguousarray(array)).to(dtype=dtype)
-        key = (id(array), f"{device}/{dtype}")
+        key = (id(array), f"{_device_key(device)}/{dtype}")
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and hit[0]() is array:
                 self._entries.move_to_end(key)
                 return hit[1]
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+        tensor = to_device(array, device).to(dtype=dtype)
+        self._store(key, array, tensor)
+        return tensor
+
+    def put(self, array: np.ndarray, tensor: torch.Tensor) -> None:
+        """Declare ``tensor`` (already on its device) the device copy of ``array``: no upload later.
+
+        For arrays that were made on the device and copied to the host (the map's surface, which
+        the torch TSDF extracts on the GPU): fusion then finds them there instead of uploading them
+        back. ``tensor`` must hold exactly ``array``'s values in its dtype.
+        """
+        if tensor.device.type != "cpu":
+            self._store((id(array), f"{_device_key(tensor.device)}/{tensor.dtype}"), array, tensor)
+
+    def _store(self, key: tuple[int, str], array: np.ndarray, tensor: torch.Tensor) -> None:
         try:
             ref = weakref.ref(array, lambda _, key=key: self._forget(key))
         except TypeError:  # not weak-referenceable: used once, not cached
-            return tensor
+            return
         with self._lock:
             self._entries[key] = (ref, tensor)
+            self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
-        return tensor
 
     def _forget(self, key: tuple[int, str]) -> None:
         with self._lock:
@@ -566,6 +655,92 @@ class _DeviceArrays:
 
 DEVICE_ARRAYS = _DeviceArrays()
 """The process-wide cache of device copies used by the torch path (see :class:`_DeviceArrays`)."""
+
+
+class _DepthAtlas:
+    """The keyframe window's depth images in one flat device buffer, each at a fixed offset.
+
+    Why: the batched depth test reads V depth images through one index. Concatenating them for
+    every call copied the whole window (30 x 640x480) three times per query; the atlas is
+    rebuilt only when a call asks for an image it does not hold (a new keyframe), and then
+    uploads only the new images (the others are copied on the device). Images keep their own
+    dtype (float32 from the camera), which the depth test widens after the lookup, exactly.
+    Entries are keyed by array identity with weakrefs, like :class:`_DeviceArrays`; images of
+    keyframes that left the window stay until a rebuild (at most ``max_images`` are kept).
+    """
+
+    def __init__(self, max_images: int = 64) -> None:
+        self._lock = threading.RLock()  # weakref callbacks may re-enter
+        self._max = max_images
+        self._buffer: Any = None
+        self._device = ""
+        self._where: dict[int, tuple[weakref.ref, int, int]] = {}  # id -> (array ref, offset, size)
+
+    def locate(self, depths: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+        """``(flat buffer on device, offset of each image in it)``."""
+        with self._lock:
+            if self._buffer is not None and self._device == _device_key(device):
+                offsets = []
+                for d in depths:
+                    hit = self._where.get(id(d))
+                    if hit is None or hit[0]() is not d:
+                        break
+                    offsets.append(hit[1])
+                else:
+                    return self._buffer, offsets
+            self._rebuild(depths, device)
+            return self._buffer, [self._where[id(d)][1] for d in depths]
+
+    def _rebuild(self, depths: Sequence[np.ndarray], device: torch.device) -> None:
+        import torch
+
+        same_device = self._buffer is not None and self._device == _device_key(device)
+        wanted = list({id(d): d for d in depths}.values())
+        old = []
+        if same_device:  # images still alive and not asked for: keep (newest window first)
+            ids = {id(d) for d in wanted}
+            for i, (ref, off, size) in reversed(list(self._where.items())):
+                arr = ref()
+                if arr is not None and i not in ids and len(wanted) + len(old) < self._max:
+                    old.append((arr, off, size))
+        parts, where, offset = [], {}, 0
+        for arr in wanted:
+            hit = self._where.get(id(arr)) if same_device else None
+            if hit is not None and hit[0]() is arr:
+                part = self._buffer[hit[1] : hit[1] + hit[2]]
+            else:
+                part = to_device(arr, device).reshape(-1)
+            parts.append(part)
+            where[id(arr)] = (self._ref(arr), offset, part.numel())
+            offset += part.numel()
+        for arr, off, size in old:
+            parts.append(self._buffer[off : off + size])
+            where[id(arr)] = (self._ref(arr), offset, size)
+            offset += size
+        dtype = parts[0].dtype
+        for p in parts[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)
+        self._buffer = torch.cat([p.to(dtype) for p in parts]) if parts else None
+        self._where, self._device = where, _device_key(device)
+
+    def _ref(self, arr: np.ndarray) -> weakref.ref:
+        key = id(arr)
+        return weakref.ref(arr, lambda ref: self._forget(key, ref))
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        with self._lock:
+            hit = self._where.get(key)
+            if hit is not None and hit[0] is ref:
+                del self._where[key]
+
+    def clear(self) -> None:
+        """Drop the buffer (frees GPU memory)."""
+        with self._lock:
+            self._buffer, self._where, self._device = None, {}, ""
+
+
+DEPTH_ATLAS = _DepthAtlas()
+"""The process-wide depth image buffer of the batched depth test (see :class:`_DepthAtlas`)."""
 
 Camera = tuple[np.ndarray, CameraIntrinsics, np.ndarray]
 """(T_world_cam, intrinsics, depth) of one view or keyframe: what the depth test needs."""
@@ -587,7 +762,9 @@ def visible_pixels_torch(
     (V, N, 3) matrix product, projected, rounded to the nearest pixel and compared with that pixel's
     depth, in float64 like the numpy version (same operations in the same order, so the two agree
     except where a projection lands within a rounding error of a pixel border). Cameras may differ
-    in resolution: their depth images are read from one flat buffer at per-camera offsets.
+    in resolution: their depth images are read from one flat buffer (:data:`DEPTH_ATLAS`) at
+    per-camera offsets. Every per-camera constant travels in one host-to-device copy: on a GPU a
+    query's overhead is counted in launches and copies, not in arithmetic.
 
     Args:
         points: (N, 3) world points (a numpy array is uploaded through :data:`DEVICE_ARRAYS`).
@@ -606,26 +783,67 @@ def visible_pixels_torch(
     if nv == 0 or n == 0:
         empty = torch.zeros((nv, n), dtype=torch.bool, device=device)
         return empty, torch.full((nv, n), -1, dtype=torch.int64, device=device), p.new_zeros((nv, n))
-    inv = torch.from_numpy(np.stack([invert_transform(T) for T, _, _ in cameras])).to(device)
-    intr = [k for _, k, _ in cameras]
-    cam = torch.tensor(
-        [[k.fx, k.fy, k.cx, k.cy, k.width, k.height] for k in intr], dtype=torch.float64, device=device
-    )
-    fx, fy, cx, cy, width, height = (c[:, None] for c in cam.unbind(1))
-    sizes = [k.width * k.height for k in intr]
-    offsets = torch.tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.int64, device=device)[:, None]
-    depth = torch.cat([DEVICE_ARRAYS.get(d, device, torch.float64).reshape(-1) for _, _, d in cameras])
+    depth, offsets = DEPTH_ATLAS.locate([d for _, _, d in cameras], device)
+    # world->camera 4x4, fx fy cx cy, width, last column, last row, 0, depth offset
+    consts = np.zeros((nv, 26), dtype=np.float64)
+    for j, (T, k, _) in enumerate(cameras):
+        consts[j, :16] = invert_transform(T).reshape(-1)
+        consts[j, 16:] = (k.fx, k.fy, k.cx, k.cy, k.width, k.width - 1, k.height - 1, 0.0, offsets[j], 0.0)
+    c = to_device(consts, device)
+    inv = c[:, :16].reshape(nv, 4, 4)
+    fx, fy, cx, cy, width, last_u, last_v, zero, offset = c[:, 16:25, None].unbind(1)
 
     pc = torch.matmul(p, inv[:, :3, :3].transpose(1, 2)) + inv[:, None, :3, 3]  # (V, N, 3) camera frame
     x, y, z = pc.unbind(-1)
     u = torch.round(fx * x / z + cx)
     v = torch.round(fy * y / z + cy)
-    inside = (z > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    local = torch.where(inside, v * width + u, 0.0).to(torch.int64)
-    dv = depth[local + offsets]
-    visible = inside & torch.isfinite(dv) & (dv > 0) & ((dv - z).abs() <= tolerance)
-    flat = torch.where(visible, local, -1)
+    # 0 <= u < width for the integer-valued u, as "u is its own clamp to [0, width - 1]" (NaN is not):
+    # two kernels instead of four per axis; launches, not arithmetic, are a GPU query's cost.
+    inside = (z > 0) & (u == torch.clamp(u, zero, last_u)) & (v == torch.clamp(v, zero, last_v))
+    local = torch.where(inside, v * width + u, 0.0)
+    dv = depth[(local + offset).to(torch.int64)].to(torch.float64)
+    # (no isfinite: NaN fails both tests and an infinite reading fails the tolerance, as in numpy)
+    visible = inside & (dv > 0) & ((dv - z).abs() <= tolerance)
+    flat = torch.where(visible, local.to(torch.int64), -1)
     return visible, flat, z
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array (camera constants, weights, masks, depth images) on ``device``, queued.
+
+    A copy from ordinary (pageable) host memory makes CUDA drain the stream first; staged through
+    page-locked memory it is queued like a kernel, and the host goes on launching. On the CPU the
+    tensor is the array.
+    """
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return t.to(device)
+    try:
+        return t.pin_memory().to(device, non_blocking=True)
+    except RuntimeError:  # no page-locked memory to be had: the ordinary copy
+        return t.to(device)
+
+
+def to_host(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as a numpy array; from a GPU, copied through page-locked memory.
+
+    Into ordinary memory CUDA copies through a bounce buffer, piece by piece; into page-locked
+    memory it is one DMA. That matters for the megabytes a query brings back (the map surface,
+    fused probabilities). The array owns its page-locked buffer until it is freed, when PyTorch's
+    caching host allocator takes it back for the next copy.
+    """
+    import torch
+
+    if tensor.device.type != "cuda":
+        return tensor.detach().cpu().numpy()
+    try:
+        out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    except RuntimeError:  # no page-locked memory to be had: the ordinary copy
+        return tensor.detach().cpu().numpy()
+    out.copy_(tensor)
+    return out.numpy()
 
 
 def points_on_device(points: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -653,42 +871,88 @@ def _vote_torch(
     min_support: float | None,
     shares: int,
     device: torch.device,
+    cache: FusionCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_vote` + :func:`_gate` on ``device``: ``(probability (N,) float32, observed (N,) int32)``.
 
-    P(p) = Σ a_i m_i(p) / Σ a_i over the views that see p (MLLM-For3D §3.2), accumulated view by
-    view in the numpy version's order so the float64 sums are the same. ``min_support`` None skips
-    the support gate (naive).
+    P(p) = Σ a_i m_i(p) / Σ a_i over the views that see p (MLLM-For3D §3.2). The sums run over a
+    (V, N) batch with ``cumsum`` along the views, which adds them one view after the other in the
+    numpy version's order, so the float64 sums are the same. ``min_support`` None skips the
+    support gate (naive). One device-to-host copy brings both results back.
     """
     import torch
 
     voters = np.flatnonzero(weights > 0)
-    visible, flat, _ = visible_pixels_torch(
-        points, [_camera(views[i]) for i in voters], config.visibility_tolerance, device
-    )
-    n = visible.shape[1]
-    num = torch.zeros(n, dtype=torch.float64, device=device)
-    den = torch.zeros(n, dtype=torch.float64, device=device)
-    observed = torch.zeros(n, dtype=torch.int32, device=device)
-    for j, i in enumerate(voters):
-        w = float(weights[i])
-        m = _mask_values_torch(segmentations[i], mode, device)[flat[j].clamp(min=0)]
-        num += torch.where(visible[j], w * m, 0.0)
-        den += torch.where(visible[j], w, 0.0)
-        observed += visible[j]
+    if voters.size == 0:
+        return np.zeros(len(points), np.float32), np.zeros(len(points), np.int32)
+    visible, value = _view_rows(points, views, segmentations, voters, mode, config, device, cache)
+    w = to_device(weights[voters].astype(np.float64), device)[:, None]
+    num = (w * value).cumsum(0)[-1]
+    den = torch.where(visible, w, 0.0).cumsum(0)[-1]
+    observed = visible.sum(0, dtype=torch.int32)
     prob = torch.where(den > 0, num / den, 0.0)
     if min_support is not None:
         prob = torch.where(num * shares >= min_support, prob, 0.0)
-    return prob.to(torch.float32).cpu().numpy(), observed.cpu().numpy()
+    host = to_host(torch.stack([prob.to(torch.float32).view(torch.int32), observed]))
+    return host[0].view(np.float32), host[1]
 
 
-def _mask_values_torch(seg: ViewSegmentation, mode: str, device: torch.device) -> torch.Tensor:
-    """:func:`_mask_values` on ``device`` (float64, flat)."""
+def _view_rows(
+    points: np.ndarray,
+    views: Sequence[ViewInput],
+    segmentations: Sequence[ViewSegmentation],
+    voters: np.ndarray,
+    mode: str,
+    config: FusionConfig,
+    device: torch.device,
+    cache: FusionCache | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(visible (V, N) bool, mask value at the visible points (V, N) float64, 0 elsewhere)`` of the voters.
+
+    Views in ``cache`` are not recomputed; the others go through one batched depth test.
+    """
     import torch
 
-    logits = DEVICE_ARRAYS.get(seg.mask_logits, device, torch.float64).reshape(-1)
+    tol = config.visibility_tolerance
+    keys = [(id(views[i]), id(segmentations[i])) for i in voters]
+    memo: dict[tuple[int, int], Any] = {}
+    if cache is not None:
+        memo = cache.rows(points, ("torch", mode, tol, _device_key(device)))
+        cache.keep(*(views[i] for i in voters), *(segmentations[i] for i in voters))
+    new = [j for j, key in enumerate(keys) if key not in memo]
+    if new:
+        idx = [int(voters[j]) for j in new]
+        visible, flat, _ = visible_pixels_torch(points, [_camera(views[i]) for i in idx], tol, device)
+        masks = _mask_values_at([segmentations[i] for i in idx], flat, mode, device)
+        value = torch.where(visible, masks, 0.0)
+        for r, j in enumerate(new):
+            memo[keys[j]] = (visible[r], value[r])
+        if len(new) == len(keys):  # all computed now, in the voters' order
+            return visible, value
+    return torch.stack([memo[k][0] for k in keys]), torch.stack([memo[k][1] for k in keys])
+
+
+def _mask_values_at(
+    segmentations: Sequence[ViewSegmentation], flat: torch.Tensor, mode: str, device: torch.device
+) -> torch.Tensor:
+    """(V, N) float64 :func:`_mask_values` of each view read at ``flat`` (its (V, N) pixel indices).
+
+    The sigmoid is taken after the lookup: elementwise, so the same values, on N points instead
+    of every pixel. Masks are uploaded once each (:data:`DEVICE_ARRAYS`) in their own dtype.
+    """
+    import torch
+
+    logits = [DEVICE_ARRAYS.get(s.mask_logits, device, None).reshape(-1) for s in segmentations]
+    pix = flat.clamp(min=0)
+    if len({t.numel() for t in logits}) == 1:  # the usual case: one resolution, a (V, H*W) gather
+        x = torch.stack(logits).gather(1, pix)
+    else:
+        sizes = [t.numel() for t in logits]
+        offsets = torch.tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.int64, device=device)
+        x = torch.cat(logits)[pix + offsets[:, None]]
+    x = x.to(torch.float64)
     if mode == "binary":
-        return (logits > 0).to(torch.float64)
+        return (x > 0).to(torch.float64)
     if mode == "probability":
-        return 1.0 / (1.0 + torch.exp(-logits.clamp(-60.0, 60.0)))
+        return torch.reciprocal(1.0 + torch.exp(-x.clamp(-60.0, 60.0)))  # = 1 / (...): one kernel less
     raise ValueError(f"unknown fusion.mask_mode '{mode}' (probability | binary)")

@@ -28,6 +28,7 @@ PyTorch is imported lazily so the rest of the package never needs it.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,15 @@ class TorchBlockGrid:
         i = torch.arange(VOXELS_PER_BLOCK, device=self.device)
         self._local = torch.stack([i % BLOCK, (i // BLOCK) % BLOCK, i // (BLOCK * BLOCK)], dim=1)
         self._local_f = self._local.to(torch.float32)
+        # Surface extraction, all three axes at once: per axis, the flat index of each voxel's +axis
+        # neighbour (wrapping into the next block at the block's edge) and which voxels are at it.
+        self._unit = torch.eye(3, dtype=torch.int64, device=self.device)
+        self._unit_f = self._unit.to(torch.float32)
+        steps = torch.tensor([1, BLOCK, BLOCK * BLOCK], device=self.device)[:, None]
+        self._at_edge = self._local.T == BLOCK - 1  # (3, 512)
+        self._nb_idx = torch.where(self._at_edge, i - (BLOCK - 1) * steps, i + steps)
+        self._surface_device: tuple[Any, Any] | None = None  # (weakref to the host points, device copy)
+        self._topology_cache: tuple[Any, Any, Any, Any] | None = None
         self._rays: dict[tuple, Any] = {}
         self.reset()
 
@@ -325,46 +335,71 @@ class TorchBlockGrid:
 
     # ------------------------------------------------------------------ extraction
     def extract(self, min_weight: float) -> tuple[np.ndarray, np.ndarray]:
-        """Zero-crossing surface points (N, 3) float64 and colours (N, 3) float32 in [0, 1]."""
+        """Zero-crossing surface points (N, 3) float64 and colours (N, 3) float32 in [0, 1].
+
+        The three axes are tested as one (3, blocks, 512) batch and the points and colours come to
+        the host in one copy: on a GPU the extraction's cost is its kernel launches and
+        synchronisations, not its arithmetic (bench/results/query.md). The device copy of the
+        points stays available to the query through :meth:`device_points`.
+        """
+        from reasoning_seg.fusion import to_host
+
         torch = self._torch
+        self._surface_device = None
         if self._keys.numel() == 0:
             return np.zeros((0, 3)), np.zeros((0, 3), np.float32)
-        slots, blocks = self._slots, self._unpack(self._keys)
-        T0, W0, C0 = self.tsdf[slots], self.weight[slots], self.color[slots]
+        slots, blocks, nb_slot = self._topology()
+        T0, W0 = self.tsdf[slots], self.weight[slots]  # (n, 512)
         base = ((blocks[:, None, :] * BLOCK).to(torch.float32) + self._local_f) * self.voxel_size
-        idx = torch.arange(VOXELS_PER_BLOCK, device=self.device)
-        pts, cols = [], []
-        for axis in range(3):
-            step = BLOCK**axis
-            at_edge = self._local[:, axis] == BLOCK - 1  # neighbour lives in the next block
-            nb_idx = torch.where(at_edge, idx - (BLOCK - 1) * step, idx + step)
-            offset = torch.zeros(3, dtype=torch.int64, device=self.device)
-            offset[axis] = 1
-            nb_slot = self._lookup(self._pack(blocks + offset))
-            nb_rows = torch.where(
-                at_edge[None, :], nb_slot[:, None].clamp(min=0), slots[:, None]
-            )  # (n, 512) storage row of the neighbour
-            T1 = self.tsdf[nb_rows, nb_idx[None, :]]
-            W1 = self.weight[nb_rows, nb_idx[None, :]]
-            exists = ~at_edge[None, :] | (nb_slot[:, None] >= 0)
-            hit = exists & (W0 > min_weight) & (W1 > min_weight) & (T0 * T1 < 0)
-            hit &= (T0.abs() < TRUNCATED) & (T1.abs() < TRUNCATED)
-            bi, vi = torch.nonzero(hit, as_tuple=True)
-            if bi.numel() == 0:
-                continue
-            t0, t1 = T0[bi, vi], T1[bi, vi]
-            r = t0 / (t0 - t1)
-            p = base[bi, vi].clone()
-            p[:, axis] += r * self.voxel_size
-            c1 = self.color[nb_rows[bi, vi], nb_idx[vi]]
-            c0 = C0[bi, vi]
-            pts.append(p)
-            cols.append(c0 + r[:, None] * (c1 - c0))
-        if not pts:
+        # (3, n, 512) storage row of each voxel's neighbour along each axis
+        nb_rows = torch.where(self._at_edge[:, None], nb_slot[..., None].clamp(min=0), slots[None, :, None])
+        nb_idx = self._nb_idx[:, None]
+        T1, W1 = self.tsdf[nb_rows, nb_idx], self.weight[nb_rows, nb_idx]
+        exists = ~self._at_edge[:, None] | (nb_slot[..., None] >= 0)
+        hit = exists & (W0 > min_weight) & (W1 > min_weight) & (T0 * T1 < 0)
+        hit &= (T0.abs() < TRUNCATED) & (T1.abs() < TRUNCATED)
+        ax, bi, vi = torch.nonzero(hit, as_tuple=True)  # axis-major: the x crossings, then y, then z
+        if bi.numel() == 0:
             return np.zeros((0, 3)), np.zeros((0, 3), np.float32)
-        points = torch.cat(pts).cpu().numpy().astype(np.float64)
-        colors = (torch.cat(cols) / 255.0).clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
-        return points, colors
+        t0, t1 = T0[bi, vi], T1[ax, bi, vi]
+        r = t0 / (t0 - t1)
+        # the crossing lies r voxels along the axis: adds r * voxel to that coordinate only (exact,
+        # the other coordinates get + 0)
+        p = torch.addcmul(base[bi, vi], self._unit_f[ax], (r * self.voxel_size)[:, None])
+        c0 = self.color[slots[bi], vi]
+        c1 = self.color[nb_rows[ax, bi, vi], self._nb_idx[ax, vi]]
+        cols = ((c0 + r[:, None] * (c1 - c0)) / 255.0).clamp(0.0, 1.0)
+        both = to_host(torch.cat([p, cols], dim=1))  # one device-to-host copy
+        points = both[:, :3].astype(np.float64)
+        self._surface_device = (weakref.ref(points), p)
+        return points, np.ascontiguousarray(both[:, 3:])
+
+    def _topology(self) -> tuple[Any, Any, Any]:
+        """``(slots, block coords (n, 3), slot of the +x/+y/+z neighbour block (3, n), -1: none)``.
+
+        Depends only on which blocks exist, so it is kept until a block is allocated or erased
+        (both replace ``_keys``): a re-integrated view changes voxels, not blocks.
+        """
+        cached = self._topology_cache
+        if cached is not None and cached[0] is self._keys and cached[1] is self._slots:
+            return cached[1], cached[2], cached[3]
+        blocks = self._unpack(self._keys)
+        nb_slot = self._lookup(self._pack(blocks[None] + self._unit[:, None]))
+        self._topology_cache = (self._keys, self._slots, blocks, nb_slot)
+        return self._slots, blocks, nb_slot
+
+    def device_points(self, points: np.ndarray) -> Any:
+        """(N, 3) float64 tensor on this grid's device holding ``points``, if they are the last extraction's.
+
+        The surface is made on the device; handing its device copy to the query (see
+        ``reasoning_seg.fusion.DEVICE_ARRAYS.put``) saves uploading the points back. None when
+        ``points`` is not the array :meth:`extract` returned last (the copy is of that array, so it
+        stays right when the grid changes after the extraction).
+        """
+        last = self._surface_device
+        if last is None or last[0]() is not points:
+            return None
+        return last[1].to(self._torch.float64)
 
     # ------------------------------------------------------------------ persistence
     def export(self) -> dict[str, np.ndarray]:

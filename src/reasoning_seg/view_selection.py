@@ -16,6 +16,8 @@ which is what makes scoring a 30-keyframe window cheap on a GPU. The choice of v
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from reasoning_seg.camera import invert_transform, visible_pixels
 from reasoning_seg.config import ViewSelectionConfig
-from reasoning_seg.fusion import Camera, points_on_device, torch_device, visible_pixels_torch
+from reasoning_seg.fusion import Camera, points_on_device, to_device, torch_device, visible_pixels_torch
 from reasoning_seg.keyframes import Keyframe
 
 if TYPE_CHECKING:
@@ -87,8 +89,34 @@ def _spatial_subsample_torch(points: np.ndarray, max_points: int, device: torch.
     return p[keep]
 
 
+_KMEANS_MEMO: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_KMEANS_LOCK = threading.Lock()
+
+
 def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
-    """Labels of a small deterministic k-means (k-means++ seeding); k <= len(x)."""
+    """Labels of a small deterministic k-means (k-means++ seeding); k <= len(x).
+
+    Deterministic in its inputs, so the labels are remembered for the last few inputs: between two
+    queries the keyframe window (whose poses are clustered) usually has not changed, and the
+    Python-level iterations cost about half a millisecond. The returned array is read-only.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    key = (x.shape, x.tobytes(), k, seed, iters)
+    with _KMEANS_LOCK:
+        hit = _KMEANS_MEMO.get(key)
+        if hit is not None:
+            _KMEANS_MEMO.move_to_end(key)
+            return hit
+    labels = _kmeans(x, k, seed, iters)
+    labels.setflags(write=False)
+    with _KMEANS_LOCK:
+        _KMEANS_MEMO[key] = labels
+        while len(_KMEANS_MEMO) > 16:
+            _KMEANS_MEMO.popitem(last=False)
+    return labels
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int, iters: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = [x[rng.integers(len(x))]]
     for _ in range(1, k):
@@ -213,9 +241,10 @@ def _local_scores_torch(
     import torch
 
     visible, _, z = visible_pixels_torch(pts, _cameras(keyframes), tolerance, dev)
-    fx = torch.tensor([kf.frame.intrinsics.fx for kf in keyframes], dtype=torch.float64, device=dev)
-    area = torch.where(visible, (fx[:, None] / z) ** 2, 0.0).sum(1).cpu().numpy()
-    counts = visible.sum(1).cpu().numpy()
+    fx = to_device(np.array([kf.frame.intrinsics.fx for kf in keyframes], dtype=np.float64), dev)
+    area = torch.where(visible, (fx[:, None] / z) ** 2, 0.0).sum(1)
+    # one device-to-host copy for both (counts are exact in float64)
+    area, counts = torch.stack([area, visible.sum(1).to(torch.float64)]).cpu().numpy()
     return [
         (float(a), kf.keyframe_id, kf)
         for kf, a, c in zip(keyframes, area, counts, strict=True)
