@@ -114,6 +114,8 @@ class AblationScale:
         net_device: ``net.device`` of the evaluating node.
         label_workers: processes writing pseudo-labels (one room each).
         loader_workers: DataLoader workers feeding the training (0: in the training process).
+        max_minutes: stop training after this much wall time even before ``steps`` (0: no limit), so a
+            time-limited command still saves a model (its learning-rate decay is then cut short).
     """
 
     name: str
@@ -144,6 +146,7 @@ class AblationScale:
     net_device: str = "cpu"
     label_workers: int = 2
     loader_workers: int = 0
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.train_seeds or not self.test_seeds:
@@ -623,6 +626,7 @@ def train_scene_queries(
         devices=scale.devices,
         max_epochs=-1,
         max_steps=scale.steps,
+        max_time={"minutes": scale.max_minutes} if scale.max_minutes > 0 else None,
         logger=CSVLogger(folder, name="logs"),
         callbacks=[timer],
         enable_checkpointing=False,
@@ -1032,6 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--table-only", action="store_true", help="only re-render the table from OUT/ablation.json"
     )
     p.add_argument("--loader-workers", type=int, default=-1, help="DataLoader workers for training")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this wall time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-seeds", default="", help="override, e.g. 0-5")
     p.add_argument("--test-seeds", default="", help="override, e.g. 100-102")
@@ -1067,6 +1072,8 @@ def scale_from_args(a: argparse.Namespace) -> AblationScale:
             changes[name] = getattr(a, name)
     if a.lr:
         changes["lr"] = a.lr
+    if a.max_minutes:
+        changes["max_minutes"] = a.max_minutes
     if a.optimizer:
         changes["optimizer"] = a.optimizer
     if a.no_height:
