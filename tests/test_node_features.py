@@ -32,69 +32,30 @@ from scipy.spatial import cKDTree
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import MarkerArray
 
+from node_world import DT, T0, VOXEL, World, build_world
 from reasoning_seg.action import SegmentQuery
-from reasoning_seg.camera import CameraIntrinsics
-from reasoning_seg.config import PipelineConfig
 from reasoning_seg.frames import RGBDFrame
 from reasoning_seg.msg import SegmentationResult
-from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.ros import node as node_module
 from reasoning_seg.ros import query_client
 from reasoning_seg.ros.conversions import cloud_msg_to_numpy
 from reasoning_seg.ros.node import ReasoningSegNode, executor_threads, gpu_memory_mb
 from reasoning_seg.ros.query_client import call_remove, call_segment, call_service, call_track
-from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
 from reasoning_seg.srv import LoadMap, Segment
 
 pytestmark = pytest.mark.ros
 
-INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
-VOXEL = 0.04
 N_MAP = 10  # frames in the saved map; later ones grow it
 N_FRAMES = 24
-T0, DT = 100.0, 0.1
 LATCHED = QoSProfile(
     depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
 
 
-@dataclass
-class World:
-    scene: SyntheticScene
-    scene_dir: str
-    map_dir: str
-    frames: list[RGBDFrame]
-    query: str
-    other_query: str
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    tmp = tmp_path_factory.mktemp("features")
-    scene = SyntheticScene.generate(3)
-    scene.save(tmp / "scene")
-    frames = []
-    for i, T in enumerate(scene.trajectory(N_FRAMES, seed=3)):
-        color, depth, _ = scene.render(INTR, T)
-        frames.append(RGBDFrame(color, depth, INTR, T, T0 + i * DT, i))
-    cfg = PipelineConfig()
-    cfg.update({"map.voxel_size": VOXEL, "fusion.visibility_tolerance": 0.08})
-    pipe = ReasoningSegPipeline(cfg)
-    for f in frames[:N_MAP]:
-        pipe.add_frame(f)
-    pipe.save(tmp / "map")
-    # Queries about furniture that the saved map shows well enough for the oracle to find.
-    furniture = {o.instance_id for o in scene.objects if not o.is_structure}
-    pipe.segmenter = SimulatedSegmenter(scene, profile="oracle")
-    found = []
-    for q in scene.queries:
-        if q.kind == "spatial" and q.target_instance_id in furniture and len(found) < 2:
-            r = pipe.query(q.text)
-            if r.found and len(r.points) > 50:
-                found.append(q.text)
-    assert len(found) == 2
-    return World(scene, str(tmp / "scene"), str(tmp / "map"), frames, *found)
+    return build_world(tmp_path_factory.mktemp("features"), N_FRAMES, N_MAP, n_queries=2, min_points=50)
 
 
 class SlowSegmenter:

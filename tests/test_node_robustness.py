@@ -26,11 +26,8 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from reasoning_seg.camera import CameraIntrinsics
-from reasoning_seg.config import PipelineConfig
-from reasoning_seg.frames import RGBDFrame
+from node_world import DT, INTR, T0, VOXEL, World, build_world
 from reasoning_seg.image_codec import depth_from_metres
-from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.ros.conversions import (
     intrinsics_to_camera_info,
     make_header,
@@ -39,53 +36,21 @@ from reasoning_seg.ros.conversions import (
 )
 from reasoning_seg.ros.node import ReasoningSegNode
 from reasoning_seg.ros.query_client import call_segment, call_service
-from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
 from reasoning_seg.srv import LoadMap, Segment
 
 pytestmark = pytest.mark.ros
 
-INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
-VOXEL = 0.04
 N_MAP = 10  # frames in the saved map; the rest of the trajectory is streamed through the topics
 N_FRAMES = 16
-T0, DT = 100.0, 0.1  # stamp of frame i: T0 + i * DT
 
 
 # --------------------------------------------------------------------------- the world, built once
 
 
-@dataclass
-class World:
-    scene: SyntheticScene
-    scene_dir: str
-    map_dir: str
-    frames: list[RGBDFrame]
-    query: str
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    tmp = tmp_path_factory.mktemp("robust")
-    scene = SyntheticScene.generate(3)
-    scene.save(tmp / "scene")
-    frames = []
-    for i, T in enumerate(scene.trajectory(N_FRAMES, seed=3)):
-        color, depth, _ = scene.render(INTR, T)
-        frames.append(RGBDFrame(color, depth, INTR, T, T0 + i * DT, i))
-    cfg = PipelineConfig()
-    cfg.update({"map.voxel_size": VOXEL, "fusion.visibility_tolerance": 0.08})
-    pipe = ReasoningSegPipeline(cfg)
-    for f in frames[:N_MAP]:
-        pipe.add_frame(f)
-    pipe.save(tmp / "map")
-    # A query whose target the saved map shows: the good query every test asks afterwards.
-    pipe.segmenter = SimulatedSegmenter(scene, profile="oracle")
-    furniture = {o.instance_id for o in scene.objects if not o.is_structure}
-    for q in scene.queries:
-        if q.kind == "spatial" and q.target_instance_id in furniture and pipe.query(q.text).found:
-            return World(scene, str(tmp / "scene"), str(tmp / "map"), frames, q.text)
-    raise AssertionError("no spatial query is answerable from the saved map")
+    return build_world(tmp_path_factory.mktemp("robust"), N_FRAMES, N_MAP, n_queries=1)
 
 
 # --------------------------------------------------------------------------- the injected 2D model
