@@ -127,8 +127,13 @@ class MemoryTrend:
         return self.end_mib - self.start_mib
 
 
-def memory_trend(times_s: list[float], rss: list[float], warmup_fraction: float) -> MemoryTrend:
+def memory_trend(
+    times_s: list[float], rss: list[float], warmup_fraction: float, warmup_s: float = 0.0
+) -> MemoryTrend:
     """Fit RSS against time after dropping the first ``warmup_fraction`` of the soak's duration.
+
+    ``warmup_s`` > 0 replaces the fraction by a fixed warm-up in seconds from the first sample, for
+    a warm-up declared from an earlier run (a 20-minute soak on the 2-core machine settled after ~10 min).
 
     A slope rather than end minus start, because single samples jitter with the garbage collector and
     the allocator returning pages; a leak shows as a steady positive slope.
@@ -139,7 +144,7 @@ def memory_trend(times_s: list[float], rss: list[float], warmup_fraction: float)
     t, r = t[ok], r[ok]
     if t.size == 0:
         return MemoryTrend(0, *([float("nan")] * 4))
-    t0 = t[0] + warmup_fraction * (t[-1] - t[0])
+    t0 = t[0] + (warmup_s if warmup_s > 0 else warmup_fraction * (t[-1] - t[0]))
     keep = t >= t0
     t, r = t[keep], r[keep]
     slope = float(np.polyfit(t / 60.0, r, 1)[0]) if t.size >= 2 and np.ptp(t) > 0 else float("nan")
@@ -221,6 +226,7 @@ class SoakReport:
     rss_series: list[tuple[float, float, float, int]] = field(default_factory=list)
     growth_threshold: float = 1.0
     warmup_fraction: float = 0.2
+    warmup_minutes: float = 0.0  # > 0: a fixed warm-up instead of the fraction
     machine: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -321,7 +327,8 @@ def render(rep: SoakReport) -> str:
     lines += [
         "",
         "Resident memory (VmRSS, MiB) after warm-up (the first "
-        f"{rep.warmup_fraction:.0%} of the soak excluded); slope = least-squares line.",
+        + (f"{rep.warmup_minutes:g} min" if rep.warmup_minutes > 0 else f"{rep.warmup_fraction:.0%}")
+        + " of the soak excluded); slope = least-squares line.",
         "",
         "| process | samples | start | end | max | end - start | slope MiB/min |",
         "|---|---|---|---|---|---|---|",
@@ -480,6 +487,7 @@ def run_soak(a: argparse.Namespace, command: str) -> SoakReport:
         a.query_period,
         growth_threshold=a.growth_threshold,
         warmup_fraction=a.warmup_fraction,
+        warmup_minutes=a.warmup_minutes,
     )
     rep.machine = (
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
@@ -613,8 +621,8 @@ def run_soak(a: argparse.Namespace, command: str) -> SoakReport:
         )
         rep.diagnostics = end_diag
         rep.rss_series = list(zip(times, node_rss, player_rss, blocks, strict=True))
-        rep.node_memory = memory_trend(times, node_rss, a.warmup_fraction)
-        rep.player_memory = memory_trend(times, player_rss, a.warmup_fraction)
+        rep.node_memory = memory_trend(times, node_rss, a.warmup_fraction, 60.0 * a.warmup_minutes)
+        rep.player_memory = memory_trend(times, player_rss, a.warmup_fraction, 60.0 * a.warmup_minutes)
         load = os.getloadavg()
         rep.notes.append(
             f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on "
@@ -640,6 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query-timeout", type=float, default=60.0, help="a query unanswered after this is lost")
     p.add_argument("--sample-period", type=float, default=2.0, help="seconds between RSS samples")
     p.add_argument("--warmup-fraction", type=float, default=0.2, help="part of the soak the memory fit skips")
+    p.add_argument(
+        "--warmup-minutes",
+        type=float,
+        default=0.0,
+        help="fixed warm-up the memory fit skips (overrides the fraction)",
+    )
     p.add_argument(
         "--growth-threshold", type=float, default=1.0, help="memory verdict: slope below this (MiB/min)"
     )

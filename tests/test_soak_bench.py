@@ -54,6 +54,9 @@ def test_memory_trend_excludes_the_warm_up() -> None:
     assert m.start_mib == m.end_mib == 400.0
     # With no warm-up excluded the same data looks like a leak: the exclusion is what makes it flat.
     assert sb.memory_trend(list(t), list(rss), 0.0).slope_mib_per_min > 10
+    # A fixed warm-up in seconds replaces the fraction: 10 s is too short for this curve, 15 s is not.
+    assert sb.memory_trend(list(t), list(rss), 0.2, warmup_s=10.0).slope_mib_per_min > 1
+    assert sb.memory_trend(list(t), list(rss), 0.9, warmup_s=15.0).samples == 85
     # Samples of a vanished process (NaN) are ignored, not fitted.
     gone = sb.memory_trend([0.0, 1.0, 2.0], [float("nan")] * 3, 0.2)
     assert gone.samples == 0 and np.isnan(gone.slope_mib_per_min)
