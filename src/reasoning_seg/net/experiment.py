@@ -686,7 +686,9 @@ def train_variant(
     )
     info = train_scene_queries(variant, scale, files, folder, seed)
     if variant.fit_query_to_fused:
-        net = LabelFree3DNet.load(model)
+        # On the training accelerator: the fit runs the frozen backbone over every training room.
+        dev = "cuda" if scale.accelerator == "gpu" and torch.cuda.is_available() else "cpu"
+        net = LabelFree3DNet.load(model, map_location=dev)
         probe = fit_query_projection(
             net, files, scale.net_voxel, scale.probe_steps, scale.probe_lr, seed=seed, log=log
         )
@@ -726,19 +728,30 @@ def fit_query_projection(
     )
     dev = net.device
     net.eval()
+    cfg = ds.config
+    by_file: dict[int, list[int]] = {}
+    for fi, qi in ds.items:
+        by_file.setdefault(fi, []).append(qi)
+    # Per scene: voxelise once, run the frozen backbone once, then each query's voxel-mean fused
+    # probability (what PseudoLabelDataset.item returns as ``fused``, without building its pairs).
     per_file: dict[int, dict[str, Any]] = {}
-    for i in range(len(ds)):
-        item = ds.item(i)
-        fi = item["key"][0]
-        if fi not in per_file:
-            coords = torch.as_tensor(item["coords"], device=dev)
-            coords = torch.cat([torch.zeros((len(coords), 1), dtype=torch.int64, device=dev), coords], 1)
-            x = SparseTensor.from_coords(coords, torch.as_tensor(item["feats"], device=dev))
-            with torch.no_grad():
-                feats = net(x).float()
-            per_file[fi] = {"feats": feats, "emb": [], "target": []}
-        per_file[fi]["emb"].append(torch.as_tensor(item["embedding"], device=dev))
-        per_file[fi]["target"].append(torch.as_tensor(item["fused"], device=dev))
+    for fi, qis in by_file.items():
+        scene = ds.scene(fi)
+        vox = voxelise(centred(scene.points), scene.colors, cfg.voxel_size, cfg.color_center, cfg.height)
+        n_vox = len(vox.coords)
+        coords = torch.as_tensor(vox.coords, device=dev)
+        coords = torch.cat([torch.zeros((len(coords), 1), dtype=torch.int64, device=dev), coords], 1)
+        x = SparseTensor.from_coords(coords, torch.as_tensor(vox.feats, device=dev))
+        with torch.no_grad():
+            feats = net(x).float()
+        counts = np.bincount(vox.inverse, minlength=n_vox).astype(np.float64)
+        emb, target = [], []
+        for qi in qis:
+            q = scene.queries[qi]
+            fused = np.bincount(vox.inverse, weights=q.probability, minlength=n_vox) / counts
+            emb.append(torch.as_tensor(q.unified.astype(np.float32), device=dev))
+            target.append(torch.as_tensor(fused.astype(np.float32), device=dev))
+        per_file[fi] = {"feats": feats, "emb": emb, "target": target}
     groups = [(g["feats"], torch.stack(g["emb"]), torch.stack(g["target"], dim=1)) for g in per_file.values()]
     proj = net.query_head.proj
     proj.requires_grad_(True)
