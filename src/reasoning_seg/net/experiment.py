@@ -74,6 +74,7 @@ from reasoning_seg.net.train import LabelFreeModule, LossConfig, OptimConfig, St
 from reasoning_seg.sim.simulated_segmenter import SEG_EMBEDDING_MIX
 
 __all__ = [
+    "ALL_VARIANTS",
     "SCALES",
     "EXTRA_VARIANTS",
     "VARIANTS",
@@ -173,9 +174,11 @@ class AblationScale:
         return {"map.voxel_size": self.map_voxel, "keyframes.window_size": 64, "views.num_views": 4}
 
 
+# 2 CPU cores, < 25 min: narrow U-Net at 8 cm, 160x120 recordings, 6 + 3 rooms.
+_CPU_SCALE = AblationScale(name="cpu", train_seeds=list(range(6)), test_seeds=[100, 101, 102])
+
 SCALES: dict[str, AblationScale] = {
-    # 2 CPU cores, < 25 min: narrow U-Net at 8 cm, 160x120 recordings, 6 + 3 rooms.
-    "cpu": AblationScale(name="cpu", train_seeds=list(range(6)), test_seeds=[100, 101, 102]),
+    "cpu": _CPU_SCALE,
     # The GPU machine: MinkowskiNet14 at 5 cm (A.2/A.3), the benchmark's 640x480 recordings.
     # Sized so that each stage (--stop-after labels / train --variants X / all) fits a 10-minute
     # command on one H100 with 16 CPU cores; not measured yet (see bench/results/net_ablation.md).
@@ -202,22 +205,22 @@ SCALES: dict[str, AblationScale] = {
         label_workers=12,
         loader_workers=8,
     ),
-    # The GPU machine at the CPU scale's recordings (so the fusion rows stay comparable): 5x the
-    # training rooms, twice the held-out rooms, the network at the map's 4 cm and 4000 AdamW steps.
-    # Each stage fits one 10-minute command on one H100 with 16 CPU cores (--stop-after labels, then
-    # training, then evaluation; pseudo-labels and models are reused between the commands).
-    "gpu": AblationScale(
+    # The GPU machine with the CPU scale's recordings and map (derived from it, so the fusion rows
+    # stay comparable): 5x the training rooms, twice the held-out rooms, the network at the map's
+    # 4 cm, AdamW. The default 4000 steps take ~20 min at the measured 0.29 s/step (data-bound), more
+    # than one 10-minute device command: the runs in bench/results/net_ablation_gpu.md split the
+    # stages (--stop-after labels / train, --eval-only) and set --steps / --max-minutes.
+    "gpu": dataclasses.replace(
+        _CPU_SCALE,
         name="gpu",
         train_seeds=list(range(30)),
         test_seeds=list(range(100, 106)),
-        net="small",
         net_voxel=0.04,
         steps=4000,
         batch_size=4,
         lr=0.001,
         optimizer="adamw",
         accelerator="gpu",
-        devices=1,
         threads=0,
         queries_per_item=32,
         net_device="cuda",
@@ -264,12 +267,15 @@ EXTRA_VARIANTS: tuple[Variant, ...] = (
 )
 """Variants trained only when named (``--variants``): our departures from the paper's losses."""
 
+ALL_VARIANTS: tuple[Variant, ...] = (*VARIANTS, *EXTRA_VARIANTS)
+"""Every variant a run can name, in table order."""
+
 
 def _variants(keys: Sequence[str] | None) -> list[Variant]:
     """The named variants (all of :data:`VARIANTS` when None), in table order."""
     if keys is None:
         return list(VARIANTS)
-    return [v for v in (*VARIANTS, *EXTRA_VARIANTS) if v.key in keys]
+    return [v for v in ALL_VARIANTS if v.key in keys]
 
 
 NAIVE_ROW = "naive projection (Table 4a)"
@@ -791,7 +797,7 @@ def evaluation_experiment(scale: AblationScale, models: dict[str, Path]) -> Expe
         RowSpec(NAIVE_ROW, dict(_NAIVE_PARAMS)),
         RowSpec(FUSION_ROW, {}),
     ]
-    for v in (*VARIANTS, *EXTRA_VARIANTS):
+    for v in ALL_VARIANTS:
         if v.key in models:
             rows.append(
                 RowSpec(
@@ -1035,7 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="preset (SCALES)")
     p.add_argument("--full", action="store_true", help="same as --scale full")
     p.add_argument("--table", default="", help="also write the Markdown table here")
-    keys = [v.key for v in (*VARIANTS, *EXTRA_VARIANTS)]
+    keys = [v.key for v in ALL_VARIANTS]
     p.add_argument("--variants", default="", help=f"comma list of {keys} (default: the Table 4 rows)")
     p.add_argument("--fresh", action="store_true", help="regenerate pseudo-labels and retrain")
     p.add_argument(
@@ -1132,7 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scale = scale_from_args(a)
         variants = [v.strip() for v in a.variants.split(",") if v.strip()] or None
-        unknown = set(variants or []) - {v.key for v in (*VARIANTS, *EXTRA_VARIANTS)}
+        unknown = set(variants or []) - {v.key for v in ALL_VARIANTS}
         if unknown:
             raise ValueError(f"unknown variants {sorted(unknown)}")
     except ValueError as exc:

@@ -183,15 +183,7 @@ class BoxRayCaster:
         With the ray ``o + t d`` in box-local coordinates, the ``-h`` plane of axis ``a`` is met at
         ``t = (-h_a - o_a) / d_a`` and the ``+h`` plane at ``(h_a - o_a) / d_a``.
         """
-        rel = origin[None, :] - self._centers
-        local = np.stack(
-            [
-                self._cos * rel[:, 0] + self._sin * rel[:, 1],
-                -self._sin * rel[:, 0] + self._cos * rel[:, 1],
-                rel[:, 2],
-            ],
-            axis=1,
-        )
+        local = _to_box_frame(origin[None, :] - self._centers, self._cos, self._sin)
         lo = torch.as_tensor(-self._half - local, dtype=torch.float32, device=self.device)
         hi = torch.as_tensor(self._half - local, dtype=torch.float32, device=self.device)
         return lo, hi
@@ -356,6 +348,13 @@ class BoxRayCaster:
         return 4 * axis + 2 * side
 
 
+def _to_box_frame(rel: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """(..., B, 3) offsets from box centres, rotated into each box's frame (inverse of its yaw about z)."""
+    return np.stack(
+        [cos * rel[..., 0] + sin * rel[..., 1], -sin * rel[..., 0] + cos * rel[..., 1], rel[..., 2]], axis=-1
+    )
+
+
 def nearest_box_surface(
     points: np.ndarray,
     centers: np.ndarray,
@@ -392,10 +391,7 @@ def nearest_box_surface(
     cos, sin = np.cos(yaw), np.sin(yaw)
     step = max(1, chunk_pairs // b)
     for start in range(0, n, step):
-        q = p[start : start + step, None, :] - c[None, :, :]  # (n, B, 3) relative to each centre
-        local = np.stack(
-            [cos * q[..., 0] + sin * q[..., 1], -sin * q[..., 0] + cos * q[..., 1], q[..., 2]], axis=-1
-        )
+        local = _to_box_frame(p[start : start + step, None, :] - c[None, :, :], cos, sin)  # (n, B, 3)
         outside = np.abs(local) - half  # > 0 on the axes where the point is beyond the slab
         d_out = np.linalg.norm(np.maximum(outside, 0.0), axis=-1)
         d_in = -np.max(outside, axis=-1)  # inside: distance to the nearest face
