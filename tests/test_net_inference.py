@@ -32,7 +32,7 @@ from reasoning_seg.net.experiment import (  # noqa: E402
     fit_query_projection,
     train_scene_queries,
 )
-from reasoning_seg.net.model import LabelFree3DNet  # noqa: E402
+from reasoning_seg.net.model import LabelFree3DNet, centred, voxelise  # noqa: E402
 from reasoning_seg.net.pseudo_labels import generate_scene_labels, save_scene_labels, trace_query  # noqa: E402
 from reasoning_seg.net.train import TrainConfig, run_training  # noqa: E402
 from reasoning_seg.pipeline import METHOD_3D_NET, ReasoningSegPipeline  # noqa: E402
@@ -259,6 +259,35 @@ def test_scene_query_items_carry_the_standard_items_pairs(labels_file: Path) -> 
     np.testing.assert_array_equal(batch["pair_point"][m:].numpy(), item["pair_point"] + n)
     np.testing.assert_array_equal(batch["pair_query"][m:].numpy(), item["pair_query"] + q)
     assert batch["embedding"].shape == (2 * q, 256)
+
+
+def test_scene_query_items_swap_only_the_eq1_target_for_fused_and_truth(labels_file: Path) -> None:
+    data = DataConfig(voxel_size=NET_VOXEL, augment=False)
+    views = SceneQueriesDataset([labels_file], data, queries_per_item=3, max_spatial_pairs=50)
+    queries = sorted(views.queries[0])[:3]
+    ref = views.item(0, queries, None, np.random.default_rng(0))
+    scene = views.base.scene(0)
+    vox = voxelise(centred(scene.points), scene.colors, NET_VOXEL, data.color_center, data.height)
+    counts = np.bincount(vox.inverse, minlength=len(vox.coords))
+    for target in ("fused", "truth"):
+        ds = SceneQueriesDataset([labels_file], data, 3, 50, alignment_target=target)
+        item = ds.item(0, queries, None, np.random.default_rng(0))
+        for key in ("coords", "pair_point", "pair_query", "pair_weight", "s_point", "embedding"):
+            np.testing.assert_array_equal(item[key], ref[key])  # same pairs, same Eq. 2 set
+        for k, qi in enumerate(queries):
+            q = scene.queries[qi]
+            per_point = q.probability if target == "fused" else scene.gt_mask(q).astype(np.float64)
+            per_vox = np.bincount(vox.inverse, per_point, len(counts)) / np.maximum(counts, 1)
+            mine = item["pair_query"] == k
+            want = np.clip(per_vox[item["pair_point"][mine]], 1e-6, 1 - 1e-6)
+            got = 1.0 / (1.0 + np.exp(-item["pair_logit"][mine].astype(np.float64)))
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    truth_item = SceneQueriesDataset([labels_file], data, 3, 50, alignment_target="truth").item(
+        0, queries, None, np.random.default_rng(0)
+    )
+    assert not np.allclose(truth_item["pair_logit"], ref["pair_logit"])  # the target really changed
+    with pytest.raises(ValueError, match="alignment_target"):
+        SceneQueriesDataset([labels_file], data, alignment_target="labels")
 
 
 @pytest.mark.parametrize(("variant", "zero"), [(0, None), (2, "train/spatial")])
