@@ -19,10 +19,13 @@ from reasoning_seg.segmenter import Segmenter, ViewInput, segmenter_from_config
 from reasoning_seg.sim.scene import QueryPredicate, SceneQuery, SyntheticScene
 from reasoning_seg.sim.simulated_segmenter import (
     PROFILES,
+    SEG_EMBEDDING_MIX,
     SimulatedLisaProfile,
     SimulatedSegmenter,
     instance_embedding,
     no_object_embedding,
+    object_embedding,
+    seg_embedding_mix,
 )
 
 INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
@@ -408,6 +411,9 @@ def test_config_knobs_build_the_configured_simulation(scene, tmp_path, views):
     assert seg.name == "simulated-lisa13b" and seg.embedding_dim == 64 and seg.seed == 7
     (s,) = seg.segment(views[:1], scene.queries[0].text)
     s.validate(H, W, 64)
+    assert seg.embedding_mix == SEG_EMBEDDING_MIX  # sim_instance_weight's default is the module's mix
+    same = segmenter_from_config(dataclasses.replace(cfg, sim_instance_weight=0.0))
+    assert same.embedding_mix == (SEG_EMBEDDING_MIX[0], SEG_EMBEDDING_MIX[1], 0.0)
     with pytest.raises(ValueError, match="sim_profile"):
         segmenter_from_config(dataclasses.replace(cfg, sim_profile="nope"))
     with pytest.raises(ValueError, match="needs segmenter.scene"):
@@ -416,3 +422,18 @@ def test_config_knobs_build_the_configured_simulation(scene, tmp_path, views):
         segmenter_from_config(dataclasses.replace(cfg, backend="nope"))
     with pytest.raises(ValueError, match="needs segmenter.lisa_path"):
         segmenter_from_config(dataclasses.replace(cfg, backend="lisa"))
+
+
+def test_instance_weight_zero_leaves_only_what_the_object_is():
+    # Two rooms, same category and colour: identical [SEG] directions without the instance part,
+    # and the default mix's category + colour share (cosine 0.37) with it.
+    a = object_embedding("room-a", 3, "mug", "red", 256, seg_embedding_mix(0.0))
+    b = object_embedding("room-b", 9, "mug", "red", 256, seg_embedding_mix(0.0))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    a8 = object_embedding("room-a", 3, "mug", "red", 256, seg_embedding_mix())
+    b8 = object_embedding("room-b", 9, "mug", "red", 256, seg_embedding_mix())
+    assert 0.25 < float(a8 @ b8) < 0.5
+    assert seg_embedding_mix() == SEG_EMBEDDING_MIX
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="instance weight"):
+            seg_embedding_mix(bad)

@@ -221,6 +221,7 @@ def make_segmenter(scene: Any, row: RowSpec, config: PipelineConfig) -> Any:
         embedding_dim=config.segmenter.embedding_dim,
         profile=profile,
         seed=config.segmenter.sim_seed,
+        embedding_mix=sim.seg_embedding_mix(config.segmenter.sim_instance_weight),
     )
 
 

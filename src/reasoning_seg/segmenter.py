@@ -90,7 +90,7 @@ def segmenter_from_config(config: SegmenterConfig) -> Segmenter:
                 "segmenter.backend 'simulated' needs segmenter.scene (a synthetic scene directory)"
             )
         from reasoning_seg.sim.scene import SyntheticScene
-        from reasoning_seg.sim.simulated_segmenter import PROFILES, SimulatedSegmenter
+        from reasoning_seg.sim.simulated_segmenter import PROFILES, SimulatedSegmenter, seg_embedding_mix
 
         if config.sim_profile not in PROFILES:
             raise ValueError(f"segmenter.sim_profile '{config.sim_profile}' is not one of {sorted(PROFILES)}")
@@ -99,6 +99,7 @@ def segmenter_from_config(config: SegmenterConfig) -> Segmenter:
             profile=config.sim_profile,
             embedding_dim=config.embedding_dim,
             seed=config.sim_seed,
+            embedding_mix=seg_embedding_mix(config.sim_instance_weight),
         )
     if config.backend == "lisa":
         if not config.lisa_path:

@@ -71,7 +71,7 @@ from reasoning_seg.net.pseudo_labels import (
 )
 from reasoning_seg.net.sparse_conv import CoordinateMap, SparseTensor
 from reasoning_seg.net.train import LabelFreeModule, LossConfig, OptimConfig, StepTimer
-from reasoning_seg.sim.simulated_segmenter import SEG_EMBEDDING_MIX
+from reasoning_seg.sim.simulated_segmenter import SEG_EMBEDDING_MIX, seg_embedding_mix
 
 __all__ = [
     "ALIGNMENT_TARGETS",
@@ -118,6 +118,9 @@ class AblationScale:
         loader_workers: DataLoader workers feeding the training (0: in the training process).
         max_minutes: stop training after this much wall time even before ``steps`` (0: no limit), so a
             time-limited command still saves a model (its learning-rate decay is then cut short).
+        instance_weight: ``segmenter.sim_instance_weight`` of the SIMULATED LISA in every room,
+            training and held-out: how much of its ``[SEG]`` embedding is room-specific (an
+            assumption about LISA that the sensitivity rows of net_ablation_gpu.md vary).
     """
 
     name: str
@@ -149,6 +152,7 @@ class AblationScale:
     label_workers: int = 2
     loader_workers: int = 0
     max_minutes: float = 0.0
+    instance_weight: float = SEG_EMBEDDING_MIX[2]
 
     def __post_init__(self) -> None:
         if not self.train_seeds or not self.test_seeds:
@@ -172,7 +176,12 @@ class AblationScale:
     def base_params(self) -> dict[str, Any]:
         """Pipeline parameters shared by pseudo-labelling and evaluation (map and views)."""
         # The window holds the whole scan, as in bench/experiments/baselines.yaml.
-        return {"map.voxel_size": self.map_voxel, "keyframes.window_size": 64, "views.num_views": 4}
+        return {
+            "map.voxel_size": self.map_voxel,
+            "keyframes.window_size": 64,
+            "views.num_views": 4,
+            "segmenter.sim_instance_weight": self.instance_weight,
+        }
 
 
 # 2 CPU cores, < 25 min: narrow U-Net at 8 cm, 160x120 recordings, 6 + 3 rooms.
@@ -352,7 +361,7 @@ def make_pseudo_labels(
             "spec": dataclasses.asdict(spec),
             "config": cfg.flat(),
             "options": dataclasses.asdict(opts),
-            "seg_embedding_mix": SEG_EMBEDDING_MIX,
+            "seg_embedding_mix": seg_embedding_mix(scale.instance_weight),
         }
     )
     folder = out / "pseudo"
@@ -921,7 +930,7 @@ def run_ablation(
     doc = run_experiment(exp, out / "eval", cache_dir, pictures=0, log=log)
     result = {
         "scale": dataclasses.asdict(scale),
-        "seg_embedding_mix": list(SEG_EMBEDDING_MIX),
+        "seg_embedding_mix": list(seg_embedding_mix(scale.instance_weight)),
         "pseudo_labels": label_stats,
         "training": training,
         "variants": [dataclasses.asdict(v) for v in chosen],
@@ -1117,6 +1126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-workers", type=int, default=-1, help="DataLoader workers for training")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this wall time")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--instance-weight",
+        type=float,
+        default=-1.0,
+        help="segmenter.sim_instance_weight of the SIMULATED LISA (default: the scale's, 0.8)",
+    )
     p.add_argument("--train-seeds", default="", help="override, e.g. 0-5")
     p.add_argument("--test-seeds", default="", help="override, e.g. 100-102")
     p.add_argument("--steps", type=int, default=0, help="override training steps")
@@ -1153,6 +1168,8 @@ def scale_from_args(a: argparse.Namespace) -> AblationScale:
         changes["lr"] = a.lr
     if a.max_minutes:
         changes["max_minutes"] = a.max_minutes
+    if a.instance_weight >= 0:
+        changes["instance_weight"] = a.instance_weight
     if a.optimizer:
         changes["optimizer"] = a.optimizer
     if a.no_height:

@@ -447,7 +447,7 @@ def generate_scene_labels(
     """
     from reasoning_seg.benchmark import build_map
     from reasoning_seg.sim.scene import SyntheticScene
-    from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
+    from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter, seg_embedding_mix
 
     cfg = config or PipelineConfig()
     opts = options or PseudoLabelOptions()
@@ -463,6 +463,7 @@ def generate_scene_labels(
             profile=cfg.segmenter.sim_profile,
             embedding_dim=cfg.segmenter.embedding_dim,
             seed=cfg.segmenter.sim_seed,
+            embedding_mix=seg_embedding_mix(cfg.segmenter.sim_instance_weight),
             image_features=True,
             feature_noise=opts.feature_noise,
         )

@@ -70,6 +70,7 @@ from reasoning_seg.sim.scene import (
 __all__ = [
     "PROFILES",
     "SEG_EMBEDDING_MIX",
+    "seg_embedding_mix",
     "SimulatedLisaProfile",
     "SimulatedSegmenter",
     "SimulatedViewOutcome",
@@ -125,6 +126,19 @@ def instance_embedding(scene_key: str, instance_id: int, dim: int) -> np.ndarray
 #: shrinks with the cosine), and a 3D network trained on some rooms has a category/colour signal to
 #: recognise in rooms it never saw (MLLM-For3D §3.3 answers from the embedding alone).
 SEG_EMBEDDING_MIX = (0.5, 0.35, 0.8)
+
+
+def seg_embedding_mix(instance_weight: float = SEG_EMBEDDING_MIX[2]) -> tuple[float, float, float]:
+    """:data:`SEG_EMBEDDING_MIX` with another instance weight (``segmenter.sim_instance_weight``).
+
+    Why a knob: how much of a real ``[SEG]`` token is specific to the instance in its image, rather
+    than what the object is, cannot be measured here (no LISA weights), and it decides whether a 3D
+    network can answer from the embedding in rooms it never saw (``bench/results/net_ablation_gpu.md``).
+    """
+    w = float(instance_weight)
+    if not math.isfinite(w) or w < 0:
+        raise ValueError(f"instance weight must be finite and >= 0, got {instance_weight}")
+    return (SEG_EMBEDDING_MIX[0], SEG_EMBEDDING_MIX[1], w)
 
 
 def object_embedding(
