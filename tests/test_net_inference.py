@@ -10,6 +10,7 @@ and barely trained (what is tested is the wiring, not its accuracy: that is
 from __future__ import annotations
 
 import csv
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -313,6 +314,31 @@ def test_scene_query_training_writes_a_net_and_drops_the_ablated_term(
     spatial = [float(r["train/spatial"]) for r in rows if r.get("train/spatial")]
     assert len(align) == 4 and all(a > 0 for a in align)
     assert all(x == 0 for x in spatial) if zero else all(x > 0 for x in spatial)
+
+
+def test_scene_query_training_warm_starts_from_a_saved_model(labels_file: Path, tmp_path: Path) -> None:
+    scale = AblationScale(
+        name="test", train_seeds=[3], test_seeds=[4], net="tiny", net_voxel=NET_VOXEL, steps=4,
+        batch_size=1, queries_per_item=4, threads=1,
+    )  # fmt: skip
+    train_scene_queries(VARIANTS[0], scale, [labels_file], tmp_path / "a", seed=0)
+    first = LabelFree3DNet.load(tmp_path / "a" / "model.pt")
+    # One more step at a negligible learning rate: the weights are the first run's, not a fresh init.
+    more = dataclasses.replace(scale, steps=1, lr=1e-12, init_from=str(tmp_path / "a" / "model.pt"))
+    summary = train_scene_queries(VARIANTS[0], more, [labels_file], tmp_path / "b", seed=1)
+    assert summary["total_steps"] == 5 and summary["init_from"] == more.init_from
+    again = LabelFree3DNet.load(tmp_path / "b" / "model.pt")
+    fresh = dataclasses.replace(scale, steps=1, lr=1e-12)
+    train_scene_queries(VARIANTS[0], fresh, [labels_file], tmp_path / "c", seed=1)
+    other = LabelFree3DNet.load(tmp_path / "c" / "model.pt")
+    for (k, w), w2 in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
+        if w.is_floating_point() and "running" not in k:
+            torch.testing.assert_close(w2, w, atol=1e-6, rtol=0)
+    assert any(not torch.allclose(a, b) for a, b in zip(first.parameters(), other.parameters(), strict=True))
+    with pytest.raises(ValueError, match="another network"):
+        train_scene_queries(
+            VARIANTS[0], dataclasses.replace(more, net_voxel=2 * NET_VOXEL), [labels_file], tmp_path / "d"
+        )
 
 
 def test_ablation_scales_refuse_overlapping_rooms() -> None:

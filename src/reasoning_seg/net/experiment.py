@@ -121,6 +121,8 @@ class AblationScale:
         instance_weight: ``segmenter.sim_instance_weight`` of the SIMULATED LISA in every room,
             training and held-out: how much of its ``[SEG]`` embedding is room-specific (an
             assumption about LISA that the sensitivity rows of net_ablation_gpu.md vary).
+        init_from: start training from these weights (a ``model.pt`` of the same network) with a
+            fresh optimiser and schedule: continues a run that one time-limited command cut short.
     """
 
     name: str
@@ -153,6 +155,7 @@ class AblationScale:
     loader_workers: int = 0
     max_minutes: float = 0.0
     instance_weight: float = SEG_EMBEDDING_MIX[2]
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if not self.train_seeds or not self.test_seeds:
@@ -686,6 +689,15 @@ def train_scene_queries(
         dataclasses.asdict(OptimConfig(lr=scale.lr, optimizer=scale.optimizer)),
         dataclasses.asdict(loss),
     )
+    init_steps = 0
+    if scale.init_from:
+        start = LabelFree3DNet.load(scale.init_from)
+        if start.config.to_dict() != net.to_dict():
+            raise ValueError(
+                f"{scale.init_from} is another network than this scale's {scale.net} at {scale.net_voxel} m"
+            )
+        module.net.load_state_dict(start.state_dict())
+        init_steps = int(start.checkpoint_meta.get("total_steps", start.checkpoint_meta.get("steps", 0)))
     timer = StepTimer()
     trainer = pl.Trainer(
         accelerator=scale.accelerator,
@@ -714,6 +726,9 @@ def train_scene_queries(
         "scene_items_per_epoch": len(ds),
         "final_loss": metrics.get("train/loss"),
     }
+    if scale.init_from:  # steps of every run this model has been through, this one included
+        summary["init_from"] = scale.init_from
+        summary["total_steps"] = init_steps + summary["steps"]
     if trainer.is_global_zero:
         module.net.save(folder / "model.pt", meta={"variant": variant.key, **summary})
     return summary
@@ -1126,6 +1141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-workers", type=int, default=-1, help="DataLoader workers for training")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this wall time")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", default="", help="warm-start training from this model.pt (same network)")
     p.add_argument(
         "--instance-weight",
         type=float,
@@ -1168,6 +1184,8 @@ def scale_from_args(a: argparse.Namespace) -> AblationScale:
         changes["lr"] = a.lr
     if a.max_minutes:
         changes["max_minutes"] = a.max_minutes
+    if a.init_from:
+        changes["init_from"] = a.init_from
     if a.instance_weight >= 0:
         changes["instance_weight"] = a.instance_weight
     if a.optimizer:
