@@ -105,8 +105,8 @@ def test_experiment_variants_extra_rows_only_when_named_and_gpu_scale_exists():
     assert gpu.name == "gpu" and gpu.steps == 7 and gpu.accelerator == "gpu"
     assert not set(gpu.train_seeds) & set(gpu.test_seeds) and SCALES["cpu"].width == gpu.width
     # The SIMULATED [SEG] embedding's instance weight reaches every room's pipeline config.
-    assert gpu.base_params()["segmenter.sim_instance_weight"] == 0.8
-    zero = scale_from_args(build_parser().parse_args(["--scale", "gpu", "--instance-weight", "0"]))
-    assert zero.instance_weight == 0.0 and zero.base_params()["segmenter.sim_instance_weight"] == 0.0
+    assert gpu.base_params()["segmenter.sim_instance_weight"] == 0.0
+    old = scale_from_args(build_parser().parse_args(["--scale", "gpu", "--instance-weight", "0.8"]))
+    assert old.instance_weight == 0.8 and old.base_params()["segmenter.sim_instance_weight"] == 0.8
     fused, truth = _variants(["full_fused", "with_gt"])
     assert (fused.alignment_target, truth.alignment_target) == ("fused", "truth")

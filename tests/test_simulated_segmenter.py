@@ -107,7 +107,10 @@ def test_logits_are_soft_sam_like_and_their_sign_is_the_mask(scene, views, insta
 
 
 def test_hallucination_segments_the_most_similar_visible_object(scene, views, instances):
-    seg = SimulatedSegmenter(scene, profile(hallucination_rate=1.0, embedding_noise=0.3))
+    # With an instance part (the earlier default mix), so that two bins' tokens differ.
+    seg = SimulatedSegmenter(
+        scene, profile(hallucination_rate=1.0, embedding_noise=0.3), embedding_mix=seg_embedding_mix(0.8)
+    )
     q = spatial_query(scene, "bin")
     other_bins = {o.instance_id for o in scene.objects if o.category == "bin"} - {q.target_instance_id}
     checked = 0
@@ -308,16 +311,28 @@ def test_consistency_makes_the_same_mistake_in_every_view(scene, views):
 
 
 def test_embeddings_of_correct_views_agree_and_hallucinated_ones_do_not(scene, views):
-    seg = SimulatedSegmenter(scene, "lisa7b")
     q = spatial_query(scene, "bin")
+    # Default mix: a wrong view's token agrees with the right ones as much as the two objects'
+    # category and colour do (identical look-alikes are indistinguishable from one image).
+    seg = SimulatedSegmenter(scene, "lisa7b")
     res = seg.segment_with_truth(views, q.text)
     good = [s.seg_embedding for s, o in res if o.kind == "correct"]
-    bad = [s.seg_embedding for s, o in res if o.kind in ("hallucinated", "confused")]
+    bad = [(s.seg_embedding, o.segmented_id) for s, o in res if o.kind in ("hallucinated", "confused")]
     assert len(good) >= 3 and len(bad) >= 1
     assert min(cos(a, b) for i, a in enumerate(good) for b in good[i + 1 :]) > 0.7
-    assert max(cos(a, b) for a in good for b in bad) < 0.45  # look-alikes share category/colour parts
+    target = seg.object_embedding(q.target_instance_id)
+    for e, other in bad:
+        shared = cos(seg.object_embedding(other), target)  # 1: same category and colour; ~0.67: category only
+        assert all(abs(cos(e, g) - shared) < 0.3 for g in good)
     for s, _ in res:
         assert np.linalg.norm(s.seg_embedding) == pytest.approx(1.0, abs=1e-5)
+    # With an instance part (the earlier mix), look-alikes share only the category/colour parts.
+    seg8 = SimulatedSegmenter(scene, "lisa7b", embedding_mix=seg_embedding_mix(0.8))
+    res8 = seg8.segment_with_truth(views, q.text)
+    good8 = [s.seg_embedding for s, o in res8 if o.kind == "correct"]
+    bad8 = [s.seg_embedding for s, o in res8 if o.kind in ("hallucinated", "confused")]
+    assert len(good8) >= 3 and len(bad8) >= 1
+    assert max(cos(a, b) for a in good8 for b in bad8) < 0.45
 
 
 def test_lisa7b_is_confident_on_wrong_masks_but_less_than_on_right_ones(scene, views):
@@ -425,13 +440,13 @@ def test_config_knobs_build_the_configured_simulation(scene, tmp_path, views):
 
 
 def test_instance_weight_zero_leaves_only_what_the_object_is():
-    # Two rooms, same category and colour: identical [SEG] directions without the instance part,
-    # and the default mix's category + colour share (cosine 0.37) with it.
+    # Two rooms, same category and colour: identical [SEG] directions without the instance part
+    # (the default), and the earlier mix's category + colour share (cosine 0.37) with it.
     a = object_embedding("room-a", 3, "mug", "red", 256, seg_embedding_mix(0.0))
     b = object_embedding("room-b", 9, "mug", "red", 256, seg_embedding_mix(0.0))
     np.testing.assert_allclose(a, b, atol=1e-6)
-    a8 = object_embedding("room-a", 3, "mug", "red", 256, seg_embedding_mix())
-    b8 = object_embedding("room-b", 9, "mug", "red", 256, seg_embedding_mix())
+    a8 = object_embedding("room-a", 3, "mug", "red", 256, seg_embedding_mix(0.8))
+    b8 = object_embedding("room-b", 9, "mug", "red", 256, seg_embedding_mix(0.8))
     assert 0.25 < float(a8 @ b8) < 0.5
     assert seg_embedding_mix() == SEG_EMBEDDING_MIX
     for bad in (-0.1, float("nan")):

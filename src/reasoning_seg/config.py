@@ -258,10 +258,10 @@ class SegmenterConfig:
     )
     sim_seed: int = knob(0, "For the simulated backend: seed of the simulated model's errors.", 0, 2**31 - 1)
     sim_instance_weight: float = knob(
-        0.8,
-        "For the simulated backend: weight of the room-specific instance part of the SIMULATED [SEG] "
+        0.0,
+        "For the simulated backend: weight of a view-invariant per-object part of the SIMULATED [SEG] "
         "embedding against its category (0.5) and colour (0.35) parts. An assumption, not a measurement "
-        "of LISA (0.8: 63% of the energy); 0: the embedding says only what the object is.",
+        "of LISA; 0: the embedding says only what the object is (0.8, the earlier model: 63% of it).",
         0.0,
         10.0,
     )

@@ -1146,7 +1146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance-weight",
         type=float,
         default=-1.0,
-        help="segmenter.sim_instance_weight of the SIMULATED LISA (default: the scale's, 0.8)",
+        help="segmenter.sim_instance_weight of the SIMULATED LISA (default: the scale's, 0)",
     )
     p.add_argument("--train-seeds", default="", help="override, e.g. 0-5")
     p.add_argument("--test-seeds", default="", help="override, e.g. 100-102")

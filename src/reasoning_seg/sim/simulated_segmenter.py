@@ -24,10 +24,10 @@ the model settle on a wrong referent, which it then segments in every view where
 exactly the kind of error naive multi-view averaging cannot vote away. The rest is per view.
 
 The ``[SEG]`` embedding of a segmented object is a fixed unit mix of a category direction, a
-colour direction (both shared by all scenes) and a per-scene instance direction
-(:func:`object_embedding`, :data:`SEG_EMBEDDING_MIX`), plus per-view noise: look-alikes get similar
-tokens, as an LLM's hidden state would give them, and a 3D network trained on some rooms can
-recognise the category and colour part in rooms it never saw.
+colour direction (both shared by all scenes) and, optionally, a per-scene instance direction
+(:func:`object_embedding`, :data:`SEG_EMBEDDING_MIX`: weight 0 by default), plus per-view noise:
+look-alikes get similar tokens, as an LLM's hidden state would give them, and a 3D network trained
+on some rooms can recognise the category and colour in rooms it never saw.
 
 Optionally (``image_features=True``) it also returns SIMULATED SAM image-encoder features, the
 targets of MLLM-For3D's spatial-consistency loss (§3.2, Eq. 2): a (C, G, G) grid over SAM's padded
@@ -117,15 +117,19 @@ def instance_embedding(scene_key: str, instance_id: int, dim: int) -> np.ndarray
 
 
 #: Mix of the SIMULATED ``[SEG]`` embedding of an object: category, colour, instance directions
-#: (before normalising). OUR ASSUMPTION, not a measurement of LISA: its ``[SEG]`` token is a hidden
-#: state of the LLM, so what it says about an object should be mostly *what* the object is, which
-#: carries over to unseen rooms, plus a part specific to the instance in its image context. With
-#: this mix the shares of the squared norm are 25% category, 12% colour, 63% instance, so objects
-#: of one category and colour have cosine ~0.37, of one category ~0.25, of one colour ~0.12, and
-#: unrelated objects ~0: token attention still tells a look-alike from the target (its weight
-#: shrinks with the cosine), and a 3D network trained on some rooms has a category/colour signal to
-#: recognise in rooms it never saw (MLLM-For3D §3.3 answers from the embedding alone).
-SEG_EMBEDDING_MIX = (0.5, 0.35, 0.8)
+#: (before normalising). OUR ASSUMPTION, not a measurement of LISA. Default: no instance part, so
+#: the token says *what* the object is (category 67%, colour 33% of the squared norm; objects of one
+#: category and colour have cosine 1, of one category ~0.67, of one colour ~0.33), plus the
+#: profile's per-view noise. Why no instance part: LISA sees one image at a time, so its token can
+#: carry appearance and image context but not an identity that is the same from every viewpoint
+#: and tells identical-looking objects apart; the instance direction is such an identity (a random
+#: vector per object, equal in every view). Until 2026-11-21 the mix was (0.5, 0.35, 0.8), 63%
+#: instance: it handed token attention that view-invariant identity, and it left a 3D network no
+#: way to answer from the embedding in unseen rooms (MLLM-For3D §3.3): trained even on the
+#: SIMULATION's truth, the network scored 19 mIoU against fusion's 38 (bench/results/
+#: net_ablation_gpu.md, which also measures 0.4). ``segmenter.sim_instance_weight`` sets the third
+#: weight.
+SEG_EMBEDDING_MIX = (0.5, 0.35, 0.0)
 
 
 def seg_embedding_mix(instance_weight: float = SEG_EMBEDDING_MIX[2]) -> tuple[float, float, float]:
