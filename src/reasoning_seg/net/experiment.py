@@ -998,6 +998,11 @@ def write_markdown(result: dict[str, Any]) -> str:
     flags = {v["name"]: v for v in result["variants"]}
     pl = result["pseudo_labels"]
     n_q = sum(sum(s["queries"].values()) for s in doc["scene_info"])
+    # Steps the models went through (a run cut by --max-minutes or continued with --init-from
+    # differs from the scale's nominal steps).
+    done = [t.get("total_steps", t.get("steps")) for t in result.get("training", {}).values()]
+    steps = sorted({int(s) for s in done if s}) or [int(sc["steps"])]
+    steps_text = "/".join(str(s) for s in steps)
     lines = [
         "# Label-free 3D network: Table 4 ablation in the benchmark world",
         "",
@@ -1016,7 +1021,7 @@ def write_markdown(result: dict[str, Any]) -> str:
         f"truth on those: mean point IoU {_pct(pl['fused_point_iou_mean'])}, IoU >= 0.5 for "
         f"{_pct(pl['fused_point_acc50'])}%. Network '{sc['net']}' at {sc['net_voxel']} m, input "
         f"{'colour + height' if sc.get('height_input', False) else 'colour'}, "
-        f"{sc['steps']} {sc.get('optimizer', 'sgd').upper()} steps of {sc['batch_size']} scenes x "
+        f"{steps_text} {sc.get('optimizer', 'sgd').upper()} steps of {sc['batch_size']} scenes x "
         f"{sc.get('queries_per_item', 1)} queries (lr {sc['lr']}, poly decay, A.2 augmentations).",
         f"- Evaluation: {len(doc['scenes']['seeds'])} unseen rooms (seeds {doc['scenes']['seeds']}), "
         f"{n_q} queries, recorded at {sc['width']}x{sc['height']}, {sc['frames']} frames, map voxel "
@@ -1061,10 +1066,10 @@ def write_markdown(result: dict[str, Any]) -> str:
             f"**At this scale the 3D net {verdict} fusion only on the held-out rooms**: the best network row "
             f"('{best['name']}') is {gap:+.1f} mIoU points from fusion only.",
         ]
-    items = sc["steps"] * sc["batch_size"] * sc.get("queries_per_item", 1)
+    items = steps[-1] * sc["batch_size"] * sc.get("queries_per_item", 1)
     lines += [
         "",
-        f"Scale '{sc['name']}': a '{sc['net']}' U-Net trained for {sc['steps']} steps ({items} query-items, "
+        f"Scale '{sc['name']}': a '{sc['net']}' U-Net trained for {steps_text} steps ({items} query-items, "
         f"{items / max(1, pl['found']):.1f} passes over the training items) on {pl['rooms']} rooms. "
         "Deltas in parentheses are against fusion only. Acc@k: % of queries with 3D IoU >= k; mIoU: mean "
         "IoU over the same queries (misses count 0); false found: % of absent-target queries answered "
@@ -1083,6 +1088,8 @@ def write_markdown(result: dict[str, Any]) -> str:
     ]
     for key, t in result["training"].items():
         extra = " (incl. query-projection fit)" if "query_projection" in t else ""
+        if t.get("init_from"):
+            extra += f", continuing {t['init_from']} ({t['total_steps']} steps in all)"
         lines.append(
             f"- Training '{key}': {t['steps']} steps in {t['seconds']} s{extra}, median step "
             f"{t['step_s_median']:.3f} s, {t['train_items']} items, final loss {_num(t['final_loss'])}"
