@@ -201,7 +201,6 @@ class PseudoLabelDataset(Dataset):
         if transform is not None:
             pts = pts @ m.T
         vox = voxelise(pts, scene.colors, cfg.voxel_size, cfg.color_center, cfg.height)
-        n_vox = len(vox.coords)
 
         pairs = scene.pairs(q)
         keep = pairs["weight"] > cfg.min_view_weight
@@ -218,14 +217,11 @@ class PseudoLabelDataset(Dataset):
         else:
             feat = feats[feat_row].astype(np.float32) if feats is not None else None
 
-        counts = np.bincount(vox.inverse, minlength=n_vox).astype(np.float32)
-        fused = np.bincount(vox.inverse, weights=q.probability, minlength=n_vox) / counts
+        fused = vox.point_mean(q.probability)
         gt = None
         truth = scene.gt_mask(q) if cfg.attach_gt else None
         if truth is not None:
-            gt = (
-                np.bincount(vox.inverse, weights=truth.astype(np.float64), minlength=n_vox) / counts
-            ).astype(np.float32)
+            gt = vox.point_mean(truth).astype(np.float32)
         return {
             "coords": vox.coords,
             "feats": vox.feats,

@@ -248,6 +248,11 @@ ALIGNMENT_TARGETS = ("views", "fused", "truth")
 """Targets of Eq. 1's pairs (:attr:`Variant.alignment_target`)."""
 
 
+def _check_alignment_target(target: str) -> None:
+    if target not in ALIGNMENT_TARGETS:
+        raise ValueError(f"alignment_target must be one of {ALIGNMENT_TARGETS}, got {target!r}")
+
+
 @dataclass(frozen=True)
 class Variant:
     """One trained network of the table.
@@ -276,10 +281,7 @@ class Variant:
     alignment_target: str = "views"
 
     def __post_init__(self) -> None:
-        if self.alignment_target not in ALIGNMENT_TARGETS:
-            raise ValueError(
-                f"alignment_target must be one of {ALIGNMENT_TARGETS}, got {self.alignment_target!r}"
-            )
+        _check_alignment_target(self.alignment_target)
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -480,8 +482,7 @@ class SceneQueriesDataset(Dataset):
     ) -> None:
         if queries_per_item < 1 or max_spatial_pairs < 0:
             raise ValueError("queries_per_item must be >= 1 and max_spatial_pairs >= 0")
-        if alignment_target not in ALIGNMENT_TARGETS:
-            raise ValueError(f"alignment_target must be one of {ALIGNMENT_TARGETS}, got {alignment_target!r}")
+        _check_alignment_target(alignment_target)
         self.alignment_target = alignment_target
         self.base = PseudoLabelDataset(files, data)
         self.config = data
@@ -538,10 +539,7 @@ class SceneQueriesDataset(Dataset):
                 per_point = q.probability if self.alignment_target == "fused" else scene.gt_mask(q)
                 if per_point is None:
                     raise ValueError(f"{scene.name}: query {q.text!r} has no truth for 'truth' targets")
-                per_vox = np.bincount(vox.inverse, per_point.astype(np.float64), n_vox) / np.maximum(
-                    np.bincount(vox.inverse, minlength=n_vox), 1
-                )
-                mean_p = per_vox[groups // n_views]
+                mean_p = vox.point_mean(per_point)[groups // n_views]
             mean_p = np.clip(mean_p, 1e-6, 1 - 1e-6)
             a_point.append(groups // n_views)
             a_query.append(np.full(len(groups), k, np.int64))
@@ -819,17 +817,15 @@ def fit_query_projection(
     for fi, qis in by_file.items():
         scene = ds.scene(fi)
         vox = voxelise(centred(scene.points), scene.colors, cfg.voxel_size, cfg.color_center, cfg.height)
-        n_vox = len(vox.coords)
         coords = torch.as_tensor(vox.coords, device=dev)
         coords = torch.cat([torch.zeros((len(coords), 1), dtype=torch.int64, device=dev), coords], 1)
         x = SparseTensor.from_coords(coords, torch.as_tensor(vox.feats, device=dev))
         with torch.no_grad():
             feats = net(x).float()
-        counts = np.bincount(vox.inverse, minlength=n_vox).astype(np.float64)
         emb, target = [], []
         for qi in qis:
             q = scene.queries[qi]
-            fused = np.bincount(vox.inverse, weights=q.probability, minlength=n_vox) / counts
+            fused = vox.point_mean(q.probability)
             emb.append(torch.as_tensor(q.unified.astype(np.float32), device=dev))
             target.append(torch.as_tensor(fused.astype(np.float32), device=dev))
         per_file[fi] = {"feats": feats, "emb": emb, "target": target}

@@ -140,6 +140,16 @@ class VoxelInput(NamedTuple):
     feats: np.ndarray
     inverse: np.ndarray
 
+    def point_mean(self, values: np.ndarray) -> np.ndarray:
+        """(V,) float64 mean of a per-point value over each voxel's points.
+
+        Why: labels live on map points (fused probability, ground truth) and the network answers
+        per voxel, so training targets and evaluation need the voxel's mean of them.
+        """
+        n = len(self.coords)
+        counts = np.bincount(self.inverse, minlength=n)
+        return np.bincount(self.inverse, weights=np.asarray(values, dtype=np.float64), minlength=n) / counts
+
 
 def centred(points: np.ndarray) -> np.ndarray:
     """(N, 3) float64 points minus their centroid: the frame training voxelises (and augments) in.
