@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
-from reasoning_seg.benchmark import Experiment, main, run_experiment
+from reasoning_seg.benchmark import (
+    Experiment,
+    build_map,
+    main,
+    make_segmenter,
+    prepare_scene,
+    run_experiment,
+)
 
 TINY = {
     "title": "tiny",
@@ -57,6 +65,37 @@ def test_scores_are_consistent_with_ground_truth(tiny_run):
             assert s["iou"] == 0.0
         if s["target_id"] == 0:
             assert s["gt_points"] == 0 and s["category"] == ""
+
+
+def _voxel_set(points, voxel: float) -> set[tuple[int, int, int]]:
+    return {tuple(int(c) for c in k) for k in np.floor(np.asarray(points) / voxel).astype(np.int64)}
+
+
+def test_iou_recomputed_independently_for_some_queries(tiny_run):
+    """Re-ask three queries and recompute voxel IoU with Python sets (not metrics.py's code)."""
+    out, doc = tiny_run
+    exp = Experiment.from_dict(TINY)
+    row = exp.rows[1]  # the simulated LISA: imperfect answers, so IoU is not trivially 0 or 1
+    scene, root = prepare_scene(3, exp.scenes, out / "scenes")
+    cfg = exp.config_for(row)
+    pipe, _ = build_map(root, cfg)
+    pipe.segmenter = make_segmenter(scene, row, cfg)
+    surface = pipe.surface()
+    voxel = cfg.map.voxel_size
+    labels = scene.label_points(surface.points, max_distance=1.5 * voxel)
+    recorded = {s["query"]: s for s in doc["queries"][row.name]}
+    picked = [q for q in exp.scenes.pick_queries(scene.queries, 3) if q.target_instance_id][:3]
+    assert len(picked) == 3
+    nontrivial = 0
+    for q in picked:
+        result = pipe.query(q.text)
+        truth = _voxel_set(surface.points[labels == q.target_instance_id], voxel)
+        pred = _voxel_set(result.points, voxel) if result.found else set()
+        iou = len(pred & truth) / len(pred | truth) if pred | truth else 0.0
+        assert recorded[q.text]["iou"] == pytest.approx(iou, abs=1e-9), q.text
+        assert recorded[q.text]["found"] == result.found
+        nontrivial += 0.0 < iou < 1.0
+    assert nontrivial >= 1
 
 
 def test_cli_overrides_and_table(tmp_path, capsys):

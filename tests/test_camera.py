@@ -28,6 +28,33 @@ def test_unproject_then_project_returns_the_same_pixels():
     np.testing.assert_allclose(z, depth.reshape(-1)[idx], rtol=1e-6)
 
 
+# fx != fy and an off-centre principal point, so a swap of fx/fy or cx/cy cannot cancel out.
+SKEWED = CameraIntrinsics(80, 60, 100.0, 40.0, 30.0, 12.0)
+
+
+def test_projection_by_hand_with_unequal_focal_lengths():
+    # u = fx x / z + cx, v = fy y / z + cy, worked out by hand for two points.
+    uv, z = SKEWED.project(np.array([[0.4, 0.3, 2.0], [-0.1, 0.5, 0.5]]))
+    np.testing.assert_allclose(uv, [[100 * 0.2 + 30, 40 * 0.15 + 12], [-20 + 30, 40 + 12]], atol=1e-12)
+    np.testing.assert_allclose(z, [2.0, 0.5])
+    rays = SKEWED.pixel_rays()
+    assert rays.shape == (60, 80, 3)
+    # pixel (u=70, v=2): ((70 - 30) / 100, (2 - 12) / 40, 1)
+    np.testing.assert_allclose(rays[2, 70], [0.4, -0.25, 1.0], atol=1e-12)
+    depth = np.zeros((60, 80))
+    depth[2, 70] = 3.0
+    pts, idx = SKEWED.unproject(depth)
+    np.testing.assert_allclose(pts, [[1.2, -0.75, 3.0]], atol=1e-12)
+    assert idx.tolist() == [2 * 80 + 70]
+
+
+def test_visibility_picks_the_hand_computed_pixel():
+    depth = np.full((60, 80), 2.0)
+    # (0.4, 0.3, 2) lands on u = 50, v = 18 (see above); flat index 18 * 80 + 50.
+    vis, pix = visible_pixels(np.array([[0.4, 0.3, 2.0]]), np.eye(4), SKEWED, depth, tolerance=0.01)
+    assert vis.tolist() == [True] and pix.tolist() == [18 * 80 + 50]
+
+
 def test_world_round_trip_through_a_pose():
     T = look_at([1.0, -2.0, 1.5], [0.0, 0.0, 0.5])
     assert is_rigid_transform(T)

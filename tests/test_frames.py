@@ -8,7 +8,7 @@ from reasoning_seg.config import PipelineConfig
 from reasoning_seg.frames import REJECT_REASONS, FrameRejected, RGBDFrame, sanitize_frame
 from reasoning_seg.pipeline import ReasoningSegPipeline
 
-INTR = CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
+INTR = CameraIntrinsics(64, 48, 50.0, 47.0, 32.5, 22.0)  # fx != fy, off-centre: a swap shows
 
 
 def good_frame(**changes):

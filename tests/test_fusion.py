@@ -15,7 +15,7 @@ from reasoning_seg.config import FusionConfig, PipelineConfig
 from reasoning_seg.fusion import METHODS, fuse, fuse_naive, instance_hypotheses, token_attention
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
 
-INTR = CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
+INTR = CameraIntrinsics(64, 48, 50.0, 47.0, 32.5, 22.0)  # fx != fy, off-centre: a swap shows
 DIM = 16
 WALL = 2.0
 
@@ -133,7 +133,9 @@ def test_a_hallucinating_view_is_down_weighted_and_its_region_dropped():
     assert naive.probability[~is_a].min() >= 0.5
     assert fuse(pts, views, segs, cfg("filtered")).probability[~is_a].min() >= 0.5
     # The unified embedding is the agreeing views' object.
-    assert r.unified_embedding is not None and r.unified_embedding[0] > 0.99
+    # (Measured 0.991 with attention < 0.08 on the dissenter; equal weights would give
+    # 0.75 / sqrt(0.75^2 + 0.25^2) = 0.95.)
+    assert r.unified_embedding is not None and r.unified_embedding[0] > 0.97
 
 
 def test_more_attention_rounds_suppress_the_dissenter_harder():

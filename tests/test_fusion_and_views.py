@@ -13,7 +13,7 @@ from reasoning_seg.result import gravity_aligned_box, package_result
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
 from reasoning_seg.view_selection import kmeans, select_local_views, select_views
 
-INTR = CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
+INTR = CameraIntrinsics(64, 48, 50.0, 47.0, 32.5, 22.0)  # fx != fy, off-centre: a swap shows
 
 
 def view(T, depth, kid=0):

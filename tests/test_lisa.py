@@ -163,6 +163,44 @@ def test_answer_without_seg_gives_no_mask(tmp_path):
     assert not out.seg_embedding.any()
 
 
+def test_seg_embedding_is_the_state_of_the_step_that_outputs_seg(tmp_path):
+    """An answer with words before [SEG]: the [SEG] prompt is the right decoding step's state.
+
+    That is the hidden state of the step whose output is [SEG] (LISA's evaluate), checked against
+    one plain full-sequence forward pass.
+    """
+    import sentencepiece as spm
+
+    path, clip = write_random_lisa_checkpoint(
+        tmp_path / "LISA-sentence", TINY, seed=2, answer="Sure it is [SEG] the"
+    )
+    seg = LisaSegmenter.load(LisaOptions(path=str(path), vision_tower=str(clip), device="cpu", max_batch=4))
+    m, tok = seg.model, seg.tokenizer
+    sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+    chain = [*sp.encode("Sure it is"), tok.seg_token_id, *sp.encode("the")]
+    k = chain.index(tok.seg_token_id)
+    assert k >= 3
+    images = _images(2, seed=3)
+    prompt = tok.encode_prompt(seg.options.question_template.format(query="the chair"))
+    pixels = torch.stack([clip_preprocess(img, m.clip_image_size) for img in images])
+    embeds = m.prompt_embeddings(prompt, m.image_tokens(pixels))
+    gen = m.generate(embeds, 16, tok.eos_token_id, tok.seg_token_id)
+    assert gen.tokens == [chain, chain] and all(gen.has_seg)
+    # Reference: no cache, the prompt and the answer up to (not including) [SEG] in one pass; the
+    # last position is the one whose output is [SEG].
+    answer = m.llm.model.embed_tokens(torch.tensor(chain[:k])).unsqueeze(0).expand(2, -1, -1)
+    with torch.no_grad():
+        hidden = m.llm.model(inputs_embeds=torch.cat([embeds, answer], dim=1)).last_hidden_state
+    torch.testing.assert_close(gen.seg_hidden, hidden[:, -1], atol=1e-4, rtol=1e-4)
+    prompt_last = hidden[:, embeds.shape[1] - 1]
+    assert (gen.seg_hidden - prompt_last).abs().max() > 0.1  # a different state from the prompt's last
+    out = seg.segment_images(images, "the chair")
+    want = m.seg_embeddings(hidden[:, -1]).numpy()
+    for i in range(2):
+        np.testing.assert_allclose(out[i].seg_embedding, want[i], atol=1e-4, rtol=1e-4)
+        assert "Sure" in out[i].answer and "[SEG]" in out[i].answer
+
+
 def test_prompt_follows_llava_v1_with_image_markers(segmenter):
     text = llava_v1_prompt("Q?")
     assert text.endswith(f"USER: {IM_START}<image>{IM_END}\nQ? ASSISTANT:")

@@ -151,14 +151,33 @@ def test_pseudo_labels_are_what_the_node_answers(recorded, labels_file: Path) ->
     assert len(labels.queries) == len(queries) and sum(q.found for q in labels.queries) >= 2
     for q in labels.queries:
         result = pipe.query(q.text)
-        assert result.found == q.found
-        assert len(result.points) == int((q.probability >= 0.5).sum())
+        assert result.found == q.found, (q.text, q.not_found_reason, result.message)
+        assert len(result.points) == (int((q.probability >= 0.5).sum()) if q.found else 0)
         assert result.keyframe_ids == [int(labels.keyframe_ids[k]) for k in q.view_keyframe]
         assert q.unified_source == "fusion" or not q.found
         np.testing.assert_allclose(np.linalg.norm(q.unified), 1.0, rtol=1e-5)
     # The same map (its surface extraction may order the points differently).
     ours, theirs = labels.points.astype(np.float64), pipe.surface().points
     np.testing.assert_allclose(ours[np.lexsort(ours.T)], theirs[np.lexsort(theirs.T)], atol=1e-5)
+
+
+def test_pseudo_labels_found_means_enough_points_as_in_the_node(recorded, labels_file: Path) -> None:
+    """Too few points at the threshold: not found in the labels, as in the node.
+
+    A query fusion found with fewer than query.min_points points at the threshold is not found, in
+    the labels exactly as in the node (one rule: result.select_target).
+    """
+    _, root, queries = recorded
+    labels = load_scene_labels(labels_file)
+    counts = {q.text: int((q.probability >= 0.5).sum()) for q in labels.queries if q.found}
+    text = min(counts, key=counts.get)
+    cfg = pipeline_config()
+    cfg.update({"query.min_points": counts[text] + 1})
+    strict = generate_scene_labels(root, cfg, [q for q in queries if q.text == text][:1]).queries[0]
+    before = next(q for q in labels.queries if q.text == text)
+    # Only the verdict moves (the map's points may come out in another order: compare sorted).
+    np.testing.assert_array_equal(np.sort(strict.probability), np.sort(before.probability))
+    assert not strict.found and f"need {counts[text] + 1}" in strict.not_found_reason
 
 
 def test_pseudo_labels_round_trip_and_pairs_are_visibility_checked_samples(
@@ -433,6 +452,11 @@ def test_net_save_load_gives_the_same_predictions(labels_file: Path, trained, tm
     assert exported.config.unet.out_channels == 32  # the "tiny" preset
     got = exported.predict(labels.points, labels.colors, q.unified)
     assert got.shape == (len(labels.points),)
+    # The last checkpoint holds the same trained weights as the export: the same predictions, and
+    # not those of a freshly initialised net of the same preset.
+    np.testing.assert_allclose(from_ckpt.predict(labels.points, labels.colors, q.unified), got, atol=1e-6)
+    fresh = LabelFree3DNet(exported.config).predict(labels.points, labels.colors, q.unified)
+    assert np.abs(fresh - got).max() > 1e-3
     with pytest.raises(ValueError, match="embedding"):
         from_ckpt.predict(labels.points, labels.colors, q.unified[:10])
 

@@ -111,8 +111,15 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
         on_target = scene.label_points(pts, max_distance=1.5 * VOXEL) == q.target_instance_id
         assert on_target.mean() > 0.9
         assert np.all((cloud["confidence"] >= 0.5) & (cloud["confidence"] <= 1.0))
-        centre = pose_to_matrix(r.box.center)[:3, 3]
-        np.testing.assert_allclose(centre, pts.mean(0), atol=max(r.box.size.x, r.box.size.y, r.box.size.z))
+        # The box is the points' tight, gravity-aligned box: in its own frame every point lies within
+        # size / 2 of the centre and the points reach each face (size = extent along each axis).
+        box_pose = pose_to_matrix(r.box.center)
+        size = np.array([r.box.size.x, r.box.size.y, r.box.size.z])
+        np.testing.assert_allclose(box_pose[:3, 2], [0.0, 0.0, 1.0], atol=1e-6)  # z axis vertical
+        local = (pts - box_pose[:3, 3]) @ box_pose[:3, :3]
+        assert np.all(np.abs(local) <= size / 2 + 1e-4), (np.abs(local).max(0), size)
+        np.testing.assert_allclose(local.max(0) - local.min(0), size, atol=1e-4)
+        np.testing.assert_allclose(local.max(0) + local.min(0), 0.0, atol=1e-4)
         assert [t.stage for t in r.timings] == [
             "snapshot",
             "view_selection",

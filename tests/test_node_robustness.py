@@ -300,11 +300,14 @@ def test_depth_valid_only_between_open3d_sample_rows(make_env):
     color, depth, info, pose = env.frame_msgs(i)
     d = env.world.frames[i].depth.astype(np.float32).copy()
     d[np.arange(d.shape[0]) % 4 != 2] = np.nan  # every 4th row valid (interlaced depth), 25 % valid
-    received = env.received()
+    before = env.map_state()
+    n = env.integrated()
     env.publish(color, numpy_to_image_msg(d, "32FC1", depth.header), info, pose)
-    assert wait_for(lambda: env.received() > received)
-    time.sleep(0.3)
+    # Integrated (not only received: the counter rises before the map update that could crash).
+    assert wait_for(lambda: env.integrated() == n + 1), env.dropped()
     assert env.node.rejected["internal_error"] == 0, env.dropped()
+    assert np.all(np.isfinite(env.node.pipeline.surface().points))
+    env.assert_still_serving(before)
 
 
 def test_wrong_encodings(make_env):
@@ -619,12 +622,17 @@ def test_corrupt_lisa_path(make_env, tmp_path):
 # --------------------------------------------------------------------------- pose from TF
 
 
-class _SimulatedTf:
-    """A SIMULATION of the tf2_ros module for the node's TF path (tf2_ros is not installable here).
+class _Tf2Contract:
+    """A CONTRACT stand-in for the tf2_ros module (tf2_ros cannot be installed from the wheels here).
 
-    ``Buffer.lookup_transform`` answers from ``poses`` (stamp -> T_map_camera) the way tf2 does: a
-    stamp newer than the newest transform is an extrapolation into the future, an unknown frame a
-    lookup error. The real DDS topics still carry the images.
+    It checks our use of the tf2_ros API, not tf2 itself, and follows what the real library does
+    (ros2/geometry2 tf2 BufferCore, checked against the real library built from source for issue 18):
+    ``lookup_transform`` at time 0 returns the newest transform; no transform between the frames
+    raises ``LookupException`` ("... passed to lookupTransform argument target_frame does not
+    exist"); a stamp newer than the newest raises ``ExtrapolationException`` whose text depends on the
+    buffer: "Lookup would require extrapolation at time X, but only time Y is in the buffer" with one
+    sample, "... into the future. Requested time X but the latest data is at time Y" with more. The
+    node must not depend on those texts. The real DDS topics still carry the images.
     """
 
     class TransformException(Exception):  # noqa: N818 - tf2's names
@@ -646,36 +654,57 @@ class _SimulatedTf:
             self.frames = {"camera_color_optical_frame"}
             self.timeouts: list[float] = []
 
-        def lookup_transform(self, target, source, stamp, timeout):
+        def lookup_transform(self, target, source, stamp, timeout=None):
+            from builtin_interfaces.msg import Time as TimeMsg
             from geometry_msgs.msg import TransformStamped
 
             from reasoning_seg.ros.conversions import matrix_to_transform, stamp_to_sec
 
-            self.timeouts.append(timeout.nanoseconds * 1e-9)
-            if source not in self.frames:
-                raise _SimulatedTf.LookupException(f'"{source}" passed to lookupTransform does not exist')
-            t = round(stamp_to_sec(stamp), 6)
-            newest = max(self.poses, default=-1.0)
+            if timeout is not None:
+                self.timeouts.append(timeout.nanoseconds * 1e-9)
+            if source not in self.frames or not self.poses:
+                raise _Tf2Contract.LookupException(
+                    f'"{target}" passed to lookupTransform argument target_frame does not exist. '
+                )
+            t = stamp.nanoseconds * 1e-9 if hasattr(stamp, "nanoseconds") else stamp_to_sec(stamp)
+            newest = max(self.poses)
+            if t == 0.0:
+                t = newest
+            t = round(t, 6)
+            where = f", when looking up transform from frame [{source}] to frame [{target}]"
+            if t > newest and len(self.poses) == 1:
+                raise _Tf2Contract.ExtrapolationException(
+                    f"Lookup would require extrapolation at time {t:.9f}, but only time {newest:.9f} "
+                    f"is in the buffer{where}"
+                )
             if t > newest:
-                raise _SimulatedTf.ExtrapolationException(
-                    f"Lookup would require extrapolation into the future. Requested time {t} but the "
-                    f"latest data is at time {newest}"
+                raise _Tf2Contract.ExtrapolationException(
+                    f"Lookup would require extrapolation into the future.  Requested time {t:.9f} but "
+                    f"the latest data is at time {newest:.9f}{where}"
                 )
             if t not in self.poses:
-                raise _SimulatedTf.ExtrapolationException("Lookup would require extrapolation into the past")
-            return TransformStamped(transform=matrix_to_transform(self.poses[t]))
+                raise _Tf2Contract.ExtrapolationException(
+                    f"Lookup would require extrapolation into the past.  Requested time {t:.9f} but the "
+                    f"earliest data is at time {min(self.poses):.9f}{where}"
+                )
+            sec = int(t)
+            header_stamp = TimeMsg(sec=sec, nanosec=int(round((t - sec) * 1e9)))
+            out = TransformStamped(transform=matrix_to_transform(self.poses[t]))
+            out.header.stamp = header_stamp
+            return out
 
 
 def test_pose_from_tf_waits_for_tf_to_catch_up(make_env, monkeypatch):
+    """Contract test of our tf2_ros use (see :class:`_Tf2Contract`)."""
     import reasoning_seg.ros.node as node_module
 
-    monkeypatch.setattr(node_module, "tf2_ros", _SimulatedTf)
+    monkeypatch.setattr(node_module, "tf2_ros", _Tf2Contract)
     env = make_env(params=(Parameter("pose_source", value="tf"),), load=True, prime=False)
     buf = env.node._tf_buffer
-    assert isinstance(buf, _SimulatedTf.Buffer)
+    assert isinstance(buf, _Tf2Contract.Buffer)
     before = env.map_state()
     i = N_MAP
-    # TF lags the camera: the pair waits instead of being dropped ...
+    # Before the first transform (LookupException): the pair waits instead of being dropped ...
     env.feed(i, pose=None)
     time.sleep(0.5)
     assert env.received() == 0 and not env.dropped().get("no_pose") and not env.dropped().get("tf_future")
@@ -683,15 +712,21 @@ def test_pose_from_tf_waits_for_tf_to_catch_up(make_env, monkeypatch):
     buf.poses[round(env.world.frames[i].stamp, 6)] = env.world.frames[i].T_world_cam
     assert wait_for(lambda: env.integrated() == 1), (env.node.rejected, env.dropped())
     assert max(buf.timeouts) == pytest.approx(env.node.cfg.tf_timeout)
-    # An unknown camera frame is not a lag: dropped at once with the reason.
-    color, depth, info, _ = env.frame_msgs(i + 1)
+    # One sample in the buffer, a newer stamp (tf2's "only time Y is in the buffer"): TF lags, wait.
+    env.feed(i + 1, pose=None)
+    time.sleep(0.3)
+    assert not env.dropped().get("tf_future") and not env.dropped().get("no_pose")
+    buf.poses[round(env.world.frames[i + 1].stamp, 6)] = env.world.frames[i + 1].T_world_cam
+    assert wait_for(lambda: env.integrated() == 2), (env.node.rejected, env.dropped())
+    # A camera frame TF does not know (yet) waits like a missing first transform; TF that never
+    # catches up: pairs are held at most _MAX_PENDING deep, then dropped with their reason.
+    color, depth, info, _ = env.frame_msgs(i + 3)
     color.header.frame_id = depth.header.frame_id = "camera_nowhere"
     env.publish(color, depth, info)
-    assert env.wait_dropped("no_pose", 1)
-    # TF that never catches up: pairs are held at most _MAX_PENDING deep, then dropped as tf_future.
     for k in range(env.node._MAX_PENDING + 2):
-        env.feed(i + 2, stamp=T0 + 5.0 + k * DT, pose=None)
+        env.feed(i + 3, stamp=T0 + 5.0 + k * DT, pose=None)
         time.sleep(0.02)
+    assert env.wait_dropped("no_pose", 1)  # the unknown frame, dropped first (oldest)
     assert env.wait_dropped("tf_future", 2)
     assert len(env.node._pending) <= env.node._MAX_PENDING
     env.assert_still_serving(before)
@@ -737,8 +772,10 @@ def test_pose_buffer_uses_a_pose_after_a_stall_but_never_interpolates_across_it(
 # --------------------------------------------------------------------------- message_filters wiring
 
 
-class _SimulatedMessageFilters:
-    """A SIMULATION of the message_filters API the node uses (the package is not installable here).
+class _MessageFiltersContract:
+    """A CONTRACT stand-in for the message_filters API the node uses (not installable from the wheels).
+
+    It checks our use of the API, not message_filters itself; kept in step with the real package.
 
     Subscriber wraps a real rclpy subscription exactly as message_filters does (extra keyword
     arguments go to ``create_subscription``); the synchroniser pairs the two inputs by nearest stamp.
@@ -781,7 +818,7 @@ class _SimulatedMessageFilters:
 def test_colour_and_depth_paired_by_message_filters_when_importable(make_env, monkeypatch):
     import reasoning_seg.ros.node as node_module
 
-    monkeypatch.setattr(node_module, "message_filters", _SimulatedMessageFilters)
+    monkeypatch.setattr(node_module, "message_filters", _MessageFiltersContract)
     env = make_env()  # prime: two frames through the topics, integrated
     assert env.node.sync_backend == "message_filters.ApproximateTimeSynchronizer"
     assert env.integrated() >= 2 and not env.node.rejected

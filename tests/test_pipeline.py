@@ -11,7 +11,7 @@ from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
 
-INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
+INTR = CameraIntrinsics(160, 120, 131.25, 124.0, 81.0, 57.5)  # fx != fy, off-centre: a swap shows
 VOXEL = 0.04
 
 

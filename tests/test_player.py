@@ -10,21 +10,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from geometry_msgs.msg import PoseStamped
+from PIL import Image as PILImage
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CameraInfo, Image
 
-pytest.importorskip("rclpy")
-
-from geometry_msgs.msg import PoseStamped  # noqa: E402
-from PIL import Image as PILImage  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile  # noqa: E402
-from rclpy.serialization import serialize_message  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-
-from reasoning_seg.camera import CameraIntrinsics, look_at  # noqa: E402
-from reasoning_seg.frames import RGBDFrame  # noqa: E402
-from reasoning_seg.ros.conversions import (  # noqa: E402
+from reasoning_seg.camera import CameraIntrinsics, look_at
+from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.ros.conversions import (
     camera_info_to_intrinsics,
     depth_msg_to_metres,
     image_msg_to_rgb8,
@@ -34,7 +31,8 @@ from reasoning_seg.ros.conversions import (  # noqa: E402
     pose_to_matrix,
     stamp_to_sec,
 )
-from reasoning_seg.ros.player import PlayerNode, main, play  # noqa: E402
+from reasoning_seg.ros.player import PlayerNode, main, play
+from reasoning_seg.sequence_io import FolderSequence
 
 pytestmark = pytest.mark.ros
 
@@ -125,10 +123,9 @@ def _check_frames(rec: Recorder, frames: list, stamps: list[float], depth_encodi
 
 
 def test_folder_sequence_is_played_with_matching_stamps(ros_context: Any, tmp_path: Path) -> None:
-    seq_io = pytest.importorskip("reasoning_seg.sequence_io", reason="FolderSequence not written yet")
     frames = _frames(4)
     _write_folder(tmp_path, frames)
-    expected = [f.stamp for f in seq_io.FolderSequence(tmp_path)]
+    expected = [f.stamp for f in FolderSequence(tmp_path)]
     rec = Recorder.create(ros_context, TOPICS)
     try:
         summary = play(

@@ -18,7 +18,12 @@ torch = pytest.importorskip("torch")
 import reasoning_seg.fusion as fusion_module  # noqa: E402
 import reasoning_seg.pipeline as pipeline_module  # noqa: E402
 import reasoning_seg.view_selection as view_selection_module  # noqa: E402
-from reasoning_seg.camera import CameraIntrinsics, transform_points, visible_pixels  # noqa: E402
+from reasoning_seg.camera import (  # noqa: E402
+    CameraIntrinsics,
+    invert_transform,
+    transform_points,
+    visible_pixels,
+)
 from reasoning_seg.config import FusionConfig, PipelineConfig, ViewSelectionConfig  # noqa: E402
 from reasoning_seg.fusion import (  # noqa: E402
     DEVICE_ARRAYS,
@@ -96,8 +101,19 @@ def test_batched_depth_test_equals_the_per_view_numpy_one(frames, points, device
     visible, flat, z = visible_pixels_torch(points, cams, 0.05, dev)
     for j, (T, k, d) in enumerate(cams):
         vis_np, flat_np = visible_pixels(points, T, k, d, 0.05)
-        assert np.array_equal(visible[j].cpu().numpy(), vis_np)
-        assert np.array_equal(flat[j].cpu().numpy(), flat_np)
+        # Same float64 operations; they may differ only where a projection lands within a rounding
+        # error of a pixel border (or a depth difference of the tolerance): allow exactly those.
+        differ = (visible[j].cpu().numpy() != vis_np) | (flat[j].cpu().numpy() != flat_np)
+        assert differ.sum() <= max(2, 1e-4 * len(points)), differ.sum()
+        if differ.any():
+            uv, zc = k.project(transform_points(invert_transform(T), points[differ]))
+            border = np.abs(uv - np.floor(uv) - 0.5).min(axis=1) < 1e-6
+            pix = np.round(uv).astype(np.int64)
+            inside = (pix[:, 0] >= 0) & (pix[:, 0] < k.width) & (pix[:, 1] >= 0) & (pix[:, 1] < k.height)
+            dd = np.full(len(zc), np.inf)
+            dd[inside] = np.asarray(d, np.float64)[pix[inside, 1], pix[inside, 0]]
+            edge = np.abs(np.abs(dd - zc) - 0.05) < 1e-6
+            assert np.all(border | edge), (uv, zc, dd)
     assert visible.any(1).all() and not visible.all()  # the scene exercises both outcomes
 
 

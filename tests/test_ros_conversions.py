@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from geometry_msgs.msg import Point, Pose, Quaternion, Transform, Vector3
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from visualization_msgs.msg import Marker
 
-pytest.importorskip("rclpy")
-
-from geometry_msgs.msg import Point, Pose, Quaternion, Transform, Vector3  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
-from visualization_msgs.msg import Marker  # noqa: E402
-
-from reasoning_seg.camera import CameraIntrinsics, look_at  # noqa: E402
-from reasoning_seg.ros.conversions import (  # noqa: E402
+from reasoning_seg.camera import CameraIntrinsics, look_at
+from reasoning_seg.ros.conversions import (
     box_marker,
     camera_info_to_intrinsics,
     cloud_msg_to_numpy,

@@ -110,7 +110,8 @@ def test_record_with_depth_noise(tmp_path: Path) -> None:
 
 
 def test_write_frame_handles_invalid_depth(tmp_path: Path) -> None:
-    depth = np.full((SMALL.height, SMALL.width), 1.2345, dtype=np.float32)
+    # 1.2346 m is 1234.6 mm: millimetre rounding gives 1235 (1.2345 sat on the rounding edge).
+    depth = np.full((SMALL.height, SMALL.width), 1.2346, dtype=np.float32)
     depth[0, :3] = [np.nan, -1.0, 70.0]  # NaN, negative, beyond 16-bit millimetres
     frame = RGBDFrame(np.zeros((SMALL.height, SMALL.width, 3), np.uint8), depth, SMALL, np.eye(4), frame_id=7)
     stem = write_frame(tmp_path, frame)
@@ -120,7 +121,7 @@ def test_write_frame_handles_invalid_depth(tmp_path: Path) -> None:
     f = back[0]
     assert f.frame_id == 7 and f.stamp == pytest.approx(0.7)
     assert np.all(f.depth[0, :3] == 0)
-    assert f.depth[1, 1] == pytest.approx(1.2345, abs=5e-4)
+    assert f.depth[1, 1] == pytest.approx(1.235, abs=1e-6)
     assert back.instance(0) is None
     with pytest.raises(ValueError):
         write_frame(tmp_path, RGBDFrame(frame.color, depth, SMALL, np.diag([1.0, 1, 2, 1])))

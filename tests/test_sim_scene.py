@@ -40,7 +40,7 @@ from reasoning_seg.sim.scene import (
     simulate_pose_drift,
 )
 
-FULL = CameraIntrinsics(640, 480, 570.342205, 570.342205, 320.0, 240.0)  # Kinect-like, as in sun3d
+FULL = CameraIntrinsics(640, 480, 570.342205, 545.0, 326.0, 231.0)  # Kinect-like; fx != fy, off-centre
 SMALL = FULL.scaled(160, 120)
 MEDIUM = FULL.scaled(320, 240)
 SEEDS = tuple(range(10))

@@ -8,6 +8,7 @@ method look better or worse than it is without any other test noticing.
 from __future__ import annotations
 
 import dataclasses
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from reasoning_seg.sim.simulated_segmenter import (
     seg_embedding_mix,
 )
 
-INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
+INTR = CameraIntrinsics(160, 120, 131.25, 124.0, 81.0, 57.5)  # fx != fy, off-centre: a swap shows
 H, W, D = 120, 160, 256
 ORACLE = PROFILES["oracle"]
 
@@ -252,7 +253,9 @@ def test_bleeding_spills_onto_one_adjacent_object(scene, views, instances):
         spilled = np.unique(inst[s.mask & ~gt])
         assert len(spilled) <= 1
         bled += len(spilled) == 1
-    assert n >= 5 and bled >= n - 1
+    # bleed_rate 1: a view bleeds whenever a neighbour is in reach (measured 20 of 20 views); a view
+    # without one in reach cannot, so allow a few; a halved rate (~n / 2) or no bleeding fails.
+    assert n >= 5 and bled >= 0.75 * n
 
 
 # --- rates and consistency -----------------------------------------------------------------------
@@ -343,8 +346,16 @@ def test_lisa7b_is_confident_on_wrong_masks_but_less_than_on_right_ones(scene, v
             s.validate(H, W, D)
             conf.setdefault(o.kind, []).append(s.confidence)
     right, wrong = np.array(conf["correct"]), np.array(conf["hallucinated"] + conf["confused"])
-    assert 0.05 < right.mean() - wrong.mean() < 0.2
-    assert np.mean(wrong > np.median(right)) > 0.1  # overlapping: confidence does not detect errors
+    p = PROFILES["lisa7b"]
+    gap = p.conf_correct_mean - p.conf_wrong_mean  # 0.10; the small-mask penalty lowers both alike
+    assert len(right) > 200 and len(wrong) > 200
+    assert abs((right.mean() - wrong.mean()) - gap) < 0.4 * gap
+    # Overlapping: confidence does not detect errors. Under the profile (both N(mean, conf_std)) the
+    # share of wrong masks above the right ones' median is 1 - Phi(gap / conf_std) (0.077; measured
+    # 0.08-0.13 over scene seeds 1, 2, 3, 6). Equal means would give ~0.5, a wrong mean at the
+    # missed-mask level ~0: both far outside this band, which leaves room for seed-to-seed spread.
+    overlap = 1.0 - NormalDist().cdf(gap / p.conf_std)
+    assert overlap / 2 < np.mean(wrong > np.median(right)) < 2.5 * overlap
     assert np.mean(conf["missed"] + conf["none"]) < 0.3
 
 

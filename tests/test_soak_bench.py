@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +126,17 @@ def test_verdicts_and_table() -> None:
 
 # ------------------------------------------------------------------------------------ player wrapper
 @pytest.mark.ros
-def test_player_wrapper_publishes_and_reports(tmp_path: Path, ros_domain_id: int) -> None:
+def test_player_wrapper_publishes_and_reports(tmp_path: Path, ros_context, ros_domain_id: int) -> None:
+    """The wrapper's counters, and a real subscriber that receives what it says it published."""
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
     from PIL import Image as PILImage
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import CameraInfo, Image
 
     from reasoning_seg.camera import look_at
+    from reasoning_seg.ros.conversions import image_msg_to_rgb8
 
     seq = tmp_path / "seq"
     (seq / "seq-01").mkdir(parents=True)
@@ -141,26 +149,47 @@ def test_player_wrapper_publishes_and_reports(tmp_path: Path, ros_domain_id: int
             seq / "seq-01" / f"frame-{i:06d}.depth.png"
         )
         np.savetxt(seq / "seq-01" / f"frame-{i:06d}.pose.txt", look_at([0.1 * i, -1, 0.5], [0, 2, 0.4]))
+    # A subscriber on every topic, up before the player (which waits for it), reliable like the player.
+    got: dict[str, list] = {"color": [], "depth": [], "info": [], "pose": []}
+    sub = rclpy.create_node("soak_listener", context=ros_context)
+    qos = QoSProfile(depth=10)
+    for key, typ, topic in (
+        ("color", Image, "camera/color/image_raw"),
+        ("depth", Image, "camera/depth/image_raw"),
+        ("info", CameraInfo, "camera/color/camera_info"),
+        ("pose", PoseStamped, "camera/pose"),
+    ):
+        sub.create_subscription(typ, topic, lambda m, k=key: got[k].append(m), qos)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(sub)
     summary = tmp_path / "player.json"
-    params = {"folder": str(seq), "rate": 10.0, "loop": False, "restamp": True}
+    params = {"folder": str(seq), "rate": 10.0, "loop": False, "restamp": True, "wait_for_subscribers": 1}
     env = {**os.environ, "ROS_DOMAIN_ID": str(ros_domain_id)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "soak_bench.py"),
-            "--player-params",
-            json.dumps(params),
-            "--player-summary",
-            str(summary),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "soak_bench.py"),
+        "--player-params",
+        json.dumps(params),
+        "--player-summary",
+        str(summary),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and min(map(len, got.values())) < 3:
+            ex.spin_once(timeout_sec=0.05)
+        assert proc.wait(timeout=30) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ex.shutdown()
+        sub.destroy_node()
     data = json.loads(summary.read_text())
     assert data["steps"] == 3 and data["messages"] == 12 and data["loops"] == 1
+    # What the player counted did arrive, in order, with the recorded content.
+    assert {k: len(v) for k, v in got.items()} == {"color": 3, "depth": 3, "info": 3, "pose": 3}
+    assert [int(image_msg_to_rgb8(m)[0, 0, 0]) for m in got["color"]] == [0, 40, 80]
+    assert [round(m.pose.position.x, 6) for m in got["pose"]] == [0.0, 0.1, 0.2]
 
 
 # ------------------------------------------------------------------------------------ bringup / launch

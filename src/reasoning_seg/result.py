@@ -174,6 +174,31 @@ def dbscan_labels(points: np.ndarray, eps: float, min_points: int = 5) -> np.nda
     return labels
 
 
+def select_target(
+    points: np.ndarray,
+    probability: np.ndarray,
+    score_threshold: float,
+    min_points: int,
+    cluster_radius: float = 0.0,
+) -> tuple[np.ndarray, str]:
+    """The one definition of "found" from a per-point probability: ``(indices, not_found_reason)``.
+
+    The node's answer (:func:`package_result`) and the 3D net's pseudo-labels both decide through
+    this, so a query the labels call found is one the node answers with points. The points are those
+    with probability >= ``score_threshold`` (the largest DBSCAN cluster of them if
+    ``cluster_radius`` > 0); fewer than ``min_points`` of them is "not found" and the reason says how
+    many there were. The reason is "" when the target is found.
+    """
+    # Indices, not a boolean mask: taking rows by index is ~10x faster on a 350k-point map.
+    sel = np.flatnonzero(np.asarray(probability) >= score_threshold)
+    if cluster_radius > 0 and sel.size:
+        sel = sel[largest_cluster(np.asarray(points)[sel], cluster_radius)]
+    n = int(sel.size)
+    if n < min_points:
+        return sel, f"{n} map points reached probability {score_threshold:.2f} (need {min_points})"
+    return sel, ""
+
+
 def package_result(
     query: str,
     points: np.ndarray,
@@ -189,18 +214,10 @@ def package_result(
     agreed, lower when views disagreed. Stages before this one fold their own doubts (view
     confidences, filtering) into the probability itself.
     """
-    # Indices, not a boolean mask: taking rows by index is ~10x faster on a 350k-point map.
-    sel = np.flatnonzero(probability >= score_threshold)
-    if cluster_radius > 0 and sel.size:
-        sel = sel[largest_cluster(points[sel], cluster_radius)]
+    sel, reason = select_target(points, probability, score_threshold, min_points, cluster_radius)
+    if reason:
+        return QueryResult(query, True, False, f"not found: {reason}")
     n = int(sel.size)
-    if n < min_points:
-        return QueryResult(
-            query,
-            True,
-            False,
-            f"not found: {n} map points reached probability {score_threshold:.2f} (need {min_points})",
-        )
     pts, prob = points[sel], probability[sel]
     return QueryResult(
         query,

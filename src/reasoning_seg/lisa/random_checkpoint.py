@@ -6,8 +6,10 @@ checkpoints written here with the *same* files, tensor names, shapes (scaled dow
 ``xinlai/LISA-7B-v1``, plus a separate CLIP vision-tower folder. Weights are random: these
 checkpoints say nothing about accuracy; they make loading, batching and the mask path testable.
 
-``answer="seg"`` rigs two residual channels so that greedy decoding answers "[SEG]" and stops, and
-``answer="none"`` so that it stops at once without ``[SEG]``; everything else stays random, so the
+``answer="seg"`` rigs residual channels so that greedy decoding answers "[SEG]" and stops,
+``answer="none"`` so that it stops at once without ``[SEG]``, and any other text that contains
+``[SEG]`` (e.g. ``"Sure it is [SEG]"``) so that it answers those tokens in order, which puts the
+``[SEG]`` state several decoding steps after the prompt; everything else stays random, so the
 ``[SEG]`` state (and thus the mask) still depends on the image.
 """
 
@@ -146,31 +148,54 @@ def build_random_lisa(
     return model.eval()
 
 
-def _rig_answer(model: LisaModel, seg_id: int, eos_id: int, answer: str) -> None:
-    """Make greedy decoding answer "[SEG]" + EOS (``seg``) or EOS at once (``none``).
+def _rig_answer(model: LisaModel, chain: list[int], eos_id: int) -> None:
+    """Make greedy decoding answer the tokens ``chain`` in order, then EOS (``[]``: EOS at once).
 
-    Channels 0 and 1 of the residual stream are fixed by the token embeddings alone (every layer's
-    output projections and the image projector write nothing into them): channel 0 is large for every
-    token but ``[SEG]``, channel 1 only for ``[SEG]``. ``lm_head`` reads ``[SEG]`` from channel 0 and
-    EOS from channel 1, so after the prompt the model says ``[SEG]`` and after ``[SEG]`` it says EOS.
+    Residual channels ``0..len(chain)`` are fixed by the token embeddings alone (every layer's output
+    projections and the image projector write nothing into them): channel 0 is large for every token
+    outside the chain, channel ``k + 1`` only for ``chain[k]``. ``lm_head`` reads ``chain[0]`` from
+    channel 0, ``chain[k + 1]`` from channel ``k + 1`` and EOS from the last one, so after the prompt
+    the model says ``chain[0]``, after that ``chain[1]``, and so on.
     """
+    if len(set(chain)) != len(chain) or eos_id in chain:
+        raise ValueError(f"a rigged answer needs distinct non-EOS tokens, got {chain}")
+    n = len(chain) + 1  # rigged channels
     with torch.no_grad():
         llm = model.llm.model
+        if n + 1 > llm.embed_tokens.weight.shape[1]:
+            raise ValueError(f"a {len(chain)}-token answer needs more than the model's hidden width")
         for layer in llm.layers:
-            layer.self_attn.o_proj.weight[:2] = 0
-            layer.mlp.down_proj.weight[:2] = 0
-        llm.embed_tokens.weight[:, :2] = 0
+            layer.self_attn.o_proj.weight[:n] = 0
+            layer.mlp.down_proj.weight[:n] = 0
+        llm.embed_tokens.weight[:, :n] = 0
         llm.embed_tokens.weight[:, 0] = 10.0
-        llm.embed_tokens.weight[seg_id, 0] = 0.0
-        llm.embed_tokens.weight[seg_id, 1] = 10.0
-        llm.mm_projector.weight[:2] = 0
-        llm.mm_projector.bias[:2] = torch.tensor([10.0, 0.0])
-        llm.norm.weight[:2] = 1.0
+        for k, tok in enumerate(chain):
+            llm.embed_tokens.weight[tok, 0] = 0.0
+            llm.embed_tokens.weight[tok, k + 1] = 10.0
+        llm.mm_projector.weight[:n] = 0
+        llm.mm_projector.bias[:n] = 0
+        llm.mm_projector.bias[0] = 10.0
+        llm.norm.weight[:n] = 1.0
         head = model.llm.lm_head.weight
-        head[:, :2] = 0
-        first = seg_id if answer == "seg" else eos_id
-        head[first, 0] = 100.0
-        head[eos_id, 1] = 100.0
+        head[:, :n] = 0
+        for k, tok in enumerate([*chain, eos_id]):
+            head[tok, k] = 100.0
+
+
+def _answer_chain(folder: Path, answer: str, seg_id: int) -> list[int]:
+    """Token ids of a rigged answer: "seg", "none", or a text with one ``[SEG]`` (tokenized around it)."""
+    if answer == "seg":
+        return [seg_id]
+    if answer == "none":
+        return []
+    if answer.count(SEG_TOKEN) != 1:
+        raise ValueError(f"a rigged answer must contain {SEG_TOKEN} once, got {answer!r}")
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    before, after = answer.split(SEG_TOKEN)
+    ids = lambda text: sp.encode(text.strip()) if text.strip() else []  # noqa: E731
+    return [*ids(before), seg_id, *ids(after)]
 
 
 def _write_tokenizer(folder: Path, words: list[str]) -> dict[str, int]:
@@ -257,8 +282,8 @@ def write_random_lisa_checkpoint(
     """
     if fmt not in ("safetensors", "bin"):
         raise ValueError(f"fmt must be 'safetensors' or 'bin', not {fmt!r}")
-    if answer not in ("seg", "none", "free"):
-        raise ValueError(f"answer must be 'seg', 'none' or 'free', not {answer!r}")
+    if answer not in ("seg", "none", "free") and SEG_TOKEN not in answer:
+        raise ValueError(f"answer must be 'seg', 'none', 'free' or a text with {SEG_TOKEN}, not {answer!r}")
     if arch.vocab_size != _TINY_BASE_VOCAB + 3:
         raise ValueError(
             "only architectures with the tiny vocabulary can be written with a trained tokenizer"
@@ -272,7 +297,7 @@ def write_random_lisa_checkpoint(
     added = _write_tokenizer(folder, _WORDS)
     model = build_random_lisa(arch, seed)
     if answer != "free":
-        _rig_answer(model, seg_id=added[SEG_TOKEN], eos_id=2, answer=answer)
+        _rig_answer(model, _answer_chain(folder, answer, added[SEG_TOKEN]), eos_id=2)
     state = {k: v.detach().clone() for k, v in model.llm.state_dict().items()}
     state.update(hf_to_lisa_sam_state(model.sam.sam.state_dict(), SAM_PREFIX))
     _save_shards(state, folder, fmt, shards)

@@ -55,6 +55,7 @@ from reasoning_seg.config import PipelineConfig
 from reasoning_seg.fusion import FusionResult
 from reasoning_seg.keyframes import Keyframe
 from reasoning_seg.pipeline import normalise_query, run_stages
+from reasoning_seg.result import select_target
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
 
 FORMAT = "reasoning_seg.pseudo_labels"
@@ -178,7 +179,8 @@ class QueryLabels:
         target_id: the SIMULATION's true target instance (0: absent; -1: unknown, e.g. a real scene).
             Evaluation and the hybrid "w/ label" mode only.
         probability: (N,) float32 fused probability over the map points (the fusion pseudo-label).
-        not_found_reason: fusion's "not found" reason ("" when it found a target).
+        not_found_reason: why the node's fusion answer is "not found" ("" when it is found): fusion's
+            own reason, or too few points at ``query.score_threshold`` (``result.select_target``).
         unified: (E,) float32 unit unified [SEG] embedding; ``unified_source`` says where it came
             from: "fusion" (token attention), "mean" (fusion computed none, e.g. every view filtered
             or the naive method: the confidence-weighted mean of the views' embeddings), "none".
@@ -216,7 +218,7 @@ class QueryLabels:
 
     @property
     def found(self) -> bool:
-        """Whether fusion concluded the target is in the map."""
+        """Whether the node's fusion answer finds the target (the node's ``QueryResult.found``)."""
         return not self.not_found_reason
 
 
@@ -372,9 +374,19 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def _query_labels(
-    text: str, kind: str, target: int, trace: QueryTrace, table: _KeyframeTable, embedding_dim: int
+    text: str, kind: str, target: int, trace: QueryTrace, table: _KeyframeTable, config: PipelineConfig
 ) -> QueryLabels:
     fused, segs = trace.fused, trace.segmentations
+    embedding_dim = config.segmenter.embedding_dim
+    # "Found" exactly as the node's fusion answer decides it: fusion's own verdict, then the same
+    # threshold / min_points / cluster rule the node packages with (result.select_target).
+    q = config.query
+    reason = (
+        fused.not_found_reason
+        or select_target(table.points, fused.probability, q.score_threshold, q.min_points, q.cluster_radius)[
+            1
+        ]
+    )
     rows = np.array([table.row(v, s) for v, s in zip(trace.views, segs, strict=True)], dtype=np.int32)
     logits = [
         s.mask_logits.reshape(-1)[table.vis_pixel[r]].astype(np.float32)
@@ -399,7 +411,7 @@ def _query_labels(
         kind=kind,
         target_id=int(target),
         probability=np.asarray(fused.probability, np.float32),
-        not_found_reason=fused.not_found_reason,
+        not_found_reason=reason,
         unified=unified,
         unified_source=source,
         agreement=float(fused.agreement),
@@ -482,7 +494,7 @@ def generate_scene_labels(
         kind = "unknown" if isinstance(q, str) else q.kind
         target = -1 if isinstance(q, str) else int(q.target_instance_id)
         trace = trace_query(window, points, text, segmenter, cfg)
-        labels.append(_query_labels(text, kind, target, trace, table, cfg.segmenter.embedding_dim))
+        labels.append(_query_labels(text, kind, target, trace, table, cfg))
     offsets = np.zeros(len(table.ids) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(v) for v in table.vis_point])
     dim = next((f.shape[1] for f in table.feats), 0)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import rclpy
+import rclpy.duration
+import rclpy.time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped, Vector3
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -75,6 +77,8 @@ _CAMERA_QUEUE = 30  # reliable camera subscription depth, and the colour/depth p
 # Sensor stamps going back by more than this many seconds are a restarted source (a replayed bag, a
 # reset simulation), not an out-of-order frame: buffers are reset and the stream is accepted again.
 _TIME_JUMP_BACK = 2.0
+# TF outcomes a pair waits on (bounded by the pending queue) instead of being dropped at once.
+_TF_WAIT = ("tf_future", "tf_missing")
 _LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
@@ -360,7 +364,7 @@ class ReasoningSegNode(Node):
         if self._infos.match(stamp)[1] in ("none", "wait"):
             return False
         if self._tf_buffer is not None:
-            return self._tf_lookup(color, 0.0)[1] != "tf_future"
+            return self._tf_lookup(color, 0.0)[1] not in _TF_WAIT
         newest = self._poses.newest_stamp
         # A pair far older than the newest pose is from a restarted source (its first pose, which
         # resets the buffer, may still be on the way): it waits rather than meet the old timeline.
@@ -380,7 +384,14 @@ class ReasoningSegNode(Node):
             self._process(*self._pending.popleft())
 
     def _tf_lookup(self, color: Image, timeout: float) -> tuple[np.ndarray | None, str, str]:
-        """``(T_map_camera, "", "")`` or ``(None, reason, detail)``; reason ``tf_future`` = TF lags."""
+        """``(T_map_camera, "", "")`` or ``(None, reason, detail)``.
+
+        Reasons a pair may wait for (:data:`_TF_WAIT`): ``tf_future`` (TF has transforms between the
+        frames but none yet at the pair's stamp: the publisher lags the camera) and ``tf_missing``
+        (no transform between the frames yet: the first may still be on its way). Decided through
+        the buffer (the newest transform's stamp), not by reading tf2's exception texts, which
+        differ between cases and releases.
+        """
         frame = self.cfg.camera_frame or color.header.frame_id
         if not frame:
             return None, "no_pose", "the image has no frame_id and camera_frame is not set"
@@ -390,8 +401,11 @@ class ReasoningSegNode(Node):
             )
         except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated exception types
             text = f"TF {self.cfg.map_frame} <- {frame}: {type(exc).__name__}: {exc}"
-            extrapolation = getattr(tf2_ros, "ExtrapolationException", ())
-            if isinstance(exc, extrapolation) and "future" in str(exc):
+            try:  # time 0 = the newest transform tf2 holds between the two frames
+                newest = self._tf_buffer.lookup_transform(self.cfg.map_frame, frame, rclpy.time.Time())
+            except Exception:  # noqa: BLE001 - none at all between the frames (yet)
+                return None, "tf_missing", text
+            if stamp_to_sec(newest.header.stamp) < stamp_to_sec(color.header.stamp):
                 return None, "tf_future", text
             return None, "no_pose", text
         try:
@@ -404,6 +418,7 @@ class ReasoningSegNode(Node):
             T, reason, why = self._poses.lookup_reason(stamp)
         else:
             T, reason, why = self._tf_lookup(color, self.cfg.tf_timeout)
+            reason = "no_pose" if reason == "tf_missing" else reason  # never came: counted as no pose
         if T is None:
             self._reject(reason, why)
         return T
