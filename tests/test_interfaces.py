@@ -85,8 +85,10 @@ def test_service_and_action_shapes() -> None:
         "views_done": "uint32",
         "views_total": "uint32",
     }
+    assert _fields(LoadMap.Request) == MAP_REQUEST_FIELDS
+    # SaveMap may replace a saved map by an empty state only when asked to (issue 17).
+    assert _fields(SaveMap.Request) == {**MAP_REQUEST_FIELDS, "allow_empty_overwrite": "boolean"}
     for srv in (SaveMap, LoadMap):
-        assert _fields(srv.Request) == MAP_REQUEST_FIELDS
         assert _fields(srv.Response) == MAP_RESPONSE_FIELDS
 
 
@@ -237,7 +239,7 @@ def test_segment_service_round_trip() -> None:
 
 @pytest.mark.parametrize("srv", [SaveMap, LoadMap], ids=["SaveMap", "LoadMap"])
 def test_map_services_round_trip(srv: Any) -> None:
-    req = srv.Request(directory="/tmp/maps/kitchen_2026-11-21")
+    req = srv.Request(directory="kitchen/2026-11-21")
     _assert_same(req, _round_trip(req))
     resp = srv.Response(success=False, message="permission denied: /tmp/maps")
     _assert_same(resp, _round_trip(resp))

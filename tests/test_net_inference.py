@@ -375,6 +375,7 @@ def test_node_loads_the_3d_net_from_a_parameter_and_answers_with_it(
             Parameter("net.min_points", value=1),
             Parameter("map_publish_period", value=0.0),
             Parameter("diagnostics_period", value=0.2),
+            Parameter("map_directory", value=str(tmp_path)),
         ]
         node = ReasoningSegNode(context=ros_context, parameter_overrides=params)
         executor = MultiThreadedExecutor(context=ros_context)
@@ -400,7 +401,7 @@ def test_node_loads_the_3d_net_from_a_parameter_and_answers_with_it(
                 lambda n=node: n.net_status not in ("loading", "not loaded yet") and n.model_status == "ready"
             )
             loaded = call_service(
-                client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "map"))
+                client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory="map")
             )
             assert loaded.success, loaded.message
             resp = call_segment(client, q.text, timeout=60.0)

@@ -53,6 +53,7 @@ def running_node(ros_context, recorded):
             Parameter("fusion.visibility_tolerance", value=0.08),
             Parameter("map_publish_period", value=0.5),
             Parameter("sensor_qos", value="reliable"),
+            Parameter("map_directory", value=str(tmp / "maps")),
         ],
     )
     executor = MultiThreadedExecutor(context=ros_context)
@@ -148,19 +149,13 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
 
         # Save, clear, load: the answer survives the round trip.
         before = call_segment(client, q.text, timeout=60.0).result
-        saved = call_service(
-            client, SaveMap, "/reasoning_seg/save_map", SaveMap.Request(directory=str(tmp_path / "map"))
-        )
+        saved = call_service(client, SaveMap, "/reasoning_seg/save_map", SaveMap.Request(directory="map"))
         assert saved.success, saved.message
         assert call_service(client, Trigger, "/reasoning_seg/clear_map", Trigger.Request()).success
         assert "empty" in call_segment(client, q.text).message
-        bad = call_service(
-            client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "nope"))
-        )
+        bad = call_service(client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory="nope"))
         assert not bad.success and "current map kept" in bad.message
-        loaded = call_service(
-            client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=str(tmp_path / "map"))
-        )
+        loaded = call_service(client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory="map"))
         assert loaded.success, loaded.message
         again = call_segment(client, q.text, timeout=60.0)
         assert again.result.found and again.result.num_points == before.num_points

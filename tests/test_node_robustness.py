@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
 
 from node_world import DT, INTR, T0, VOXEL, World, build_world
 from reasoning_seg.image_codec import depth_from_metres
@@ -200,6 +202,7 @@ def make_env(ros_context, world):
                 Parameter("map.voxel_size", value=VOXEL),
                 Parameter("fusion.visibility_tolerance", value=0.08),
                 Parameter("pose_source", value="topic"),
+                Parameter("map_directory", value=str(Path(world.map_dir).parent)),
                 # Reliable, so that no test depends on the load of this shared machine; the default
                 # (sensor_data, best effort) has its own test.
                 Parameter("sensor_qos", value="reliable"),
@@ -233,7 +236,10 @@ def make_env(ros_context, world):
         assert wait_for(lambda: bool(diag), 10.0)
         if load:
             resp = call_service(
-                client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=world.map_dir)
+                client,
+                LoadMap,
+                "/reasoning_seg/load_map",
+                LoadMap.Request(directory=Path(world.map_dir).name),
             )
             assert resp.success, resp.message
         if prime:
@@ -483,7 +489,10 @@ def test_query_on_an_empty_map(make_env):
     resp = env.query(env.world.query)
     assert not resp.success and "empty" in resp.message
     assert call_service(
-        env.client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory=env.world.map_dir)
+        env.client,
+        LoadMap,
+        "/reasoning_seg/load_map",
+        LoadMap.Request(directory=Path(env.world.map_dir).name),
     ).success
     env.assert_still_serving((0, 0, 0))
 
@@ -822,3 +831,100 @@ def test_colour_and_depth_paired_by_message_filters_when_importable(make_env, mo
     env = make_env()  # prime: two frames through the topics, integrated
     assert env.node.sync_backend == "message_filters.ApproximateTimeSynchronizer"
     assert env.integrated() >= 2 and not env.node.rejected
+
+
+# --------------------------------------------------------------------------- hostile clients (issue 17)
+
+
+def test_absurd_poses_intrinsics_and_quaternions_are_counted_and_change_nothing(make_env):
+    env = make_env()
+    before = env.map_state()
+    i = N_MAP + 2
+    color, depth, info, pose = env.frame_msgs(i)
+    pose.pose.position.x = 1e300  # finite, absurd: once accepted, every later query failed
+    env.publish(color, depth, info, pose)
+    env.wait_dropped("pose_out_of_bounds", 1)
+    color, depth, info, pose = env.frame_msgs(i + 1)
+    info.k = [1e-3, 0.0, info.k[2], 0.0, 1e-3, info.k[5], 0.0, 0.0, 1.0]  # one frame: 76,800 blocks
+    env.publish(info=info)
+    env.wait_dropped("bad_camera_info", 1)
+    _, _, _, pose = env.frame_msgs(i + 2)
+    pose.pose.orientation.x, pose.pose.orientation.w = 1e200, 0.0  # overflowed to identity before
+    env.publish(pose=pose)
+    env.wait_dropped("bad_pose", 1)
+    _, _, _, pose = env.frame_msgs(i + 2)
+    pose.header.frame_id = ""  # the README says poses are in map_frame: an empty frame is not
+    env.publish(pose=pose)
+    env.wait_dropped("wrong_pose_frame", 1)
+    assert env.map_state() == before  # nothing of it reached the map or the keyframes
+    assert env.node.pipeline.stats.rejected["pose_out_of_bounds"] == 1
+    env.assert_still_serving(before)
+
+
+def test_a_failing_tracked_query_does_not_take_the_node_down(make_env):
+    """An internal error in a timer callback (here the tracked re-run) used to end the process."""
+    from reasoning_seg.ros.node import _Tracked
+
+    env = make_env()
+    before = env.map_state()
+    real_query = env.node.pipeline.query
+
+    def broken(text, **kw):
+        if kw.get("num_views") == 3:  # only the tracked query (the user's asks with the default)
+            raise RuntimeError("planted failure in a tracked query")
+        return real_query(text, **kw)
+
+    env.node.pipeline.query = broken
+    try:
+        with env.node._state_lock:
+            env.node._tracked["the sofa"] = _Tracked("the sofa", 3, 0.5, 0.1)
+        assert wait_for(lambda: env.node.callback_errors["track_tick"] >= 1, 20.0)
+        assert wait_for(
+            lambda: any(
+                kv.key == "callback_errors.track_tick"
+                for kv in (env.diag[-1].status[0].values if env.diag else [])
+            ),
+            10.0,
+        )
+        with env.node._state_lock:
+            env.node._tracked.clear()
+    finally:
+        env.node.pipeline.query = real_query
+    env.assert_still_serving(before)
+
+
+def test_save_and_load_stay_in_the_map_directory(make_env, tmp_path):
+    from reasoning_seg.srv import RemoveTarget, SaveMap
+
+    env = make_env()
+    base = Path(env.node.cfg.map_directory)
+
+    def save(name: str, **kw):
+        return call_service(
+            env.client, SaveMap, "/reasoning_seg/save_map", SaveMap.Request(directory=name, **kw)
+        )
+
+    outside = tmp_path / "outside"
+    for bad in (str(outside), "../outside", "a/../../outside", ""):
+        resp = save(bad)
+        assert not resp.success and "refused" in resp.message, (bad, resp.message)
+    assert not outside.exists()
+    resp = call_service(env.client, LoadMap, "/reasoning_seg/load_map", LoadMap.Request(directory="/etc"))
+    assert not resp.success and "refused" in resp.message
+    ok = save("hostile/kept")
+    assert ok.success, ok.message
+    assert (base / "hostile" / "kept" / "state.json").is_file()
+    # A removal margin beyond the parameter's range is refused (0.1 m took 109 s and 2 GB before).
+    assert env.query(env.world.query).result.found
+    resp = call_service(
+        env.client,
+        RemoveTarget,
+        "/reasoning_seg/remove_target",
+        RemoveTarget.Request(query=env.world.query, margin=5.0),
+    )
+    assert not resp.success and "limit" in resp.message, resp.message
+    # After clear_map, the saved map is not silently replaced by an empty one.
+    call_service(env.client, Trigger, "/reasoning_seg/clear_map", Trigger.Request())
+    refused = save("hostile/kept")
+    assert not refused.success and "empty" in refused.message
+    assert save("hostile/kept", allow_empty_overwrite=True).success

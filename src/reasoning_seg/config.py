@@ -78,6 +78,31 @@ class MapConfig:
     min_valid_depth_fraction: float = knob(
         0.05, "Frames with fewer valid depth pixels than this fraction are rejected.", 0.0, 1.0
     )
+    max_extent: float = knob(
+        1000.0,
+        "Frames whose camera is farther than this (m) from the map origin are rejected "
+        "(dropped.pose_out_of_bounds): a building-sized workspace; raise it for outdoor maps.",
+        1.0,
+        40000.0,
+    )
+    max_speed: float = knob(
+        10.0,
+        "Frames whose camera moved faster than this (m/s of sensor time, at least 0.5 m) since the "
+        "last accepted frame are rejected (dropped.pose_jump) until pose_jump_confirm frames in a "
+        "row agree on the new place (a relocalisation); garbage poses never agree.",
+        0.1,
+        1000.0,
+    )
+    pose_jump_confirm: int = knob(
+        3, "Consecutive mutually consistent frames that make a pose jump accepted.", 1, 1000
+    )
+    max_image_pixels: int = knob(
+        2_400_000,
+        "Frames with more pixels than this are rejected (dropped.image_too_large): keyframes keep "
+        "full images (1920x1200 fits).",
+        1,
+        100_000_000,
+    )
     backend: str = knob(
         "auto",
         "open3d: Open3D VoxelBlockGrid; torch: the PyTorch block grid (runs on CUDA without Open3D); "

@@ -40,6 +40,10 @@ REJECT_REASONS: dict[str, str] = {
     "size_mismatch": "depth does not match the intrinsics, or colour has another aspect ratio",
     "bad_color": "colour is not an (H, W, 3) or (H, W, 4) uint8 image",
     "bad_pose": "the camera pose is not a finite rigid transform",
+    "pose_out_of_bounds": "the camera is farther from the map origin than map.max_extent",
+    "pose_jump": "the camera moved faster than map.max_speed since the last accepted frame, and too "
+    "few following frames confirmed the new place",
+    "image_too_large": "the image has more pixels than map.max_image_pixels",
     "bad_stamp": "the time stamp is not a finite number",
     "no_depth": "too few valid depth readings after range filtering",
 }
@@ -55,8 +59,19 @@ class FrameRejected(ValueError):  # noqa: N818 - reads as the event it reports
         self.detail = detail
 
 
+# Focal length in units of the image side: 0.05 is a 169 degree field of view, 20 one of 2.9 degrees.
+# Beyond either no pinhole camera a robot carries produces the number, and a tiny focal length
+# spreads one frame over the whole map (fx = 1e-3 at 320x240 allocated 76,800 blocks).
+FOCAL_RANGE = (0.05, 20.0)
+
+
 def sanitize_frame(
-    frame: RGBDFrame, depth_min: float, depth_max: float, min_valid_fraction: float
+    frame: RGBDFrame,
+    depth_min: float,
+    depth_max: float,
+    min_valid_fraction: float,
+    max_extent: float = math.inf,
+    max_image_pixels: int = 0,
 ) -> RGBDFrame:
     """Return a frame safe to integrate, or raise :class:`FrameRejected` with a counted reason.
 
@@ -73,7 +88,11 @@ def sanitize_frame(
       depth pixel's centre, when the aspect ratios agree within 1 % (drivers often stream colour at
       a higher resolution than registered depth); a different aspect ratio cannot be registered
       without the colour camera's own intrinsics and extrinsics and is rejected. RGBA drops alpha;
-    - the pose must be a finite rigid transform (no NaN, scale or shear) and the stamp finite;
+    - the pose must be a finite rigid transform (no NaN, scale or shear), the camera at most
+      ``max_extent`` metres from the map origin (``pose_out_of_bounds``: a pose of 1e300 m would
+      poison every later query), and the stamp finite;
+    - the focal lengths must give a field of view a real camera has (:data:`FOCAL_RANGE`) and the
+      image at most ``max_image_pixels`` pixels (0 = no limit): keyframes keep full images;
     - frames with almost no valid depth are rejected (nothing to integrate, and usually a covered
       or saturated sensor).
     """
@@ -95,6 +114,18 @@ def sanitize_frame(
             f"principal point ({intr.cx:.1f}, {intr.cy:.1f}) is far outside the "
             f"{intr.width}x{intr.height} image",
         )
+    lo, hi = FOCAL_RANGE
+    if not (lo <= intr.fx / intr.width <= hi and lo <= intr.fy / intr.height <= hi):
+        raise FrameRejected(
+            "bad_intrinsics",
+            f"focal lengths fx={intr.fx:g}, fy={intr.fy:g} px are not those of a real camera with a "
+            f"{intr.width}x{intr.height} image (allowed {lo:g}-{hi:g} image sides)",
+        )
+    if max_image_pixels and intr.width * intr.height > max_image_pixels:
+        raise FrameRejected(
+            "image_too_large",
+            f"{intr.width}x{intr.height} is more than map.max_image_pixels={max_image_pixels} pixels",
+        )
     depth = np.asarray(frame.depth)
     if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
         raise FrameRejected(
@@ -106,6 +137,12 @@ def sanitize_frame(
     T = np.asarray(frame.T_world_cam)
     if T.shape != (4, 4) or not is_rigid_transform(T):
         raise FrameRejected("bad_pose", "camera pose is not a finite rigid transform")
+    distance = float(np.linalg.norm(T[:3, 3]))
+    if distance > max_extent:
+        raise FrameRejected(
+            "pose_out_of_bounds",
+            f"camera is {distance:.4g} m from the map origin (map.max_extent {max_extent:g} m)",
+        )
     try:
         stamp = float(frame.stamp)
     except (TypeError, ValueError):
@@ -126,6 +163,62 @@ def sanitize_frame(
     if valid < min_valid_fraction:
         raise FrameRejected("no_depth", f"only {valid:.1%} of depth pixels are valid")
     return RGBDFrame(color, d, intr, T.astype(np.float64), stamp, frame.frame_id)
+
+
+class PoseJumpGate:
+    """Refuses camera positions that jump faster than ``max_speed`` (pose_jump), unless confirmed.
+
+    A SLAM relocalisation or loop closure can move the reported pose by metres at once; a corrupt
+    or hostile pose does too, and one such frame fuses a copy of the room somewhere else (14
+    garbage frames 40-118 m away made the block budget evict the whole real room). A jump is
+    accepted once ``confirm`` frames in a row agree with each other (each within the speed bound
+    of the previous refused one): a real relocalisation keeps reporting the new place, garbage does
+    not. Stamps going back (a replayed bag) or a sensor silent for more than 2 s make the next frame
+    a new start; a stream of refused frames does not (garbage cannot wait its way in).
+    """
+
+    MIN_STEP = 0.5  # metres always allowed between two frames (stamp jitter, small corrections)
+    NEW_START_S = 2.0
+
+    def __init__(self, max_speed: float, confirm: int) -> None:
+        self.max_speed = float(max_speed)
+        self.confirm = max(1, int(confirm))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the trajectory (the next frame starts a new one)."""
+        self._last: tuple[np.ndarray, float] | None = None
+        self._candidates: list[tuple[np.ndarray, float]] = []
+        self._seen: float | None = None  # stamp of the last frame checked, accepted or not
+
+    def _close(self, a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> bool:
+        # A long run of refused frames does not widen the allowance past NEW_START_S of motion.
+        dt = min(b[1] - a[1], self.NEW_START_S)
+        return float(np.linalg.norm(b[0] - a[0])) <= max(self.MIN_STEP, self.max_speed * max(dt, 0.0))
+
+    def check(self, position: np.ndarray, stamp: float) -> None:
+        """Accept (and remember) the frame's camera position or raise ``FrameRejected("pose_jump")``."""
+        here = (np.asarray(position, dtype=np.float64).copy(), float(stamp))
+        seen, self._seen = self._seen, here[1]
+        # A new start: the first frame, stamps going back (a replayed recording), or a silent sensor.
+        new_start = seen is None or here[1] < seen or here[1] - seen > self.NEW_START_S
+        if self._last is None or new_start or self._close(self._last, here):
+            self._last, self._candidates = here, []
+            return
+        if self._candidates and self._close(self._candidates[-1], here):
+            self._candidates.append(here)
+        else:
+            self._candidates = [here]
+        if len(self._candidates) >= self.confirm:
+            self._last, self._candidates = here, []
+            return
+        jump = float(np.linalg.norm(here[0] - self._last[0]))
+        raise FrameRejected(
+            "pose_jump",
+            f"camera moved {jump:.3g} m in {here[1] - self._last[1]:.3g} s (map.max_speed "
+            f"{self.max_speed:g} m/s); {len(self._candidates)} of {self.confirm} frames confirm "
+            "the new place",
+        )
 
 
 def _sanitize_color(color: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.frames import FrameRejected, RGBDFrame, sanitize_frame
+from reasoning_seg.frames import FrameRejected, PoseJumpGate, RGBDFrame, sanitize_frame
 from reasoning_seg.fusion import DEVICE_ARRAYS, FusionCache, FusionResult, fuse, torch_device
 from reasoning_seg.keyframes import Keyframe, KeyframeWindow
 from reasoning_seg.result import QueryResult, package_result
@@ -206,6 +206,7 @@ class ReasoningSegPipeline:
         self.map = VoxelMap(self.config.map)
         self.keyframes = KeyframeWindow(self.config.keyframes)
         self.stats = IngestStats()
+        self._pose_gate = PoseJumpGate(self.config.map.max_speed, self.config.map.pose_jump_confirm)
         self._lock = threading.RLock()
         # The label-free 3D network (MLLM-For3D §3.3): loaded from net.checkpoint by load_net(), or
         # on the first query that needs it. _net_key is the (checkpoint, device) it was loaded for.
@@ -226,7 +227,15 @@ class ReasoningSegPipeline:
         self.stats.frames_received += 1
         c = self.config.map
         try:
-            clean = sanitize_frame(frame, c.depth_min, c.depth_max, c.min_valid_depth_fraction)
+            clean = sanitize_frame(
+                frame,
+                c.depth_min,
+                c.depth_max,
+                c.min_valid_depth_fraction,
+                max_extent=c.max_extent,
+                max_image_pixels=c.max_image_pixels,
+            )
+            self._pose_gate.check(clean.T_world_cam[:3, 3], clean.stamp)
         except FrameRejected as exc:
             self.stats.rejected[exc.reason] += 1
             raise
@@ -528,6 +537,7 @@ class ReasoningSegPipeline:
         with self._lock:
             self.map.clear()
             self.keyframes.clear()
+            self._pose_gate.reset()
 
     def remove_points(self, points: np.ndarray, radius: float | None = None) -> int:
         """Remove a picked object from the map: voxels within ``radius`` of ``points`` are deleted.
@@ -559,7 +569,7 @@ class ReasoningSegPipeline:
         with self._lock:
             return self.map.labelled_surface(label, min_probability)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, allow_empty_overwrite: bool = False) -> Path:
         """Write map + keyframes (images, depths, poses, intrinsics) into ``directory`` atomically.
 
         The map is copied under the lock (ingestion pauses for the copy only); files are written
@@ -578,15 +588,15 @@ class ReasoningSegPipeline:
                 "backend": self.map.backend,
             }
         }
-        return save_state(directory, meta, map_arrays, window, next_id)
+        return save_state(directory, meta, map_arrays, window, next_id, allow_empty_overwrite)
 
-    def load(self, directory: str | Path) -> None:
+    def load(self, directory: str | Path, max_bytes: int = 8 << 30) -> None:
         """Replace map and keyframes with a saved state; on any error nothing changes.
 
         Raises ``FileNotFoundError`` when ``directory`` holds no saved state and ``ValueError`` for a
         corrupt, truncated or foreign one, or one saved with another voxel size than this pipeline's.
         """
-        st = load_state(directory)
+        st = load_state(directory, max_bytes)
         saved = st.meta.get("map", {})
         voxel = saved.get("voxel_size") if isinstance(saved, dict) else None
         if not isinstance(voxel, (int, float)) or not np.isclose(float(voxel), self.config.map.voxel_size):
@@ -602,6 +612,7 @@ class ReasoningSegPipeline:
         window.next_id = st.next_keyframe_id
         with self._lock:
             self.map, self.keyframes = new_map, window
+            self._pose_gate.reset()
 
 
 def _view_inputs(keyframes: Sequence[Keyframe]) -> list[ViewInput]:

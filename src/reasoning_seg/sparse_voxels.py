@@ -48,7 +48,11 @@ def cell_coords(points: np.ndarray, cell_size: float) -> np.ndarray:
     Non-finite points are the caller's to filter.
     """
     p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    return np.floor(p / cell_size + 1e-6).astype(np.int64)
+    c = np.floor(p / cell_size + 1e-6)
+    # A float beyond int64 casts to an arbitrary value that could pass pack_keys' range check.
+    if c.size and not np.all(np.abs(c[np.isfinite(c)]) <= COORD_LIMIT):
+        raise ValueError(f"a point lies beyond +-{COORD_LIMIT} cells of {cell_size} m from the origin")
+    return c.astype(np.int64)
 
 
 def ball_offsets(radius_cells: float) -> np.ndarray:

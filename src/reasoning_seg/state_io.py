@@ -42,6 +42,7 @@ MAP_FILE = "map.npz"
 KEYFRAMES_FILE = "keyframes.npz"
 _OUR_FILES = {STATE_FILE, MAP_FILE, KEYFRAMES_FILE}
 _MAX_STATE_JSON = 1 << 20
+_MAX_KEYFRAME_ID = 1 << 53  # exact in a float64 too; a node adding 1000 keyframes/s needs 285,000 years
 
 
 @dataclass
@@ -89,31 +90,66 @@ def _keyframe_arrays(keyframes: Sequence[tuple[int, RGBDFrame]]) -> dict[str, np
     return arrays
 
 
+def _check_replaceable(target: Path) -> dict[str, Any] | None:
+    """Refuse (``FileExistsError``) unless ``target`` is empty or verifiably one of our saved maps.
+
+    Returns the existing ``state.json`` (None for an empty folder). Ours means: a valid
+    ``state.json`` of this format, and nothing but regular files of our names beside it (a folder
+    or link named ``map.npz``, another program's ``state.json`` or any other file is not ours).
+    """
+    entries = list(target.iterdir())
+    if not entries:
+        return None
+    foreign = sorted(e.name for e in entries if e.name not in _OUR_FILES or e.is_symlink() or not e.is_file())
+    if foreign:
+        raise FileExistsError(
+            f"{target} holds entries that are not part of a saved map ({', '.join(foreign[:3])}); "
+            "refusing to replace it"
+        )
+    try:
+        return read_state_json(target)
+    except (FileNotFoundError, ValueError) as exc:
+        raise FileExistsError(
+            f"{target} is not a reasoning_seg saved map ({exc}); refusing to replace it"
+        ) from exc
+
+
 def save_state(
     directory: str | Path,
     meta: dict[str, Any],
     map_arrays: dict[str, np.ndarray],
     keyframes: Sequence[tuple[int, RGBDFrame]],
     next_keyframe_id: int,
+    allow_empty_overwrite: bool = False,
 ) -> Path:
     """Write a state into ``directory`` atomically (see the module docstring); returns the directory.
 
-    Refuses (``FileExistsError``) to replace a directory that holds anything but a saved state, so
-    a mistyped path cannot wipe unrelated files.
+    Refuses (``FileExistsError``) to replace a folder that is not empty and not verifiably a saved
+    map (:func:`_check_replaceable`), so a mistyped path cannot wipe unrelated files, and to replace
+    a saved map that has keyframes with an empty state (a save right after ``clear_map`` would
+    silently lose it) unless ``allow_empty_overwrite``. A symbolic link is followed: the folder it
+    points to is written. An existing folder keeps its permissions (and owner, where allowed).
     """
-    target = Path(directory)
+    target = Path(os.path.realpath(directory))
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a directory")
-    if target.is_dir():
-        extra = sorted(p.name for p in target.iterdir() if p.name not in _OUR_FILES)
-        if extra:
+    previous = _check_replaceable(target) if target.is_dir() else None
+    if previous is not None and not keyframes and not allow_empty_overwrite:
+        if int(previous.get("keyframes", 0) or 0) > 0:
             raise FileExistsError(
-                f"{target} holds files that are not part of a saved map ({', '.join(extra[:3])}); "
-                "refusing to replace it"
+                f"{target} holds a saved map with {previous.get('keyframes')} keyframes and this state is "
+                "empty; refusing to overwrite it (set allow_empty_overwrite to do it anyway)"
             )
+    stat = target.stat() if target.is_dir() else None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        if stat is not None:  # the replaced folder's mode and owner, not mkdtemp's 0700
+            os.chmod(tmp, stat.st_mode & 0o7777)
+            try:
+                os.chown(tmp, stat.st_uid, stat.st_gid)
+            except PermissionError:
+                pass
         np.savez(tmp / MAP_FILE, **map_arrays)
         np.savez_compressed(tmp / KEYFRAMES_FILE, **_keyframe_arrays(keyframes))
         files = {}
@@ -136,7 +172,7 @@ def save_state(
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(target, old)
             os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)  # only our verified files (checked above)
         else:
             os.rename(tmp, target)
         _fsync(target.parent)
@@ -144,6 +180,34 @@ def save_state(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def resolve_map_dir(base: str | Path, name: str, allow_absolute: bool = False) -> Path:
+    """The folder a service request names: ``name`` relative to the configured ``base`` folder.
+
+    Every input from the network is hostile: an empty name, an absolute path or one with ``..``
+    (unless ``allow_absolute``), or one that leaves ``base`` through a symbolic link raises
+    ``PermissionError`` before the file system is touched below ``base`` (so a refusal tells a
+    caller nothing about what exists elsewhere).
+    """
+    text = str(name).strip()
+    if not text or "\x00" in text:
+        raise PermissionError("the map name is empty")
+    path = Path(text)
+    root = Path(os.path.realpath(os.path.expanduser(str(base))))
+    if path.is_absolute() or ".." in path.parts:
+        if not allow_absolute:
+            raise PermissionError(
+                f"'{text[:80]}' is not a name below the map directory (absolute paths and '..' are "
+                "refused; set allow_absolute_map_paths to allow them)"
+            )
+        return Path(os.path.realpath(path))
+    resolved = Path(os.path.realpath(root / path))
+    if resolved != root and root not in resolved.parents:
+        raise PermissionError(f"'{text[:80]}' leaves the map directory through a link: refused")
+    if resolved == root:
+        raise PermissionError("the map name must name a folder below the map directory")
+    return resolved
 
 
 def read_state_json(directory: str | Path) -> dict[str, Any]:
@@ -229,13 +293,20 @@ def _parse_keyframes(arrays: dict[str, np.ndarray], path: Path) -> list[tuple[in
     return out
 
 
-def load_state(directory: str | Path) -> SavedState:
-    """Read and validate a state written by :func:`save_state`; raises before returning anything partial."""
+def load_state(directory: str | Path, max_bytes: int = 8 << 30) -> SavedState:
+    """Read and validate a state written by :func:`save_state`; raises before returning anything partial.
+
+    Files larger than ``max_bytes`` are refused before they are read (hashing a 20 GiB file took
+    36 s of a node's admin thread).
+    """
     from reasoning_seg.voxel_map import VoxelMap
 
     d = Path(directory)
     doc = read_state_json(d)
     for name in (MAP_FILE, KEYFRAMES_FILE):
+        size = doc["files"][name]["bytes"]
+        if size > max_bytes or (d / name).is_file() and (d / name).stat().st_size > max_bytes:
+            raise ValueError(f"{d / name} is larger than the {max_bytes >> 20} MiB limit (max_map_mb)")
         _verify(d / name, doc["files"][name])
     map_arrays = _load_npz(d / MAP_FILE)
     try:
@@ -244,6 +315,12 @@ def load_state(directory: str | Path) -> SavedState:
         raise ValueError(f"{d / MAP_FILE} is corrupt: {exc}") from exc
     keyframes = _parse_keyframes(_load_npz(d / KEYFRAMES_FILE), d / KEYFRAMES_FILE)
     next_id = doc.get("next_keyframe_id")
-    if not isinstance(next_id, int) or (keyframes and next_id <= max(k for k, _ in keyframes)):
+    # Keyframe ids are int64 in messages and arrays: an id near 2**63 overflows on the next query.
+    if (
+        not isinstance(next_id, int)
+        or isinstance(next_id, bool)
+        or not 0 <= next_id < _MAX_KEYFRAME_ID
+        or (keyframes and next_id <= max(k for k, _ in keyframes))
+    ):
         raise ValueError(f"{d / STATE_FILE} has a bad next_keyframe_id {next_id!r}")
     return SavedState(doc, map_arrays, keyframes, next_id)

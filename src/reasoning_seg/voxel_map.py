@@ -29,7 +29,7 @@ import numpy as np
 
 from reasoning_seg.config import MapConfig
 from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.sparse_voxels import KeyTable, ball_offsets, cell_coords, pack_keys, unpack_keys
+from reasoning_seg.sparse_voxels import KeyTable, cell_coords, pack_keys, unpack_keys
 
 BLOCK = 8
 VOXELS_PER_BLOCK = BLOCK**3
@@ -574,10 +574,7 @@ class VoxelMap:
         if len(pts) == 0 or r < 0:
             return 0
         vs = self.config.voxel_size
-        # Candidate voxels: the ball around each distinct point voxel, then an exact distance check.
-        base = np.unique(np.floor(pts / vs).astype(np.int64), axis=0)
-        offs = ball_offsets(r / vs + 1.0)
-        cand = np.unique((base[:, None, :] + offs[None]).reshape(-1, 3), axis=0)
+        cand = _voxels_near(np.floor(pts / vs).astype(np.int64), r / vs)
         from scipy.spatial import cKDTree
 
         d, _ = cKDTree(pts).query(cand * vs, distance_upper_bound=r + 1e-9)
@@ -738,3 +735,33 @@ class VoxelMap:
         self._labels = labels
         self.frames_integrated, self.frames_skipped = (int(x) for x in arrays["counters"])
         self._changed()
+
+
+REMOVAL_MAX_CELLS = 16_000_000
+"""Largest box (in voxels) :meth:`VoxelMap.remove_points` searches: bounds its time and memory."""
+
+
+def _voxels_near(base: np.ndarray, radius_cells: float) -> np.ndarray:
+    """(M, 3) voxel coordinates whose corner may lie within ``radius_cells`` of a point in ``base``.
+
+    A Euclidean distance transform over the box around the point voxels: memory and time grow with
+    the box, not with points x ball size (a ball of 11 voxels around 10k point voxels asked for
+    56M candidate rows, 2 GB). A point inside voxel b is within sqrt(3) cells of b's corner, hence
+    the margin. Raises ``ValueError`` when the box exceeds :data:`REMOVAL_MAX_CELLS`.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    reach = float(radius_cells) + 1.75
+    pad = int(np.ceil(reach))
+    lo = base.min(axis=0) - pad
+    shape = base.max(axis=0) + pad - lo + 1
+    cells = int(np.prod(shape.astype(np.float64)))
+    if cells > REMOVAL_MAX_CELLS:
+        raise ValueError(
+            f"removal would search {cells} voxels (limit {REMOVAL_MAX_CELLS}): target too large or "
+            "margin too wide"
+        )
+    free = np.ones(tuple(int(v) for v in shape), dtype=bool)
+    free[tuple((base - lo).T)] = False
+    dist = distance_transform_edt(free)
+    return np.argwhere(dist <= reach) + lo

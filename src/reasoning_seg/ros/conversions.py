@@ -24,6 +24,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
+from reasoning_seg.frames import FOCAL_RANGE
 from reasoning_seg.image_codec import decode_image, depth_to_metres, encode_image, to_rgb8
 
 __all__ = [
@@ -165,7 +166,14 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
         raise ValueError(f"CameraInfo K has NaN/inf entries: {k.reshape(-1).tolist()}")
     if msg.binning_x > 1 or msg.binning_y > 1:
         raise ValueError(f"CameraInfo binning {msg.binning_x}x{msg.binning_y} is not supported")
-    return CameraIntrinsics.from_K(k, int(msg.width), int(msg.height))
+    intr = CameraIntrinsics.from_K(k, int(msg.width), int(msg.height))
+    lo, hi = FOCAL_RANGE
+    if not (lo <= intr.fx / intr.width <= hi and lo <= intr.fy / intr.height <= hi):
+        raise ValueError(
+            f"CameraInfo focal lengths fx={intr.fx:g}, fy={intr.fy:g} px do not fit a "
+            f"{intr.width}x{intr.height} camera (allowed {lo:g}-{hi:g} image sides)"
+        )
+    return intr
 
 
 def intrinsics_to_camera_info(intr: CameraIntrinsics, header: Header) -> CameraInfo:
@@ -189,11 +197,17 @@ def intrinsics_to_camera_info(intr: CameraIntrinsics, header: Header) -> CameraI
 
 
 def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """3x3 rotation of a quaternion, normalised first; NaN/inf or (near) zero -> ``ValueError``."""
+    """3x3 rotation of a quaternion, normalised first.
+
+    A norm off by a modest factor (a publisher that skipped normalising) is fixed; NaN/inf, or a norm
+    outside [0.01, 100] (near zero, or absurd: 1e200 overflows a naive norm) -> ``ValueError``.
+    """
     q = np.array([x, y, z, w], dtype=np.float64)
-    n = float(np.linalg.norm(q))
-    if not np.all(np.isfinite(q)) or n < 1e-9:
-        raise ValueError(f"quaternion {q.tolist()} cannot be normalised")
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f"quaternion {q.tolist()} has NaN/inf entries")
+    n = math.hypot(*q.tolist())  # no overflow for huge entries
+    if not 0.01 <= n <= 100.0:
+        raise ValueError(f"quaternion {q.tolist()} has norm {n:.3g}: not a rotation (expected about 1)")
     x, y, z, w = q / n
     return np.array(
         [

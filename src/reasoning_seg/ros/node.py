@@ -21,6 +21,7 @@ import traceback
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -63,6 +64,7 @@ from reasoning_seg.ros.conversions import text_marker as make_text_marker
 from reasoning_seg.ros.params import NodeConfig, declare_and_read
 from reasoning_seg.segmenter import Segmenter, segmenter_from_config
 from reasoning_seg.srv import LoadMap, RemoveTarget, SaveMap, Segment, TrackQuery
+from reasoning_seg.state_io import resolve_map_dir
 
 try:  # real ROS 2 installs; not available from PyPI wheels
     import tf2_ros  # type: ignore[import-not-found]
@@ -84,12 +86,19 @@ _LATCHED = QoSProfile(
 )
 # Requests of the query service/action kept until the node takes them: DDS silently drops those
 # beyond this depth, and a request must be answered (if only with "busy"), never lost in a flood.
-_QUERY_REQUESTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Requests a service or the action keeps while all its handlers are busy. A DDS service drops what
+# overflows its history without an answer, so the depth is the documented flood limit (README):
+# beyond this many requests in flight at once, the oldest unserved ones are lost.
+_QUERY_REQUESTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+_ADMIN_REQUESTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+_INVALID_QUERY_PREFIXES = ("query must be", "query is ", "query contains no words")
+_MAX_ECHO = 64  # characters of a client's target_frame / frame_id echoed back in messages
 _WAIT_SLICE = 0.1  # s: a queued query re-checks for cancellation this often
 _TRACK_TICK = 0.1  # s: how often tracked queries are checked for being due
 _RATE_WINDOW = 10.0  # s: frame rates in /diagnostics are averaged over this sliding window
 _REMEMBERED = 16  # latest answers kept for RemoveTarget (plus one per tracked query)
 _USER = ""  # marker owner of the user's latest query; tracked queries own markers under their text
+_MARGIN_RANGE = next(f.metadata["range"] for f in fields(NodeConfig) if f.name == "removal_margin")
 _PERIOD_RANGE = next(f.metadata["range"] for f in fields(NodeConfig) if f.name == "persistent_period")
 
 
@@ -101,6 +110,9 @@ class ReasoningSegNode(Node):
         self.cfg, pipe_cfg = declare_and_read(self)
         self.pipeline = ReasoningSegPipeline(pipe_cfg)
         self.rejected: Counter = Counter()
+        self.callback_errors: Counter = Counter()  # by callback name: exceptions caught by _guard
+        self._map_epoch = 0  # +1 on clear/load: answers computed on an older map are not remembered
+        self._tracking_runs = False  # a tracked re-run holds the query lock (users wait for it)
         self._intrinsics = None  # the latest valid CameraInfo (for status); frames use _infos
         # CameraInfo joined to each pair by stamp; a static/latched one (old stamp) is used as is. A
         # pair waits for its own CameraInfo only if the newest one is at most a few frames older
@@ -185,30 +197,48 @@ class ReasoningSegNode(Node):
             else:
                 self._mf_sync = message_filters.TimeSynchronizer(subs, _CAMERA_QUEUE)
                 self.sync_backend = "message_filters.TimeSynchronizer"
-            self._mf_sync.registerCallback(self._on_pair)
+            self._mf_sync.registerCallback(self._guard("on_pair", self._on_pair))
         else:
             self.create_subscription(
-                Image, "camera/color/image_raw", self._on_color, qos, callback_group=sensors
+                Image,
+                "camera/color/image_raw",
+                self._guard("on_color", self._on_color),
+                qos,
+                callback_group=sensors,
             )
             self.create_subscription(
-                Image, "camera/depth/image_raw", self._on_depth, qos, callback_group=sensors
+                Image,
+                "camera/depth/image_raw",
+                self._guard("on_depth", self._on_depth),
+                qos,
+                callback_group=sensors,
             )
             self.sync_backend = "ApproximatePairSync (message_filters not importable)"
         if self._tf_buffer is not None:  # pragma: no cover - needs tf2_ros
             # Pairs wait (bounded) for TF to catch up with their stamp; retry while no image arrives.
-            self.create_timer(0.05, self._drain_pending, callback_group=sensors)
+            self.create_timer(0.05, self._guard("drain_pending", self._drain_pending), callback_group=sensors)
         self.get_logger().info(
             f"colour/depth paired by {self.sync_backend} (slop {self.cfg.sync_slop} s); CameraInfo joined "
             "by stamp, the latest one when it is static; camera QoS "
             f"{self.cfg.sensor_qos}"
         )
         self.create_subscription(
-            CameraInfo, "camera/color/camera_info", self._on_info, qos, callback_group=sensors
+            CameraInfo,
+            "camera/color/camera_info",
+            self._guard("on_info", self._on_info),
+            qos,
+            callback_group=sensors,
         )
         if self._tf_buffer is None:
-            self.create_subscription(PoseStamped, "camera/pose", self._on_pose, qos, callback_group=sensors)
             self.create_subscription(
-                TransformStamped, "camera/transform", self._on_transform, qos, callback_group=sensors
+                PoseStamped, "camera/pose", self._guard("on_pose", self._on_pose), qos, callback_group=sensors
+            )
+            self.create_subscription(
+                TransformStamped,
+                "camera/transform",
+                self._guard("on_transform", self._on_transform),
+                qos,
+                callback_group=sensors,
             )
 
         self.pub_map = self.create_publisher(PointCloud2, "~/map_cloud", _LATCHED)
@@ -218,34 +248,87 @@ class ReasoningSegNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self.create_service(
-            Segment, "~/segment", self._on_segment, qos_profile=_QUERY_REQUESTS, callback_group=queries
+            Segment,
+            "~/segment",
+            self._guard("segment", self._on_segment),
+            qos_profile=_QUERY_REQUESTS,
+            callback_group=queries,
         )
         self._action = ActionServer(
             self,
             SegmentQuery,
             "~/segment_query",
-            execute_callback=self._on_action,
+            execute_callback=self._on_action_guarded,
             goal_callback=lambda _g: GoalResponse.ACCEPT,
             cancel_callback=lambda _g: CancelResponse.ACCEPT,
             callback_group=queries,
             goal_service_qos_profile=_QUERY_REQUESTS,
+            result_service_qos_profile=_QUERY_REQUESTS,
+            cancel_service_qos_profile=_QUERY_REQUESTS,
         )
-        self.create_service(SaveMap, "~/save_map", self._on_save, callback_group=admin)
-        self.create_service(LoadMap, "~/load_map", self._on_load, callback_group=admin)
-        self.create_service(Trigger, "~/clear_map", self._on_clear, callback_group=admin)
-        self.create_service(TrackQuery, "~/track_query", self._on_track, callback_group=admin)
-        self.create_service(RemoveTarget, "~/remove_target", self._on_remove, callback_group=admin)
-        self.create_timer(_TRACK_TICK, self._track_tick, callback_group=tracking)
+        for srv, name, handler in (
+            (SaveMap, "save_map", self._on_save),
+            (LoadMap, "load_map", self._on_load),
+            (Trigger, "clear_map", self._on_clear),
+            (TrackQuery, "track_query", self._on_track),
+            (RemoveTarget, "remove_target", self._on_remove),
+        ):
+            self.create_service(
+                srv,
+                f"~/{name}",
+                self._guard(name, handler),
+                qos_profile=_ADMIN_REQUESTS,
+                callback_group=admin,
+            )
+        self.create_timer(_TRACK_TICK, self._guard("track_tick", self._track_tick), callback_group=tracking)
+        # Timers in their own group: a long admin call (a large save or load) must not silence them.
+        timers = MutuallyExclusiveCallbackGroup()
         if self.cfg.map_publish_period > 0:
-            self.create_timer(self.cfg.map_publish_period, self._publish_map, callback_group=admin)
+            self.create_timer(
+                self.cfg.map_publish_period,
+                self._guard("publish_map", self._publish_map),
+                callback_group=timers,
+            )
         if self.cfg.diagnostics_period > 0:
-            self.create_timer(self.cfg.diagnostics_period, self._publish_diagnostics, callback_group=admin)
+            self.create_timer(
+                self.cfg.diagnostics_period,
+                self._guard("publish_diagnostics", self._publish_diagnostics),
+                callback_group=timers,
+            )
         net = f"'{pipe_cfg.net.checkpoint}' (loading)" if pipe_cfg.net.checkpoint else "off (fusion answers)"
         self.get_logger().info(
             f"reasoning_seg up: map frame '{self.cfg.map_frame}', pose from "
             f"{'TF' if self._tf_buffer else 'camera/pose or camera/transform topics'}, voxel "
             f"{pipe_cfg.map.voxel_size} m, segmenter '{pipe_cfg.segmenter.backend}', 3D net {net}"
         )
+
+    # ------------------------------------------------------------------ callback safety
+    def _guard(self, name: str, fn: Callable) -> Callable:
+        """``fn`` wrapped so that no exception leaves it: the executor would re-raise it and stop.
+
+        A caught exception is counted (``callback_errors.<name>`` in /diagnostics), logged with its
+        traceback (rate-limited), and a service request still gets its answer: ``success`` false
+        and the error in ``message``.
+        """
+
+        def guarded(*args):
+            try:
+                return fn(*args)
+            except Exception as exc:  # noqa: BLE001 - nothing may take the node down
+                self.callback_errors[name] += 1
+                self._warn(
+                    f"callback:{name}",
+                    f"{name} failed, the node keeps running: {exc!r}\n{traceback.format_exc()}",
+                )
+                resp = args[1] if len(args) == 2 else None
+                if resp is not None and hasattr(resp, "success"):
+                    resp.success = False
+                    if hasattr(resp, "message"):
+                        resp.message = f"internal error: {type(exc).__name__}: {exc}"[:500]
+                    return resp
+                return None
+
+        return guarded
 
     # ------------------------------------------------------------------ model
     def _load_model(self) -> None:
@@ -311,9 +394,10 @@ class ReasoningSegNode(Node):
             self._reject("bad_pose", str(exc))
 
     def _add_pose(self, header: Header, T: np.ndarray) -> None:  # noqa: N803
-        if header.frame_id and header.frame_id != self.cfg.map_frame:
+        if header.frame_id != self.cfg.map_frame:  # an empty frame_id says nothing: refused too
             self._reject(
-                "wrong_pose_frame", f"pose is in '{header.frame_id}', expected '{self.cfg.map_frame}'"
+                "wrong_pose_frame",
+                f"pose is in '{header.frame_id[:64]}', expected '{self.cfg.map_frame}'",
             )
             return
         stamp = stamp_to_sec(header.stamp)
@@ -471,6 +555,21 @@ class ReasoningSegNode(Node):
         resp.success, resp.message, resp.result = result.success, result.message, msg
         return resp
 
+    def _on_action_guarded(self, goal_handle) -> SegmentQuery.Result:
+        """:meth:`_on_action`, but an internal error aborts the goal with the reason (node stays up)."""
+        try:
+            return self._on_action(goal_handle)
+        except Exception as exc:  # noqa: BLE001 - nothing may take the node down
+            self.callback_errors["segment_query"] += 1
+            self._warn("callback:segment_query", f"segment_query failed: {exc!r}\n{traceback.format_exc()}")
+            out = SegmentQuery.Result()
+            out.success, out.message = False, f"internal error: {type(exc).__name__}: {exc}"[:500]
+            try:
+                goal_handle.abort()
+            except Exception:  # noqa: BLE001 - already in a terminal state
+                pass
+            return out
+
     def _on_action(self, goal_handle) -> SegmentQuery.Result:
         g = goal_handle.request
 
@@ -513,7 +612,9 @@ class ReasoningSegNode(Node):
         """
         if self._query_lock.acquire(blocking=False):
             return ""
-        if self.cfg.concurrent_queries == "reject":
+        # A tracked re-run is background work: a user query waits for it (one re-run, bounded by
+        # query_wait_timeout) even with concurrent_queries=reject, and the tracker yields to waiters.
+        if self.cfg.concurrent_queries == "reject" and not self._tracking_runs:
             return "busy: another query is running (concurrent_queries=reject)"
         with self._state_lock:
             if self._waiting >= self.cfg.max_queued_queries:
@@ -555,8 +656,8 @@ class ReasoningSegNode(Node):
 
         if target_frame and target_frame != self.cfg.map_frame:
             return refuse(
-                f"target_frame '{target_frame}' is not supported: results are reported in the map "
-                f"frame '{self.cfg.map_frame}' (transform them with TF)"
+                f"target_frame '{printable(target_frame[:_MAX_ECHO])}' is not supported: results "
+                f"are reported in the map frame '{self.cfg.map_frame}' (transform them with TF)"
             )
         if self.model_status != "ready":
             return refuse(f"2D model not ready ({self.model_status})")
@@ -565,29 +666,42 @@ class ReasoningSegNode(Node):
             return refuse(why)
         try:
             self._running_query = text[:80]
+            epoch = self._map_epoch  # a clear/load while this runs makes its answer stale
             # Stamped once the query runs (not when it was queued): the map state it is computed on.
             header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
             try:
                 result = self.pipeline.query(
                     text, num_views=num_views, score_threshold=threshold, progress=progress
                 )
+                t0 = time.perf_counter()
+                msg = self._result_msg(result, header)
             except QueryCancelled:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug in one query must not take the node down
-                self.get_logger().error(f"query '{text[:80]}' failed:\n{traceback.format_exc()}")
+                self.get_logger().error(f"query '{printable(text[:80])}' failed:\n{traceback.format_exc()}")
                 why = f"internal error: {type(exc).__name__}: {exc}"
                 result = QueryResult(str(text)[:200], False, False, why)
-            t0 = time.perf_counter()
-            msg = self._result_msg(result, header)
+                t0 = time.perf_counter()
+                msg = self._result_msg(result, header)
             if result.success:
-                self._remember(result, user=True)
-                self._publish_result(result, msg, header)
+                with self._state_lock:
+                    current = epoch == self._map_epoch
+                if current:
+                    self._remember(result, user=True)
+                    self._publish_result(result, msg, header)
+                else:
+                    result.message += " (the map was cleared or replaced meanwhile: answer not kept)"
+                    msg.message = result.message
             result.timings["publishing"] = time.perf_counter() - t0
             msg.timings.append(StageTiming(stage="publishing", seconds=result.timings["publishing"]))
             with self._state_lock:
-                self._queries_served += 1
+                # A query the pipeline refused as invalid (empty, too long) was not served.
+                if result.success or not result.message.startswith(_INVALID_QUERY_PREFIXES):
+                    self._queries_served += 1
+                else:
+                    self._queries_refused += 1
             # rclpy fixes a call site's severity on first use, hence two calls rather than one.
-            text = f"query '{result.query[:80]}': {result.message}"
+            text = f"query '{printable(result.query[:80])}': {printable(result.message)}"
             if result.success:
                 self.get_logger().info(text)
             else:
@@ -760,6 +874,8 @@ class ReasoningSegNode(Node):
             return
         t = min(due, key=lambda t: t.last_run)
         try:
+            self._tracking_runs = True
+            epoch = self._map_epoch
             self._running_query = f"(tracked) {t.query[:80]}"
             version = self.pipeline.map.version  # the answer reflects at least this map state
             header = make_header(self.cfg.map_frame, self.get_clock().now().to_msg())
@@ -768,32 +884,45 @@ class ReasoningSegNode(Node):
             with self._state_lock:
                 t.last_run, t.last_version = time.monotonic(), version
                 self._persistent_runs += 1
-                current = self._tracked.get(t.query) is t  # not cleared, removed or updated meanwhile
+                # Not cleared, removed or updated meanwhile, and computed on the current map.
+                current = self._tracked.get(t.query) is t and epoch == self._map_epoch
             if current and result.success:
                 self._remember(result, user=False)
                 self._publish_result(result, msg, header, tracked=True)
             elif current:
                 self._warn(f"track:{t.query}", f"tracked query '{t.query[:80]}': {result.message}", 30.0)
         finally:
+            self._tracking_runs = False
             self._running_query = None
             self._query_lock.release()
 
     # ------------------------------------------------------------------ map services and timers
+    def _map_path(self, name: str) -> Path:
+        return resolve_map_dir(self.cfg.map_directory, name, self.cfg.allow_absolute_map_paths)
+
     def _on_save(self, req: SaveMap.Request, resp: SaveMap.Response) -> SaveMap.Response:
+        name = printable(req.directory[:200])
         try:
-            self.pipeline.save(req.directory)
+            path = self._map_path(req.directory)
+            self.pipeline.save(path, allow_empty_overwrite=bool(req.allow_empty_overwrite))
             resp.success, resp.message = (
                 True,
-                f"saved map and {len(self.pipeline.keyframes)} keyframes to {req.directory}",
+                f"saved map and {len(self.pipeline.keyframes)} keyframes as '{name}'",
             )
+        except PermissionError as exc:
+            resp.success, resp.message = False, f"save refused: {exc}"
         except Exception as exc:  # noqa: BLE001 - reported to the caller, node stays up
             resp.success, resp.message = False, f"save failed: {exc}"
         return resp
 
     def _on_load(self, req: LoadMap.Request, resp: LoadMap.Response) -> LoadMap.Response:
         try:
-            self.pipeline.load(req.directory)
+            path = self._map_path(req.directory)
+            self.pipeline.load(path, max_bytes=self.cfg.max_map_mb << 20)
             resp.success, resp.message = True, f"loaded map with {len(self.pipeline.keyframes)} keyframes"
+        except PermissionError as exc:
+            resp.success, resp.message = False, f"load refused (current map kept): {exc}"
+            return resp
         except Exception as exc:  # noqa: BLE001 - the current map is kept on any error
             resp.success, resp.message = False, f"load failed (current map kept): {exc}"
             return resp
@@ -809,6 +938,7 @@ class ReasoningSegNode(Node):
     def _forget_answers(self) -> None:
         """Answers computed on a replaced map must not drive a RemoveTarget on the new one."""
         with self._state_lock:
+            self._map_epoch += 1
             self._last_results.clear()
             self._last_answered = None
 
@@ -835,6 +965,13 @@ class ReasoningSegNode(Node):
             resp.message = f"the last answer to '{key[:80]}' found no target: nothing removed"
             return resp
         margin = float(req.margin)
+        if math.isfinite(margin) and margin > _MARGIN_RANGE[1]:
+            resp.success = False
+            resp.message = (
+                f"margin {margin:g} m is above the {_MARGIN_RANGE[1]:g} m limit of removal_margin: "
+                "nothing removed"
+            )
+            return resp
         margin = margin if math.isfinite(margin) and margin > 0 else self.cfg.removal_margin
         radius = self.pipeline.map.removal_radius() + margin
         try:
@@ -932,6 +1069,7 @@ class ReasoningSegNode(Node):
                 "persistent_skipped": self._persistent_skipped,
             }
         values.update({f"dropped.{k}": v for k, v in sorted(dropped.items())})
+        values.update({f"callback_errors.{k}": v for k, v in sorted(self.callback_errors.items())})
         gpu = gpu_memory_mb()
         if gpu is not None:
             values["gpu_memory_mb"] = f"{gpu:.1f}"
@@ -942,7 +1080,8 @@ class ReasoningSegNode(Node):
         status = DiagnosticStatus(name="reasoning_seg: mapping and queries", hardware_id="reasoning_seg")
         net = self.net_status
         net_failed = net.startswith("failed")
-        ok = self.model_status == "ready" and s.frames_integrated > 0 and not net_failed
+        errors = sum(self.callback_errors.values())
+        ok = self.model_status == "ready" and s.frames_integrated > 0 and not net_failed and not errors
         status.level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
         if ok:
             status.message = "ok"
@@ -950,11 +1089,20 @@ class ReasoningSegNode(Node):
             status.message = f"model {self.model_status}"
         elif net_failed:
             status.message = f"3D net {net} (fusion answers)"
+        elif errors:
+            status.message = (
+                f"{errors} callback errors caught (see callback_errors.*; the node keeps running)"
+            )
         else:
             status.message = "no frames integrated yet"
         status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostics_values().items()]
         arr = DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()), status=[status])
         self.pub_diag.publish(arr)
+
+
+def printable(text: str) -> str:
+    """``text`` with control and escape characters shown as escapes (a query must not drive a terminal)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 @dataclass

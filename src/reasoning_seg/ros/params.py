@@ -80,6 +80,15 @@ class NodeConfig:
     max_persistent_queries: int = knob(
         4, "Most queries tracked at once (TrackQuery); more are refused. 0 disables tracking.", 0, 64
     )
+    map_directory: str = knob(
+        "~/.ros/reasoning_seg/maps",
+        "Folder SaveMap/LoadMap requests name maps in (created on the first save); nothing is "
+        "written or read outside it unless allow_absolute_map_paths.",
+    )
+    allow_absolute_map_paths: bool = knob(
+        False, "SaveMap/LoadMap accept absolute paths and '..' (anyone on the DDS domain can call them)."
+    )
+    max_map_mb: int = knob(4096, "LoadMap refuses map files larger than this (MiB).", 1, 1_000_000)
     removal_margin: float = knob(
         0.02,
         "RemoveTarget: metres cleared around a picked target beyond the TSDF truncation band (which is "
