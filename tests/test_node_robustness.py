@@ -928,3 +928,84 @@ def test_save_and_load_stay_in_the_map_directory(make_env, tmp_path):
     refused = save("hostile/kept")
     assert not refused.success and "empty" in refused.message
     assert save("hostile/kept", allow_empty_overwrite=True).success
+
+
+# --------------------------------------------------------------------------- property-based fuzzing
+
+
+def test_fuzzed_messages_and_queries_never_hurt_the_node(make_env):
+    """Hypothesis over Image / CameraInfo / pose / query fields, through real DDS.
+
+    Fixed budget (60 examples, derandomized: the same inputs every run). Asserts: no exception reaches
+    a callback guard (callback_errors stays 0: every bad input is refused by validation, not by
+    luck), the map changes only through frames the node integrated, every query call is answered,
+    and the node still answers a good query afterwards.
+    """
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    env = make_env()
+    before = env.map_state()
+    integrated_before = env.integrated()
+    answered = []
+    floats = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0.0, -1.0, 1e-3, 1e300, -1e300, 131.25, 80.0, 60.0]),
+    )
+    encodings = st.sampled_from(["rgb8", "bgr8", "16UC1", "32FC1", "mono8", "rgba8", "", "jpeg", "8UC7"])
+
+    @st.composite
+    def image(draw, topic):
+        h = Image()
+        h.header = make_header("camera_color_optical_frame", T0 + 1000.0 + draw(st.integers(0, 50)) * DT)
+        h.height, h.width = draw(st.integers(0, 40)), draw(st.integers(0, 40))
+        h.encoding = draw(encodings)
+        h.step = draw(st.integers(0, 400))
+        h.is_bigendian = draw(st.integers(0, 1))
+        h.data = bytes(draw(st.binary(max_size=2000)))
+        return topic, h
+
+    @st.composite
+    def info(draw):
+        _, _, msg, _ = env.frame_msgs(N_MAP + 2)
+        msg.width, msg.height = draw(st.integers(0, 5000)), draw(st.integers(0, 5000))
+        msg.k = [draw(floats) for _ in range(9)]
+        return "info", msg
+
+    @st.composite
+    def pose(draw):
+        _, _, _, msg = env.frame_msgs(N_MAP + 2)
+        p, q = msg.pose.position, msg.pose.orientation
+        p.x, p.y, p.z = draw(floats), draw(floats), draw(floats)
+        q.x, q.y, q.z, q.w = draw(floats), draw(floats), draw(floats), draw(floats)
+        msg.header.frame_id = draw(st.sampled_from(["map", "", "odom", "map\x00", "m" * 300]))
+        return "pose", msg
+
+    queries = st.text(alphabet=st.characters(codec="utf-8"), max_size=300).map(lambda t: ("query", t))
+    inputs = st.one_of(image("color"), image("depth"), info(), pose(), queries)
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(item=inputs)
+    def one(item):
+        kind, msg = item
+        if kind == "query":
+            resp = call_segment(env.client, msg, timeout=60.0)
+            assert resp is not None and isinstance(resp.success, bool)
+            answered.append(resp.success)
+        else:
+            env.pubs[kind].publish(msg)
+
+    one()
+    time.sleep(1.0)  # let the last messages be processed
+    assert sum(env.node.callback_errors.values()) == 0, dict(env.node.callback_errors)
+    assert env.node.rejected["internal_error"] == 0, env.dropped()
+    if env.integrated() == integrated_before:
+        assert env.map_state() == before
+    assert answered  # the budget reached the query service
+    env.assert_still_serving(before)
