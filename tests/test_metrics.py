@@ -76,3 +76,62 @@ def test_empty_summary_is_nan_not_an_error():
 def test_boundary_iou_counts_as_accurate():
     out = summarise([_score(0.25), _score(0.5)])
     assert out["overall"]["acc_25"] == 1.0 and out["overall"]["acc_50"] == 0.5
+
+
+# Holes found by mutation testing (DEVELOPERS.md): each test below kills surviving mutants.
+
+
+def test_score_query_found_is_scored_by_hand():
+    gt = _cube(4)
+    pred = _cube(4, offset=2)
+    s = score_query(
+        "s", "q", "explicit", "chair", 5, True, pred, gt, V, message="m", timings={"a": 0.25, "b": 0.5}
+    )
+    assert s.iou == pytest.approx(2 / 6) and (s.precision, s.recall) == pytest.approx((0.5, 0.5))
+    assert s.pred_points == 4 and s.gt_points == 4 and s.found and not s.absent
+    assert (s.scene, s.query, s.kind, s.category, s.target_id, s.message) == (
+        "s",
+        "q",
+        "explicit",
+        "chair",
+        5,
+        "m",
+    )
+    assert s.seconds == pytest.approx(0.75) and s.timings == {"a": 0.25, "b": 0.5}
+    # Absent target: no truth points, IoU 0 whatever was found.
+    absent = score_query("s", "q", "absent", "", 0, True, pred, np.zeros((0, 3)), V)
+    assert absent.absent and absent.iou == 0.0 and absent.gt_points == 0 and absent.pred_points == 4
+
+
+def test_min_gt_points_boundary_is_scored():
+    at = QueryScore("s", "q", "explicit", "cup", 9, gt_points=20, found=True, iou=0.6)
+    below = QueryScore("s", "r", "explicit", "cup", 9, gt_points=19, found=False, iou=0.0)
+    out = summarise([at, below], min_gt_points=20)
+    assert out["overall"]["queries"] == 1 and out["unobserved"] == 1
+    assert out["absent_queries"] == 1 and out["false_found_rate"] == 0.0
+
+
+def test_empty_accuracy_has_every_key_as_nan_and_timings_summarise():
+    out = summarise([_score(0.0, kind="absent", category="", target=0, found=False)])
+    o = out["overall"]
+    assert o["queries"] == 0 and {"acc_25", "acc_50", "miou", "miou_grounded"} <= set(o)
+    assert all(math.isnan(o[k]) for k in ("acc_25", "acc_50", "miou", "miou_grounded"))
+    assert math.isnan(out["found_rate"]) and out["false_found_rate"] == 0.0
+    timed = [
+        QueryScore(
+            "s",
+            f"q{i}",
+            "explicit",
+            "cup",
+            9,
+            gt_points=50,
+            found=True,
+            iou=0.5,
+            seconds=float(i),
+            timings={"fusion": float(i)},
+        )
+        for i in range(1, 5)
+    ]
+    t = summarise(timed)["timing"]
+    assert t["query_p50_s"] == pytest.approx(2.5) and t["query_p95_s"] == pytest.approx(3.85)
+    assert t["stage_mean_s"] == {"fusion": pytest.approx(2.5)}
