@@ -1009,3 +1009,31 @@ def test_fuzzed_messages_and_queries_never_hurt_the_node(make_env):
         assert env.map_state() == before
     assert answered  # the budget reached the query service
     env.assert_still_serving(before)
+
+
+def test_a_tracked_rerun_makes_a_user_query_wait_not_fail(make_env):
+    """A user query arriving during a tracked re-run waits for it instead of being refused.
+
+    With concurrent_queries=reject it was refused "busy" (four tracked queries made the node refuse
+    16 of 20 user queries).
+    """
+    env = make_env(params=(Parameter("concurrent_queries", value="reject"),))
+    node = env.node
+    assert node._query_lock.acquire(timeout=5)
+    node._tracking_runs = True  # what _track_tick holds while it re-runs a tracked query
+
+    def finish() -> None:
+        time.sleep(1.0)
+        node._tracking_runs = False
+        node._query_lock.release()
+
+    threading.Thread(target=finish, daemon=True).start()
+    resp = env.query(env.world.query)
+    assert resp.success and resp.result.found, resp.message
+    # A user query running holds the lock the same way: then reject still means reject.
+    assert node._query_lock.acquire(timeout=5)
+    try:
+        busy = env.query(env.world.query)
+        assert not busy.success and "busy" in busy.message
+    finally:
+        node._query_lock.release()
