@@ -1037,3 +1037,33 @@ def test_a_tracked_rerun_makes_a_user_query_wait_not_fail(make_env):
         assert not busy.success and "busy" in busy.message
     finally:
         node._query_lock.release()
+
+
+def test_an_answer_in_flight_during_clear_is_not_kept(make_env):
+    """A query running while clear_map replaces the map must not drive a later remove_target.
+
+    Before: its answer was remembered, and remove_target "" removed 110,928 voxels of the new map.
+    """
+    from reasoning_seg.srv import RemoveTarget
+
+    env = make_env()
+    env.seg.delay = 1.0  # the query is still in the 2D model when the map is cleared
+    out = {}
+    other = rclpy.create_node("in_flight_client", context=env.client.context)  # one spinner per node
+
+    def ask() -> None:
+        out["r"] = call_segment(other, env.world.query, timeout=60.0)
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    assert wait_for(lambda: env.node._running_query is not None, 10.0)
+    cleared = call_service(env.client, Trigger, "/reasoning_seg/clear_map", Trigger.Request())
+    assert cleared.success
+    t.join(60.0)
+    other.destroy_node()
+    env.seg.delay = 0.0
+    assert "answer not kept" in out["r"].message or not out["r"].success, out["r"].message
+    resp = call_service(
+        env.client, RemoveTarget, "/reasoning_seg/remove_target", RemoveTarget.Request(query="", margin=0.0)
+    )
+    assert not resp.success and resp.num_points_removed == 0, resp.message
