@@ -65,6 +65,20 @@ class FrameRejected(ValueError):  # noqa: N818 - reads as the event it reports
 FOCAL_RANGE = (0.05, 20.0)
 
 
+def focal_length_problem(intr: CameraIntrinsics) -> str:
+    """Why ``intr``'s focal lengths are not a real camera's (:data:`FOCAL_RANGE`), or "" if they are.
+
+    Shared by :func:`sanitize_frame` and the CameraInfo conversion of the ROS layer.
+    """
+    lo, hi = FOCAL_RANGE
+    if lo <= intr.fx / intr.width <= hi and lo <= intr.fy / intr.height <= hi:
+        return ""
+    return (
+        f"focal lengths fx={intr.fx:g}, fy={intr.fy:g} px do not fit a {intr.width}x{intr.height} "
+        f"camera (allowed {lo:g}-{hi:g} image sides)"
+    )
+
+
 def sanitize_frame(
     frame: RGBDFrame,
     depth_min: float,
@@ -114,13 +128,9 @@ def sanitize_frame(
             f"principal point ({intr.cx:.1f}, {intr.cy:.1f}) is far outside the "
             f"{intr.width}x{intr.height} image",
         )
-    lo, hi = FOCAL_RANGE
-    if not (lo <= intr.fx / intr.width <= hi and lo <= intr.fy / intr.height <= hi):
-        raise FrameRejected(
-            "bad_intrinsics",
-            f"focal lengths fx={intr.fx:g}, fy={intr.fy:g} px are not those of a real camera with a "
-            f"{intr.width}x{intr.height} image (allowed {lo:g}-{hi:g} image sides)",
-        )
+    why = focal_length_problem(intr)
+    if why:
+        raise FrameRejected("bad_intrinsics", why)
     if max_image_pixels and intr.width * intr.height > max_image_pixels:
         raise FrameRejected(
             "image_too_large",

@@ -381,12 +381,11 @@ def _query_labels(
     # "Found" exactly as the node's fusion answer decides it: fusion's own verdict, then the same
     # threshold / min_points / cluster rule the node packages with (result.select_target).
     q = config.query
-    reason = (
-        fused.not_found_reason
-        or select_target(table.points, fused.probability, q.score_threshold, q.min_points, q.cluster_radius)[
-            1
-        ]
-    )
+    reason = fused.not_found_reason
+    if not reason:
+        _, reason = select_target(
+            table.points, fused.probability, q.score_threshold, q.min_points, q.cluster_radius
+        )
     rows = np.array([table.row(v, s) for v, s in zip(trace.views, segs, strict=True)], dtype=np.int32)
     logits = [
         s.mask_logits.reshape(-1)[table.vis_pixel[r]].astype(np.float32)

@@ -24,7 +24,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
-from reasoning_seg.frames import FOCAL_RANGE
+from reasoning_seg.frames import focal_length_problem
 from reasoning_seg.image_codec import decode_image, depth_to_metres, encode_image, to_rgb8
 
 __all__ = [
@@ -167,12 +167,9 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
     if msg.binning_x > 1 or msg.binning_y > 1:
         raise ValueError(f"CameraInfo binning {msg.binning_x}x{msg.binning_y} is not supported")
     intr = CameraIntrinsics.from_K(k, int(msg.width), int(msg.height))
-    lo, hi = FOCAL_RANGE
-    if not (lo <= intr.fx / intr.width <= hi and lo <= intr.fy / intr.height <= hi):
-        raise ValueError(
-            f"CameraInfo focal lengths fx={intr.fx:g}, fy={intr.fy:g} px do not fit a "
-            f"{intr.width}x{intr.height} camera (allowed {lo:g}-{hi:g} image sides)"
-        )
+    why = focal_length_problem(intr)
+    if why:
+        raise ValueError(f"CameraInfo {why}")
     return intr
 
 

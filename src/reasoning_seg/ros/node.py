@@ -84,13 +84,10 @@ _TF_WAIT = ("tf_future", "tf_missing")
 _LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
-# Requests of the query service/action kept until the node takes them: DDS silently drops those
-# beyond this depth, and a request must be answered (if only with "busy"), never lost in a flood.
-# Requests a service or the action keeps while all its handlers are busy. A DDS service drops what
-# overflows its history without an answer, so the depth is the documented flood limit (README):
+# Requests every service and the action keep while all their handlers are busy. A DDS service drops
+# what overflows its history without an answer, so the depth is the documented flood limit (README):
 # beyond this many requests in flight at once, the oldest unserved ones are lost.
-_QUERY_REQUESTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-_ADMIN_REQUESTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+_REQUESTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 _INVALID_QUERY_PREFIXES = ("query must be", "query is ", "query contains no words")
 _MAX_ECHO = 64  # characters of a client's target_frame / frame_id echoed back in messages
 _WAIT_SLICE = 0.1  # s: a queued query re-checks for cancellation this often
@@ -98,8 +95,15 @@ _TRACK_TICK = 0.1  # s: how often tracked queries are checked for being due
 _RATE_WINDOW = 10.0  # s: frame rates in /diagnostics are averaged over this sliding window
 _REMEMBERED = 16  # latest answers kept for RemoveTarget (plus one per tracked query)
 _USER = ""  # marker owner of the user's latest query; tracked queries own markers under their text
-_MARGIN_RANGE = next(f.metadata["range"] for f in fields(NodeConfig) if f.name == "removal_margin")
-_PERIOD_RANGE = next(f.metadata["range"] for f in fields(NodeConfig) if f.name == "persistent_period")
+
+
+def _param_range(name: str) -> tuple[float, float]:
+    """The declared (lo, hi) range of a node parameter (one source for the checks of requests)."""
+    return next(f.metadata["range"] for f in fields(NodeConfig) if f.name == name)
+
+
+_MARGIN_RANGE = _param_range("removal_margin")
+_PERIOD_RANGE = _param_range("persistent_period")
 
 
 class ReasoningSegNode(Node):
@@ -251,20 +255,20 @@ class ReasoningSegNode(Node):
             Segment,
             "~/segment",
             self._guard("segment", self._on_segment),
-            qos_profile=_QUERY_REQUESTS,
+            qos_profile=_REQUESTS,
             callback_group=queries,
         )
         self._action = ActionServer(
             self,
             SegmentQuery,
             "~/segment_query",
-            execute_callback=self._on_action_guarded,
+            execute_callback=self._guard("segment_query", self._on_action, _abort_goal),
             goal_callback=lambda _g: GoalResponse.ACCEPT,
             cancel_callback=lambda _g: CancelResponse.ACCEPT,
             callback_group=queries,
-            goal_service_qos_profile=_QUERY_REQUESTS,
-            result_service_qos_profile=_QUERY_REQUESTS,
-            cancel_service_qos_profile=_QUERY_REQUESTS,
+            goal_service_qos_profile=_REQUESTS,
+            result_service_qos_profile=_REQUESTS,
+            cancel_service_qos_profile=_REQUESTS,
         )
         for srv, name, handler in (
             (SaveMap, "save_map", self._on_save),
@@ -277,7 +281,7 @@ class ReasoningSegNode(Node):
                 srv,
                 f"~/{name}",
                 self._guard(name, handler),
-                qos_profile=_ADMIN_REQUESTS,
+                qos_profile=_REQUESTS,
                 callback_group=admin,
             )
         self.create_timer(_TRACK_TICK, self._guard("track_tick", self._track_tick), callback_group=tracking)
@@ -303,13 +307,15 @@ class ReasoningSegNode(Node):
         )
 
     # ------------------------------------------------------------------ callback safety
-    def _guard(self, name: str, fn: Callable) -> Callable:
+    def _guard(self, name: str, fn: Callable, answer: Callable | None = None) -> Callable:
         """``fn`` wrapped so that no exception leaves it: the executor would re-raise it and stop.
 
-        A caught exception is counted (``callback_errors.<name>`` in /diagnostics), logged with its
-        traceback (rate-limited), and a service request still gets its answer: ``success`` false
-        and the error in ``message``.
+        A caught exception is counted (``callback_errors.<name>`` in /diagnostics) and logged with
+        its traceback (rate-limited); then ``answer(why, *args)`` gives the callback's return value
+        (default :func:`_answer_service`: a service request still gets ``success`` false and the
+        error in ``message``; nothing for a subscription or timer).
         """
+        answer = answer or _answer_service
 
         def guarded(*args):
             try:
@@ -320,13 +326,7 @@ class ReasoningSegNode(Node):
                     f"callback:{name}",
                     f"{name} failed, the node keeps running: {exc!r}\n{traceback.format_exc()}",
                 )
-                resp = args[1] if len(args) == 2 else None
-                if resp is not None and hasattr(resp, "success"):
-                    resp.success = False
-                    if hasattr(resp, "message"):
-                        resp.message = f"internal error: {type(exc).__name__}: {exc}"[:500]
-                    return resp
-                return None
+                return answer(f"internal error: {type(exc).__name__}: {exc}"[:500], *args)
 
         return guarded
 
@@ -554,21 +554,6 @@ class ReasoningSegNode(Node):
         result, msg = self._run_query(req.query, req.num_views, req.score_threshold, req.target_frame)
         resp.success, resp.message, resp.result = result.success, result.message, msg
         return resp
-
-    def _on_action_guarded(self, goal_handle) -> SegmentQuery.Result:
-        """:meth:`_on_action`, but an internal error aborts the goal with the reason (node stays up)."""
-        try:
-            return self._on_action(goal_handle)
-        except Exception as exc:  # noqa: BLE001 - nothing may take the node down
-            self.callback_errors["segment_query"] += 1
-            self._warn("callback:segment_query", f"segment_query failed: {exc!r}\n{traceback.format_exc()}")
-            out = SegmentQuery.Result()
-            out.success, out.message = False, f"internal error: {type(exc).__name__}: {exc}"[:500]
-            try:
-                goal_handle.abort()
-            except Exception:  # noqa: BLE001 - already in a terminal state
-                pass
-            return out
 
     def _on_action(self, goal_handle) -> SegmentQuery.Result:
         g = goal_handle.request
@@ -1098,6 +1083,26 @@ class ReasoningSegNode(Node):
         status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostics_values().items()]
         arr = DiagnosticArray(header=make_header("", self.get_clock().now().to_msg()), status=[status])
         self.pub_diag.publish(arr)
+
+
+def _answer_service(why: str, *args):
+    """A guarded callback's answer: a service response with ``success`` false and ``why``, else None."""
+    resp = args[1] if len(args) == 2 else None
+    if resp is None or not hasattr(resp, "success"):
+        return None
+    resp.success = False
+    if hasattr(resp, "message"):
+        resp.message = why
+    return resp
+
+
+def _abort_goal(why: str, goal_handle) -> SegmentQuery.Result:
+    """A guarded action's answer: the goal aborted, its result saying why."""
+    try:
+        goal_handle.abort()
+    except Exception:  # noqa: BLE001 - already in a terminal state
+        pass
+    return SegmentQuery.Result(success=False, message=why)
 
 
 def printable(text: str) -> str:
