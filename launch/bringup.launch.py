@@ -13,10 +13,9 @@ the single place for settings and the arguments only override it.
 
 from pathlib import Path
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -44,13 +43,17 @@ _DESCRIPTIONS = {
     "net_checkpoint": "net.checkpoint: trained 3D network (model.pt or trainer .ckpt).",
     "net_device": "net.device: torch device of the 3D network (cpu, cuda, cuda:1, auto).",
 }
+# Arguments that name files: made absolute against the directory `ros2 launch` runs in, as
+# reasoning_seg_bringup does (reasoning_seg.ros.bringup._PATH_OPTIONS, plus the recordings).
+_PATH_ARGS = ("scene", "lisa_path", "lisa_vision_tower", "net_checkpoint", "sequence", "bag", "params_file")
 
 
 def _nodes(context, share: Path):
-    """Node and player, built once the arguments are known (empty overrides are left out)."""
+    """Node, player and RViz, built once the arguments are known (empty overrides are left out)."""
 
     def arg(name: str) -> str:
-        return LaunchConfiguration(name).perform(context)
+        value = LaunchConfiguration(name).perform(context)
+        return str(Path(value).expanduser().resolve()) if value and name in _PATH_ARGS else value
 
     ns = arg("namespace")
     overrides = {param: arg(name) for name, param in NODE_OVERRIDES.items() if arg(name)}
@@ -89,6 +92,20 @@ def _nodes(context, share: Path):
                 ],
             )
         )
+    if arg("use_rviz").lower() in ("true", "1", "yes"):
+        try:
+            get_package_prefix("rviz2")
+        except PackageNotFoundError:
+            # As reasoning_seg_bringup: a missing viewer must not fail the launch (and orphan the node).
+            actions.append(LogInfo(msg="reasoning_seg: rviz2 is not installed here; skipping it"))
+        else:
+            actions.append(
+                Node(
+                    package="rviz2",
+                    executable="rviz2",
+                    arguments=["-d", str(share / "config" / "reasoning_seg.rviz")],
+                )
+            )
     return actions
 
 
@@ -118,10 +135,4 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(name, default_value="", description=f"{text} Empty = params_file value.")
         for name, text in _DESCRIPTIONS.items()
     ]
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        arguments=["-d", str(share / "config" / "reasoning_seg.rviz")],
-        condition=IfCondition(LaunchConfiguration("use_rviz")),
-    )
-    return LaunchDescription([*args, OpaqueFunction(function=_nodes, args=[share]), rviz])
+    return LaunchDescription([*args, OpaqueFunction(function=_nodes, args=[share])])

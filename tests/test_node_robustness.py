@@ -151,7 +151,7 @@ class Env:
         n = self.node
         state = (
             f"node {dict(n.rejected)}, pending {len(n._pending)}, received {self.received()}, "
-            f"infos {len(n._infos)} newest {n._infos.newest_stamp}, pose newest {n._poses.newest_stamp}"
+            f"infos {len(n._infos)} newest {n._infos.newest_stamp}, pose newest {n._pose.poses.newest_stamp}"
         )
         assert reached, f"dropped.{reason} never reached {at_least}: {counts} ({state})"
         return counts
@@ -230,7 +230,7 @@ def make_env(ros_context, world):
         }
         env = Env(world, node, client, seg, pubs, diag)
         camera = [pubs["color"], pubs["depth"], pubs["info"]]
-        if node._tf_buffer is None:
+        if node._pose.listens_to_topics:
             camera.append(pubs["pose"])
         assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in camera), 10.0)
         assert wait_for(lambda: bool(diag), 10.0)
@@ -709,7 +709,7 @@ def test_pose_from_tf_waits_for_tf_to_catch_up(make_env, monkeypatch):
 
     monkeypatch.setattr(node_module, "tf2_ros", _Tf2Contract)
     env = make_env(params=(Parameter("pose_source", value="tf"),), load=True, prime=False)
-    buf = env.node._tf_buffer
+    buf = env.node._pose.tf_buffer
     assert isinstance(buf, _Tf2Contract.Buffer)
     before = env.map_state()
     i = N_MAP
@@ -739,6 +739,63 @@ def test_pose_from_tf_waits_for_tf_to_catch_up(make_env, monkeypatch):
     assert env.wait_dropped("tf_future", 2)
     assert len(env.node._pending) <= env.node._MAX_PENDING
     env.assert_still_serving(before)
+
+
+def test_auto_pose_source_uses_the_pose_topic_when_tf_has_no_camera(make_env, monkeypatch):
+    """With tf2_ros importable, a robot that publishes only ``camera/pose`` still gets a map.
+
+    Issue 18: ``auto`` used to mean TF only, and the player's ``camera/pose`` gave an empty map.
+    Now the first source to deliver is used and kept.
+    """
+    import reasoning_seg.ros.node as node_module
+
+    monkeypatch.setattr(node_module, "tf2_ros", _Tf2Contract)
+    env = make_env(params=(Parameter("pose_source", value="auto"),), load=False, prime=False)
+    assert isinstance(env.node._pose.tf_buffer, _Tf2Contract.Buffer)
+    assert env.node.diagnostics_values()["pose_source"].startswith("auto (waiting for TF")
+    for i in range(3):
+        env.feed(N_MAP + i)  # colour, depth, info and camera/pose; TF stays empty
+    assert wait_for(lambda: env.integrated() >= 1), (env.node.rejected, env.dropped())
+    assert env.node.diagnostics_values()["pose_source"] == "auto -> camera/pose / camera/transform"
+    # Kept: a transform appearing later does not switch sources mid-map.
+    buf = env.node._pose.tf_buffer
+    buf.poses[round(env.world.frames[N_MAP + 3].stamp, 6)] = np.eye(4)  # a wrong pose, if it were used
+    env.feed(N_MAP + 3)
+    assert wait_for(lambda: env.received() == 4), (env.node.rejected, env.dropped())
+    assert env.node.diagnostics_values()["pose_source"] == "auto -> camera/pose / camera/transform"
+    truth = {round(f.stamp, 6): f.T_world_cam for f in env.world.frames}
+    for kf in env.node.pipeline.keyframes.snapshot():
+        np.testing.assert_allclose(kf.T_world_cam, truth[round(kf.frame.stamp, 6)], atol=1e-6)
+    assert not env.node.rejected
+
+
+def test_auto_pose_source_prefers_tf_and_warns_when_nothing_delivers(make_env, monkeypatch):
+    import reasoning_seg.ros.node as node_module
+    import reasoning_seg.ros.pose_source as pose_module
+
+    monkeypatch.setattr(node_module, "tf2_ros", _Tf2Contract)
+    monkeypatch.setattr(pose_module, "WARN_AFTER", 0.5)
+    env = make_env(params=(Parameter("pose_source", value="auto"),), load=False, prime=False)
+    # Nothing delivers: pairs wait (bounded), then go as no_pose, and /diagnostics says what is missing.
+    for k in range(env.node._MAX_PENDING + 3):
+        env.feed(N_MAP, stamp=T0 + k * DT, pose=None)
+        time.sleep(0.08)
+    env.wait_dropped("no_pose", 3)
+    assert len(env.node._pending) <= env.node._MAX_PENDING
+    assert wait_for(lambda: env.diag and "no camera pose" in env.diag[-1].status[0].message)
+    status = env.diag[-1].status[0]
+    assert status.level == status.WARN
+    assert "TF 'map' <- 'camera_color_optical_frame'" in status.message and "camera/pose" in status.message
+    # TF delivers (and the topic too): TF is chosen, and the frames go in with TF's pose.
+    buf = env.node._pose.tf_buffer
+    for i in range(N_MAP, N_MAP + 3):
+        f = env.world.frames[i]
+        buf.poses[round(f.stamp, 6)] = f.T_world_cam
+    for i in range(N_MAP, N_MAP + 3):
+        env.feed(i)
+    assert wait_for(lambda: env.integrated() >= 1), (env.node.rejected, env.dropped())
+    assert env.node.diagnostics_values()["pose_source"] == "auto -> TF 'map' <- 'camera_color_optical_frame'"
+    assert wait_for(lambda: "no camera pose" not in env.diag[-1].status[0].message)
 
 
 # --------------------------------------------------------------------------- CameraInfo join (no ROS)
@@ -799,11 +856,14 @@ class _MessageFiltersContract:
             for cb in self.callbacks:
                 cb(msg)
 
+        def registerCallback(self, cb) -> None:  # noqa: N802 - message_filters' name
+            self.callbacks.append(cb)
+
     class ApproximateTimeSynchronizer:
         def __init__(self, fs, queue_size, slop) -> None:
             from reasoning_seg.ros.conversions import stamp_to_sec
 
-            self.slop, self.queues, self.out = slop, ([], []), []
+            self.slop, self.queues, self.out, self.queue_size = slop, ([], []), [], queue_size
             for k, f in enumerate(fs):
                 f.callbacks.append(lambda msg, k=k: self._add(k, stamp_to_sec(msg.header.stamp), msg))
 
@@ -815,6 +875,7 @@ class _MessageFiltersContract:
             match = [m for m in other if abs(m[0] - t) < self.slop]
             if not match:
                 self.queues[k].append((t, msg))
+                del self.queues[k][: -self.queue_size]  # the oldest goes, as message_filters does
                 return
             other.remove(match[0])
             pair = (msg, match[0][1]) if k == 0 else (match[0][1], msg)
@@ -822,6 +883,37 @@ class _MessageFiltersContract:
                 cb(*pair)
 
     TimeSynchronizer = None
+
+
+@pytest.mark.parametrize("backend", ["own", "message_filters"])
+def test_unpaired_images_are_counted_on_either_synchroniser(make_env, monkeypatch, backend):
+    """``sync_dropped`` counts colour images that never get a depth partner, whichever pairs them.
+
+    ``message_filters`` is the real package where it is importable (a full ROS 2 install), else
+    the contract stand-in; ``own`` is the node's ApproximatePairSync.
+    """
+    import reasoning_seg.ros.node as node_module
+
+    if backend == "own":
+        monkeypatch.setattr(node_module, "message_filters", None)
+    elif node_module.message_filters is None:
+        monkeypatch.setattr(node_module, "message_filters", _MessageFiltersContract)
+    env = make_env()
+    assert env.node.sync_backend.startswith("message_filters") == (backend == "message_filters")
+    assert env.node.diagnostics_values()["sync_dropped"] == "0"
+    queue = 30  # node._CAMERA_QUEUE: unpaired images beyond it are let go
+    for k in range(queue + 12):
+        color, _, info, pose = env.frame_msgs(N_MAP + 2, stamp=T0 + 10.0 + k * DT)
+        env.publish(color=color, info=info, pose=pose)
+    assert wait_for(lambda: int(env.node.diagnostics_values()["sync_dropped"]) >= 12), (
+        env.node.diagnostics_values()
+    )
+    # Not more than were sent beyond the queue (nothing counted twice) ...
+    assert int(env.node.diagnostics_values()["sync_dropped"]) <= 12
+    # ... and a paired frame still goes through.
+    before = env.received()
+    env.feed(N_MAP + 3, stamp=T0 + 20.0)
+    assert wait_for(lambda: env.received() == before + 1), (env.node.rejected, env.node.diagnostics_values())
 
 
 def test_colour_and_depth_paired_by_message_filters_when_importable(make_env, monkeypatch):

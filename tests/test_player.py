@@ -30,8 +30,9 @@ from reasoning_seg.ros.conversions import (
     numpy_to_image_msg,
     pose_to_matrix,
     stamp_to_sec,
+    transform_to_matrix,
 )
-from reasoning_seg.ros.player import PlayerNode, main, play
+from reasoning_seg.ros.player import PlayerNode, TFMessage, main, play
 from reasoning_seg.sequence_io import FolderSequence
 
 pytestmark = pytest.mark.ros
@@ -137,8 +138,34 @@ def test_folder_sequence_is_played_with_matching_stamps(ros_context: Any, tmp_pa
         )
     finally:
         rec.node.destroy_node()
-    assert summary.steps == len(frames) and summary.messages == 4 * len(frames)
+    per_frame = 4 if TFMessage is None else 5  # + /tf where tf2_msgs is installed
+    assert summary.steps == len(frames) and summary.messages == per_frame * len(frames)
     _check_frames(rec, frames, expected)
+
+
+def test_folder_playback_broadcasts_the_camera_pose_on_tf(ros_context: Any, tmp_path: Path) -> None:
+    """Like a robot: ``map -> camera_color_optical_frame`` on /tf, equal to ``camera/pose``."""
+    if TFMessage is None:
+        pytest.skip("tf2_msgs is not installed (the PyPI wheels lack it; a full ROS 2 install has it)")
+    frames = _frames(3)
+    _write_folder(tmp_path, frames)
+    topics = {"pose": TOPICS["pose"], "tf": ("/tf", TFMessage)}
+    rec = Recorder.create(ros_context, topics)
+    try:
+        play(
+            {"folder": str(tmp_path), "wait_for_subscribers": 1},
+            context=ros_context,
+            extra_nodes=[rec.node],
+            until=lambda: rec.count("tf") == 3 and rec.count("pose") == 3,
+            timeout_sec=20.0,
+        )
+    finally:
+        rec.node.destroy_node()
+    for msg, pose in zip(rec.got["tf"], rec.got["pose"], strict=True):
+        (tf,) = msg.transforms
+        assert (tf.header.frame_id, tf.child_frame_id) == ("map", "camera_color_optical_frame")
+        assert tf.header.stamp == pose.header.stamp
+        np.testing.assert_allclose(transform_to_matrix(tf.transform), pose_to_matrix(pose.pose), atol=1e-12)
 
 
 @pytest.mark.parametrize("depth_encoding", ["16UC1", "32FC1"])

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-import rclpy.duration
-import rclpy.time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped, Vector3
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -41,7 +39,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from reasoning_seg.action import SegmentQuery
 from reasoning_seg.camera import CameraIntrinsics
-from reasoning_seg.frame_sync import ApproximatePairSync, PoseBuffer, StampJoin
+from reasoning_seg.frame_sync import ApproximatePairSync, StampJoin
 from reasoning_seg.frames import FrameRejected, RGBDFrame
 from reasoning_seg.msg import SegmentationResult, StageTiming
 from reasoning_seg.pipeline import QueryCancelled, QueryError, ReasoningSegPipeline, normalise_query
@@ -62,6 +60,7 @@ from reasoning_seg.ros.conversions import (
 )
 from reasoning_seg.ros.conversions import text_marker as make_text_marker
 from reasoning_seg.ros.params import NodeConfig, declare_and_read
+from reasoning_seg.ros.pose_source import PoseSource
 from reasoning_seg.segmenter import Segmenter, segmenter_from_config
 from reasoning_seg.srv import LoadMap, RemoveTarget, SaveMap, Segment, TrackQuery
 from reasoning_seg.state_io import resolve_map_dir
@@ -79,8 +78,6 @@ _CAMERA_QUEUE = 30  # reliable camera subscription depth, and the colour/depth p
 # Sensor stamps going back by more than this many seconds are a restarted source (a replayed bag, a
 # reset simulation), not an out-of-order frame: buffers are reset and the stream is accepted again.
 _TIME_JUMP_BACK = 2.0
-# TF outcomes a pair waits on (bounded by the pending queue) instead of being dropped at once.
-_TF_WAIT = ("tf_future", "tf_missing")
 _LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
@@ -129,7 +126,6 @@ class ReasoningSegNode(Node):
         # The executor may drain one topic's queue in a burst before the other's, so the pairing queue
         # is as deep as the subscription queue to never drop a frame whose partner is queued.
         self._sync: ApproximatePairSync = ApproximatePairSync(self.cfg.sync_slop, queue_size=_CAMERA_QUEUE)
-        self._poses = PoseBuffer(self.cfg.pose_max_age)
         # Image pairs that arrived before their pose or the first CameraInfo (a tf2 message filter
         # would hold them too); bounded, the oldest is decided when it overflows.
         self._pending: deque[tuple[float, Image, Image]] = deque()
@@ -163,14 +159,8 @@ class ReasoningSegNode(Node):
         if pipe_cfg.net.checkpoint:
             threading.Thread(target=self._load_net, name="net_loader", daemon=True).start()
 
-        # --- pose source
-        self._tf_buffer = None
-        use_tf = self.cfg.pose_source == "tf" or (self.cfg.pose_source == "auto" and tf2_ros is not None)
-        if use_tf:
-            if tf2_ros is None:
-                raise ValueError("pose_source is 'tf' but tf2_ros is not importable in this installation")
-            self._tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        # --- pose source: TF, the pose topics, or (auto) the first of them to deliver
+        self._pose = PoseSource(self, self.cfg, tf2_ros)
 
         sensors = MutuallyExclusiveCallbackGroup()
         # Reentrant: a second query must reach _acquire_query_slot to be queued or refused at once,
@@ -185,7 +175,9 @@ class ReasoningSegNode(Node):
             if self.cfg.sensor_qos == "sensor_data"
             else QoSProfile(depth=_CAMERA_QUEUE)
         )
-        if message_filters is not None:  # pragma: no cover - needs a ROS install with message_filters
+        self._mf_sync = None
+        self._mf_counts: Counter = Counter()  # colour / depth in, pairs out (message_filters path)
+        if message_filters is not None:
             subs = [
                 message_filters.Subscriber(self, Image, t, qos_profile=qos, callback_group=sensors)
                 for t in ("camera/color/image_raw", "camera/depth/image_raw")
@@ -202,6 +194,9 @@ class ReasoningSegNode(Node):
                 self._mf_sync = message_filters.TimeSynchronizer(subs, _CAMERA_QUEUE)
                 self.sync_backend = "message_filters.TimeSynchronizer"
             self._mf_sync.registerCallback(self._guard("on_pair", self._on_pair))
+            # message_filters counts nothing it drops: count what goes in and what comes out paired.
+            for key, sub in zip(("color", "depth"), subs, strict=True):
+                sub.registerCallback(lambda _msg, k=key: self._mf_counts.update((k,)))
         else:
             self.create_subscription(
                 Image,
@@ -218,7 +213,7 @@ class ReasoningSegNode(Node):
                 callback_group=sensors,
             )
             self.sync_backend = "ApproximatePairSync (message_filters not importable)"
-        if self._tf_buffer is not None:  # pragma: no cover - needs tf2_ros
+        if self._pose.tf_buffer is not None:
             # Pairs wait (bounded) for TF to catch up with their stamp; retry while no image arrives.
             self.create_timer(0.05, self._guard("drain_pending", self._drain_pending), callback_group=sensors)
         self.get_logger().info(
@@ -233,7 +228,7 @@ class ReasoningSegNode(Node):
             qos,
             callback_group=sensors,
         )
-        if self._tf_buffer is None:
+        if self._pose.listens_to_topics:
             self.create_subscription(
                 PoseStamped, "camera/pose", self._guard("on_pose", self._on_pose), qos, callback_group=sensors
             )
@@ -302,7 +297,7 @@ class ReasoningSegNode(Node):
         net = f"'{pipe_cfg.net.checkpoint}' (loading)" if pipe_cfg.net.checkpoint else "off (fusion answers)"
         self.get_logger().info(
             f"reasoning_seg up: map frame '{self.cfg.map_frame}', pose from "
-            f"{'TF' if self._tf_buffer else 'camera/pose or camera/transform topics'}, voxel "
+            f"{self._pose.describe()}, voxel "
             f"{pipe_cfg.map.voxel_size} m, segmenter '{pipe_cfg.segmenter.backend}', 3D net {net}"
         )
 
@@ -401,13 +396,13 @@ class ReasoningSegNode(Node):
             )
             return
         stamp = stamp_to_sec(header.stamp)
-        newest = self._poses.newest_stamp
+        newest = self._pose.poses.newest_stamp
         if newest is not None and stamp < newest - _TIME_JUMP_BACK:
             # A replayed bag or a reset simulation: poses from the old timeline would be interpolated
             # with the new ones.
             self._warn("time_jump", f"pose stamps jumped back {newest - stamp:.1f} s: pose buffer reset")
-            self._poses.clear()
-        self._poses.add(stamp, T)
+            self._pose.clear_topic_poses()
+        self._pose.poses.add(stamp, T)
         self._drain_pending()
 
     def _on_color(self, msg: Image) -> None:
@@ -420,8 +415,21 @@ class ReasoningSegNode(Node):
         if pair:
             self._enqueue(*pair)
 
-    def _on_pair(self, color: Image, depth: Image) -> None:  # pragma: no cover - message_filters only
+    def _on_pair(self, color: Image, depth: Image) -> None:
+        self._mf_counts["pairs"] += 1
         self._enqueue(stamp_to_sec(color.header.stamp), color, depth)
+
+    def _sync_dropped(self) -> int:
+        """Images the colour/depth pairing let go unpaired, on either synchroniser.
+
+        message_filters keeps no such count: images in minus two per pair, minus those still
+        waiting in the synchroniser's queues (one dict or list per input there).
+        """
+        if self._mf_sync is None:
+            return self._sync.dropped
+        c = self._mf_counts
+        queued = sum(len(q) for q in getattr(self._mf_sync, "queues", ()))
+        return max(0, c["color"] + c["depth"] - 2 * c["pairs"] - queued)
 
     _MAX_PENDING = 10
 
@@ -431,6 +439,10 @@ class ReasoningSegNode(Node):
         Bounded: at most ``_MAX_PENDING`` pairs (a third of a second at 30 Hz) wait for their pose,
         CameraInfo or TF; a source that never catches up costs one counted drop per new pair.
         """
+        self._pose.saw_pair()
+        problem = self._pose.waiting_problem()
+        if problem:
+            self._warn("no_pose_source", problem, period=10.0)
         self._pending.append((stamp, color, depth))
         self._drain_pending()
         while len(self._pending) > self._MAX_PENDING:
@@ -439,20 +451,13 @@ class ReasoningSegNode(Node):
     def _ready(self, stamp: float, color: Image) -> bool:
         """Whether a pair can be decided now.
 
-        A CameraInfo for the pair's stamp (or a static one) must be known and, with topic poses, a
-        pose at or after the pair's stamp (and on the same timeline) must have arrived, so the pose
-        is interpolated rather than extrapolated. With TF the pair waits while TF has not reached
-        its stamp yet (extrapolation into the future: the transform publisher lags the camera); any
-        other TF failure is decided at once.
+        A CameraInfo for the pair's stamp (or a static one) must be known, and the pose source must
+        be able to answer for the stamp (:meth:`PoseSource.ready`): pairs wait while TF or the pose
+        topic has not reached their stamp, or no pose source has delivered anything yet.
         """
         if self._infos.match(stamp)[1] in ("none", "wait"):
             return False
-        if self._tf_buffer is not None:
-            return self._tf_lookup(color, 0.0)[1] not in _TF_WAIT
-        newest = self._poses.newest_stamp
-        # A pair far older than the newest pose is from a restarted source (its first pose, which
-        # resets the buffer, may still be on the way): it waits rather than meet the old timeline.
-        return newest is not None and stamp <= newest <= stamp + _TIME_JUMP_BACK
+        return self._pose.ready(stamp, color, _TIME_JUMP_BACK)
 
     def _drain_pending(self) -> None:
         """Decide, in arrival order, every pair up to the newest one that is ready.
@@ -467,44 +472,12 @@ class ReasoningSegNode(Node):
         for _ in range(last + 1):
             self._process(*self._pending.popleft())
 
-    def _tf_lookup(self, color: Image, timeout: float) -> tuple[np.ndarray | None, str, str]:
-        """``(T_map_camera, "", "")`` or ``(None, reason, detail)``.
-
-        Reasons a pair may wait for (:data:`_TF_WAIT`): ``tf_future`` (TF has transforms between the
-        frames but none yet at the pair's stamp: the publisher lags the camera) and ``tf_missing``
-        (no transform between the frames yet: the first may still be on its way). Decided through
-        the buffer (the newest transform's stamp), not by reading tf2's exception texts, which
-        differ between cases and releases.
-        """
-        frame = self.cfg.camera_frame or color.header.frame_id
-        if not frame:
-            return None, "no_pose", "the image has no frame_id and camera_frame is not set"
-        try:
-            tf = self._tf_buffer.lookup_transform(
-                self.cfg.map_frame, frame, color.header.stamp, rclpy.duration.Duration(seconds=timeout)
-            )
-        except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated exception types
-            text = f"TF {self.cfg.map_frame} <- {frame}: {type(exc).__name__}: {exc}"
-            try:  # time 0 = the newest transform tf2 holds between the two frames
-                newest = self._tf_buffer.lookup_transform(self.cfg.map_frame, frame, rclpy.time.Time())
-            except Exception:  # noqa: BLE001 - none at all between the frames (yet)
-                return None, "tf_missing", text
-            if stamp_to_sec(newest.header.stamp) < stamp_to_sec(color.header.stamp):
-                return None, "tf_future", text
-            return None, "no_pose", text
-        try:
-            return transform_to_matrix(tf.transform), "", ""
-        except ValueError as exc:
-            return None, "bad_pose", f"TF {self.cfg.map_frame} <- {frame}: {exc}"
-
     def _lookup_pose(self, stamp: float, color: Image) -> np.ndarray | None:
-        if self._tf_buffer is None:
-            T, reason, why = self._poses.lookup_reason(stamp)
-        else:
-            T, reason, why = self._tf_lookup(color, self.cfg.tf_timeout)
-            reason = "no_pose" if reason == "tf_missing" else reason  # never came: counted as no pose
+        T, reason, why = self._pose.lookup(stamp, color, self.cfg.tf_timeout)
         if T is None:
-            self._reject(reason, why)
+            # A pair that waited and had to go: no transform or pose ever came for it (tf_future:
+            # TF came but lagged too far behind the camera, counted under its own name).
+            self._reject("no_pose" if reason in ("tf_missing", "no_source_yet") else reason, why)
         return T
 
     def _process(self, stamp: float, color: Image, depth: Image) -> None:
@@ -1048,7 +1021,8 @@ class ReasoningSegNode(Node):
                 "queries_waiting": self._waiting,
                 "query_running": "true" if self._running_query is not None else "false",
                 "pending_pairs": len(self._pending),
-                "sync_dropped": self._sync.dropped,
+                "pose_source": self._pose.describe(),
+                "sync_dropped": self._sync_dropped(),
                 "persistent_queries": len(self._tracked),
                 "persistent_runs": self._persistent_runs,
                 "persistent_skipped": self._persistent_skipped,
@@ -1066,10 +1040,13 @@ class ReasoningSegNode(Node):
         net = self.net_status
         net_failed = net.startswith("failed")
         errors = sum(self.callback_errors.values())
+        no_pose = self._pose.waiting_problem()
         ok = self.model_status == "ready" and s.frames_integrated > 0 and not net_failed and not errors
         status.level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
         if ok:
             status.message = "ok"
+        elif no_pose:
+            status.message = no_pose
         elif self.model_status != "ready":
             status.message = f"model {self.model_status}"
         elif net_failed:

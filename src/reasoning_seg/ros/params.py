@@ -26,7 +26,8 @@ class NodeConfig:
     camera_frame: str = knob("", "Camera optical frame for TF lookups; empty = the image header's frame_id.")
     pose_source: str = knob(
         "auto",
-        "auto (TF when tf2_ros is importable, else the pose topics) | tf | topic.",
+        "auto: TF (map_frame <- camera frame) or camera/pose / camera/transform, whichever delivers "
+        "first (TF if both), logged and kept; tf or topic force one. No pose 3 s after images: WARN.",
         choices=("auto", "tf", "topic"),
     )
     tf_timeout: float = knob(
@@ -188,7 +189,8 @@ def render_params_markdown() -> str:
         rng = (
             ", ".join(meta["choices"]) if meta.get("choices") else (f"[{lo}, {hi}]" if lo is not None else "")
         )
-        rows.append(f"| `{name}` | `{_yaml_value(default)}` | {rng} | {meta['description']} |")
+        text = meta["description"].replace("|", "\\|")  # a bare | would end the table cell
+        rows.append(f"| `{name}` | `{_yaml_value(default)}` | {rng} | {text} |")
     return "\n".join(rows) + "\n"
 
 

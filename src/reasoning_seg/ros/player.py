@@ -6,10 +6,15 @@ Two sources, chosen by parameter:
   ScanNet-style export (:class:`reasoning_seg.scannet_io.ScanNetSequence`), told apart by layout;
   each frame becomes an ``rgb8`` colour ``Image``, a ``16UC1`` (millimetre) or ``32FC1`` (metre)
   depth ``Image``, a ``CameraInfo`` and a ``PoseStamped`` (``T_map_camera`` in ``map_frame``), all
-  with the same stamp; images and camera info carry ``camera_frame``.
+  with the same stamp; images and camera info carry ``camera_frame``. Like a robot, it also
+  broadcasts the pose on ``/tf`` (``map_frame`` -> ``camera_frame``) where tf2_msgs is installed.
 - ``bag``: a rosbag2 directory (sqlite3 or MCAP), a bare ``.db3`` / ``.mcap`` file or a ROS 1
   ``.bag``, read with ``rosbags``; every message of a selected topic is republished as its raw CDR
   bytes (no deserialisation, so it is cheap and byte-exact) by a publisher of the recorded type.
+  ``/tf`` and ``/tf_static`` are replayed as recorded (``/tf_static`` latched, as tf2 publishes
+  it). Where tf2_msgs is not installed, the camera pose is derived from the recorded TF tree
+  (:class:`reasoning_seg.tf_tree.TfTree`, ``map_frame`` <- the images' frame) and published on
+  ``pose_topic``, so a robot bag that carries TF and no pose topic still plays into a map.
 
 Timing follows the recording (frame stamps, or the bag's receive times) divided by ``rate``; the
 next message is prepared while waiting, so decoding PNGs does not delay publication. The node
@@ -39,7 +44,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, TransformStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.context import Context
@@ -49,7 +54,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from rclpy.task import Future
 from rclpy.time import Time
@@ -62,14 +67,26 @@ from reasoning_seg.ros.conversions import (
     intrinsics_to_camera_info,
     make_header,
     matrix_to_pose,
+    matrix_to_transform,
     numpy_to_image_msg,
     sec_to_stamp,
+    transform_to_matrix,
 )
+from reasoning_seg.tf_tree import TfTree
+
+try:  # real ROS 2 installs; not available from PyPI wheels
+    from tf2_msgs.msg import TFMessage  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the installation
+    TFMessage = None
 
 __all__ = ["PlaybackSummary", "PlayerNode", "main", "play"]
 
 NODE_NAME = "reasoning_seg_player"
 _PARTIAL_GRACE_S = 1.0  # see _on_start
+_TF_MSGTYPES = ("tf2_msgs/msg/TFMessage", "tf2_msgs/TFMessage")  # rosbag2 / ROS 1 names
+# tf2's own publisher profiles: /tf keep-last 100; /tf_static latched so late subscribers get it.
+_TF_QOS = QoSProfile(depth=100)
+_TF_STATIC_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 #: Messages of one playback step: (publisher, message object or serialized CDR bytes).
 Outgoing = list[tuple[Publisher, Any]]
@@ -135,12 +152,15 @@ _PARAMS: dict[str, tuple[Any, str]] = {
     "fps": (30.0, "Folder: frame rate used when the sequence has no timestamps."),
     "depth_scale": (1000.0, "Folder: depth PNG units per metre."),
     "depth_encoding": ("16UC1", "Folder: publish depth as 16UC1 (mm) or 32FC1 (m, NaN = none)."),
-    "map_frame": ("map", "Folder: frame_id of the published pose."),
+    "map_frame": ("map", "frame_id of the published pose (folder; bag: the root of the derived pose)."),
     "camera_frame": ("camera_color_optical_frame", "Folder: frame_id of images and camera info."),
     "color_topic": ("camera/color/image_raw", "Folder: colour image topic."),
     "depth_topic": ("camera/depth/image_raw", "Folder: depth image topic."),
     "camera_info_topic": ("camera/color/camera_info", "Folder: camera info topic."),
-    "pose_topic": ("camera/pose", "Folder: camera pose topic (geometry_msgs/PoseStamped)."),
+    "pose_topic": (
+        "camera/pose",
+        "Camera pose topic (geometry_msgs/PoseStamped): folder, and bags whose TF is derived.",
+    ),
     "restamp": (
         False,
         "Stamp messages with the playback clock instead of the recorded time: start time + recorded "
@@ -186,6 +206,7 @@ class PlayerNode(Node):
         self.summary = PlaybackSummary()
         self._pubs: dict[str, Publisher] = {}
         self._reader: Any = None
+        self._tf_conns: list[Any] = []  # bag TF connections read to derive the pose (no tf2_msgs)
         try:
             self._check_params(p, sequence)
             self._qos = self._make_qos(p["qos"], int(p["qos_depth"]))
@@ -264,6 +285,8 @@ class PlayerNode(Node):
             "info": self.create_publisher(CameraInfo, p["camera_info_topic"], self._qos),
             "pose": self.create_publisher(PoseStamped, p["pose_topic"], self._qos),
         }
+        if TFMessage is not None:
+            self._pubs["tf"] = self.create_publisher(TFMessage, "/tf", _TF_QOS)
         self._make_items = self._folder_items
 
     def _setup_bag(self, path: Path) -> None:
@@ -286,20 +309,44 @@ class PlayerNode(Node):
             if wanted and conn.topic not in wanted:
                 continue
             cls = _message_class(conn.msgtype)
+            if cls is None and conn.msgtype in _TF_MSGTYPES:
+                self._tf_conns.append(conn)  # tf2_msgs is not installed: the pose is derived from it
+                continue
             if cls is None:
                 self.get_logger().warning(f"skipping {conn.topic}: type {conn.msgtype} is not installed")
                 continue
             out = remap.get(conn.topic, conn.topic.lstrip("/"))
             if out not in by_topic:
-                by_topic[out] = self.create_publisher(cls, out, self._qos)
+                qos = self._qos
+                if conn.msgtype in _TF_MSGTYPES:
+                    qos = _TF_STATIC_QOS if conn.topic.endswith("tf_static") else _TF_QOS
+                by_topic[out] = self.create_publisher(cls, out, qos)
             self._conns.append(conn)
             self._bag_pub[id(conn)] = by_topic[out]
-        missing = wanted - {c.topic for c in self._conns}
+        missing = wanted - {c.topic for c in self._conns + self._tf_conns}
         if missing:
             raise ValueError(f"bag_topics not found in {path}: {sorted(missing)}")
         if not self._conns:
             raise ValueError(f"{path} has no playable topics")
         self._pubs = {topic: pub for topic, pub in by_topic.items()}
+        self._tf_tree = TfTree()
+        self._cam_frame = ""  # the images' frame_id (derived pose only)
+        self._last_pose_stamp: float | None = None
+        if self._tf_conns:
+            images = [c for c in self._conns if c.msgtype.endswith("/Image")]
+            for conn, _, raw in reader.messages(connections=images[:1]):
+                self._cam_frame = reader.deserialize(raw, conn.msgtype).header.frame_id
+                break
+            if not self._cam_frame:
+                raise ValueError(f"{path}: no image with a frame_id to derive the camera pose for from TF")
+            pose_topic = self._p["pose_topic"]
+            self._pubs[pose_topic] = self.create_publisher(PoseStamped, pose_topic, self._qos)
+            self._pose_pub = self._pubs[pose_topic]
+            self.get_logger().info(
+                f"tf2_msgs is not installed: the camera pose ({self._p['map_frame']} <- the images' frame) "
+                f"is derived from the recorded {sorted({c.topic for c in self._tf_conns})} and published "
+                f"on {pose_topic}"
+            )
         self._bag_is2 = bool(reader.is2)
         if self._p["loop"] and not self._p["restamp"]:
             self.get_logger().warning("looping a bag without restamp: recorded stamps will repeat")
@@ -335,17 +382,51 @@ class PlayerNode(Node):
             if is_rigid_transform(frame.T_world_cam):
                 pose = matrix_to_pose(frame.T_world_cam)
                 out.append((pubs["pose"], PoseStamped(header=make_header(p["map_frame"], stamp), pose=pose)))
+                if "tf" in pubs:
+                    tf = TransformStamped(header=make_header(p["map_frame"], stamp))
+                    tf.child_frame_id = p["camera_frame"]
+                    tf.transform = matrix_to_transform(frame.T_world_cam)
+                    out.append((pubs["tf"], TFMessage(transforms=[tf])))
             else:
                 self.summary.skipped_poses += 1
                 self.get_logger().warning(f"frame {frame.frame_id}: pose is not a rigid transform, not sent")
             yield t + loop_index * self._loop_period, out
 
     def _bag_items(self, loop_index: int) -> Iterator[tuple[float, Outgoing]]:
-        for conn, t_ns, raw in self._reader.messages(connections=self._conns):
+        tf_ids = {id(c) for c in self._tf_conns}
+        for conn, t_ns, raw in self._reader.messages(connections=self._conns + self._tf_conns):
+            t = t_ns * 1e-9 + loop_index * self._loop_period
+            if id(conn) in tf_ids:
+                pose = self._derive_pose(conn, raw)
+                if pose is not None:
+                    yield t, [(self._pose_pub, pose)]
+                continue
             data: Any = bytes(raw)
             if not self._bag_is2:
                 data = bytes(self._reader.typestore.ros1_to_cdr(data, conn.msgtype))
-            yield t_ns * 1e-9 + loop_index * self._loop_period, [(self._bag_pub[id(conn)], data)]
+            yield t, [(self._bag_pub[id(conn)], data)]
+
+    def _derive_pose(self, conn: Any, raw: Any) -> PoseStamped | None:
+        """Feed one recorded TFMessage to the tree; the camera pose when it moved, else None."""
+        static = conn.topic.endswith("tf_static")
+        try:
+            msg = self._reader.deserialize(raw, conn.msgtype)
+            for tf in msg.transforms:
+                T = transform_to_matrix(tf.transform)
+                stamp = tf.header.stamp.sec + tf.header.stamp.nanosec * 1e-9
+                self._tf_tree.add(tf.header.frame_id, tf.child_frame_id, T, stamp, static)
+        except (ValueError, AttributeError) as exc:
+            self.summary.skipped_poses += 1
+            self.get_logger().warning(f"skipping a {conn.topic} message: {exc}")
+            return None
+        if static:
+            return None
+        found = self._tf_tree.lookup(self._p["map_frame"], self._cam_frame)
+        if found is None or found[1] is None or found[1] == self._last_pose_stamp:
+            return None
+        T, stamp = found
+        self._last_pose_stamp = stamp
+        return PoseStamped(header=make_header(self._p["map_frame"], stamp), pose=matrix_to_pose(T))
 
     # ------------------------------------------------------------------ scheduling
 
@@ -437,6 +518,8 @@ class PlayerNode(Node):
                 msg = deserialize_message(msg, pub.msg_type)
             if hasattr(msg, "header"):
                 msg.header.stamp = stamp
+            for tf in getattr(msg, "transforms", ()):  # TFMessage
+                tf.header.stamp = stamp
         pub.publish(msg)
 
     def _reschedule(self, delay_s: float) -> None:
