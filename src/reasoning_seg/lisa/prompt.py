@@ -9,6 +9,7 @@ a frozen model, so the template is fixed here and only the question wording is c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ LLAVA_V1_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 DEFAULT_QUESTION_TEMPLATE = "{query} Please output segmentation mask."
+#: Tokens LISA's merge script adds to LLaMA's vocabulary ([SEG] first, then the image markers).
+ADDED_TOKENS = (SEG_TOKEN, IM_START, IM_END)
+_ADDED_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in ADDED_TOKENS) + ")")
 
 
 def llava_v1_prompt(question: str, use_im_start_end: bool = True) -> str:
@@ -50,6 +54,15 @@ class LisaTokenizer:
         except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/ImportError variously
             raise LisaCheckpointError(f"no usable tokenizer in {folder}: {exc}") from exc
         self.use_im_start_end = use_im_start_end
+        # LISA tokenised with the slow LLaMA tokenizer, i.e. SentencePiece on the checkpoint's
+        # tokenizer.model; use exactly that for prompt text where the file is there (the fast
+        # tokenizer's handling of whitespace around added tokens differs between settings).
+        self._sp = None
+        model_file = Path(folder) / "tokenizer.model"
+        if model_file.is_file():
+            import sentencepiece as spm
+
+            self._sp = spm.SentencePieceProcessor(model_file=str(model_file))
         ids = self.tokenizer(SEG_TOKEN, add_special_tokens=False).input_ids
         if len(ids) != 1:
             raise LisaCheckpointError(
@@ -70,17 +83,39 @@ class LisaTokenizer:
         return len(self.tokenizer)
 
     def encode_prompt(self, question: str) -> PromptTokens:
-        """Tokenise the conversation around the image placeholder, as LLaVA's ``tokenizer_image_token``.
+        r"""Token ids of the conversation around the image, exactly as LISA built its inputs.
 
-        Each side is tokenised on its own (that is how LLaVA built its training inputs), with one BOS
-        at the very start, whatever the tokenizer's own BOS setting is.
+        LLaVA's ``tokenizer_image_token`` tokenises the text on each side of ``<image>`` on its
+        own, one BOS at the very start. LISA's slow LLaMA tokenizer then splits each side at the
+        added tokens (``<im_start>``, ``<im_end>``, ``[SEG]``), drops the whitespace next to them
+        and SentencePiece-encodes every text run separately (each run gets SentencePiece's leading
+        "▁"): "USER: <im_start>" ends in ":" then <im_start>, and "<im_end>\nWhere" is <im_end>
+        then "▁Where" -- no lone "▁" or newline token (issue 19).
         """
         text = llava_v1_prompt(question, self.use_im_start_end)
         head, tail = text.split(IMAGE_PLACEHOLDER)
-        enc = self.tokenizer
-        before = [self.bos_token_id, *enc(head, add_special_tokens=False).input_ids]
-        after = list(enc(tail, add_special_tokens=False).input_ids)
-        return PromptTokens(before, after)
+        return PromptTokens([self.bos_token_id, *self.encode_text(head)], self.encode_text(tail))
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of ``text`` without BOS/EOS, by the slow tokenizer's rule for added tokens (above)."""
+        parts = _ADDED_SPLIT.split(text)
+        out: list[int] = []
+        for k, part in enumerate(parts):
+            if part in ADDED_TOKENS:
+                out.append(int(self.tokenizer.convert_tokens_to_ids(part)))
+                continue
+            if k > 0:  # after an added token
+                part = part.lstrip()
+            if k < len(parts) - 1:  # before an added token
+                part = part.rstrip()
+            if part:
+                out.extend(self._encode_run(part))
+        return out
+
+    def _encode_run(self, text: str) -> list[int]:
+        if self._sp is not None:
+            return [int(i) for i in self._sp.encode(text)]
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def decode(self, ids: list[int]) -> str:
         """Answer text of generated ids, without BOS/EOS, with ``[SEG]`` kept (it is part of the answer)."""
