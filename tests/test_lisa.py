@@ -246,6 +246,42 @@ def test_renamed_tensor_fails_loudly(tmp_path, tiny_ckpt):
         load_lisa_model(bad, clip)
 
 
+def test_clip_folder_as_published_loads_and_stays_strict(tmp_path, tiny_ckpt):
+    """A CLIP folder with the computed ``position_ids`` loads; other extras are still refused.
+
+    openai/clip-vit-large-patch14 carries ``vision_model.embeddings.position_ids``, a buffer
+    transformers 5 computes and does not store: accepted by rule (the model's non-persistent
+    buffers, shape checked), while any other extra or mis-shaped tensor is still refused.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path, clip = tiny_ckpt
+    (shard,) = sorted(clip.glob("*.safetensors"))
+    assert "vision_model.embeddings.position_ids" in load_file(str(shard))  # as published
+    model = load_lisa_model(path, clip)
+    emb = getattr(model.vision_tower, "vision_model", model.vision_tower).embeddings
+    assert emb.position_ids.tolist() == [list(range(emb.num_positions))]
+
+    def variant(name: str, edit) -> Path:
+        out = _copy(clip, tmp_path / name)
+        state = load_file(str(out / shard.name))
+        edit(state)
+        save_file(state, str(out / shard.name))
+        return out
+
+    def widen(state):
+        state["vision_model.embeddings.position_ids"] = torch.arange(7).unsqueeze(0)
+
+    with pytest.raises(LisaCheckpointError, match=r"wrong shape .*position_ids"):
+        load_lisa_model(path, variant("wide", widen))
+
+    def extra(state):
+        state["vision_model.embeddings.position_bias"] = torch.zeros(3)
+
+    with pytest.raises(LisaCheckpointError, match=r"1 unexpected .*position_bias"):
+        load_lisa_model(path, variant("extra", extra))
+
+
 def test_missing_tensor_fails_loudly(tmp_path, tiny_ckpt):
     path, clip = tiny_ckpt
     bad = _copy(path, tmp_path / "missing")

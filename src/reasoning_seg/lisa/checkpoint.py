@@ -201,18 +201,23 @@ def check_keys(
     expected: Mapping[str, tuple[int, ...]],
     where: str,
     allowed_extra_prefixes: tuple[str, ...] = (),
+    computed: Mapping[str, tuple[int, ...]] | None = None,
 ) -> None:
     """Raise :class:`LisaCheckpointError` listing every missing, unexpected and mis-shaped tensor.
 
     Strict loading is the point: a checkpoint of another architecture or with renamed tensors must
     not load "mostly", leaving random weights that produce confident nonsense on a robot.
+    ``computed`` are the model's non-persistent buffers (values it computes itself, such as CLIP's
+    ``position_ids``): a file saved by another transformers version may carry them, so they are
+    accepted when the shape agrees, by that rule rather than by name, and never loaded.
     """
     problems = []
-    missing = sorted(set(expected) - set(found))
+    computed = computed or {}
+    expected = {**computed, **expected}  # a computed buffer, when present, must have its shape
+    missing = sorted(set(expected) - set(computed) - set(found))
+    extra = set(found) - set(expected)
     unexpected = sorted(
-        k
-        for k in set(found) - set(expected)
-        if not is_ignored_key(k) and not k.startswith(allowed_extra_prefixes)
+        k for k in extra if not is_ignored_key(k) and not k.startswith(allowed_extra_prefixes)
     )
     wrong = sorted(k for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))
     if missing:

@@ -246,6 +246,22 @@ def expected_language_keys(model: LisaModel) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.llm.state_dict().items()}
 
 
+def computed_buffer_keys(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Names (with ``prefix``) and shapes of the module tree's non-persistent buffers.
+
+    Those are values the model computes (rotary frequencies, CLIP's ``position_ids``) and
+    ``state_dict`` leaves out; published checkpoints saved with older transformers still carry some
+    (openai/clip-vit-large-patch14 has ``vision_model.embeddings.position_ids``).
+    """
+    out: dict[str, tuple[int, ...]] = {}
+    for mod_name, mod in module.named_modules():
+        for leaf in mod._non_persistent_buffers_set:
+            buf = mod._buffers.get(leaf)
+            if buf is not None:
+                out[f"{prefix}{mod_name}.{leaf}" if mod_name else f"{prefix}{leaf}"] = tuple(buf.shape)
+    return out
+
+
 def _assign(root: nn.Module, name: str, value: torch.Tensor) -> None:
     """Put ``value`` in place of the (meta) parameter or buffer ``name`` without copying twice."""
     mod_path, _, leaf = name.rpartition(".")
@@ -333,7 +349,14 @@ def load_lisa_model(
         model = LisaModel(spec, clip_config, sam_arch)
     language_shapes = expected_language_keys(model)
     expected = language_shapes | expected_lisa_sam_keys(sam_arch, SAM_PREFIX)
-    check_keys(shapes, expected, str(folder), allowed_extra_prefixes=(VISION_TOWER_PREFIX,))
+    language_computed = computed_buffer_keys(model.llm)
+    check_keys(
+        shapes,
+        expected,
+        str(folder),
+        allowed_extra_prefixes=(VISION_TOWER_PREFIX,),
+        computed=language_computed,
+    )
     clip_files = WeightFiles(tower_dir)
     # Published CLIP folders name the tower's tensors ``vision_model.*``; transformers 5's
     # CLIPVisionModel holds them without that prefix.
@@ -347,6 +370,7 @@ def load_lisa_model(
         clip_expected,
         str(tower_dir),
         allowed_extra_prefixes=("text_model.", "logit_scale", "text_projection.", "visual_projection."),
+        computed=computed_buffer_keys(_clip_tower(model), "vision_model."),
     )
 
     sam_device = sam_device if sam_device is not None else llm_device
@@ -358,7 +382,7 @@ def load_lisa_model(
             _assign(model.llm, name, tensor.to(device=llm_dev, dtype=dtype))
         elif name.startswith(SAM_PREFIX):
             sam_state[name] = tensor
-        elif not (is_ignored_key(name) or name.startswith(VISION_TOWER_PREFIX)):
+        elif not (is_ignored_key(name) or name.startswith(VISION_TOWER_PREFIX) or name in language_computed):
             raise LisaCheckpointError(f"unexpected tensor {name}")  # check_keys already excludes this
     for name, tensor in clip_files.iter_tensors(set(clip_expected)):
         _assign(

@@ -306,6 +306,9 @@ def write_random_lisa_checkpoint(
     model.vision_tower.config.save_pretrained(str(clip_folder))
     tower = getattr(model.vision_tower, "vision_model", model.vision_tower)
     clip_state = {f"vision_model.{k}": v.detach().clone() for k, v in tower.state_dict().items()}
-    clip_state.pop("vision_model.embeddings.position_ids", None)
+    # As in openai/clip-vit-large-patch14 (saved by an older transformers): the computed position
+    # ids are in the file although transformers 5 does not store them.
+    emb = tower.embeddings
+    clip_state["vision_model.embeddings.position_ids"] = torch.arange(emb.num_positions).unsqueeze(0)
     _save_shards(clip_state, clip_folder, "safetensors", 1)
     return folder, clip_folder
