@@ -97,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     node_proc = subprocess.Popen(
         node_command(
             params_file,
-            overrides={"segmenter.scene": str(out / "scene"), "segmenter.sim_profile": a.sim_profile},
+            # A recording: reliable camera QoS (README), so every frame arrives whatever the load
+            # and the answers do not depend on which frames a busy machine happened to drop.
+            overrides={
+                "segmenter.scene": str(out / "scene"),
+                "segmenter.sim_profile": a.sim_profile,
+                "sensor_qos": "reliable",
+            },
         ),
         stdout=log,
         stderr=subprocess.STDOUT,
