@@ -29,11 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from reasoning_seg.lisa.model import clip_preprocess  # noqa: E402
 from reasoning_seg.lisa.prompt import PromptTokens  # noqa: E402
 from reasoning_seg.lisa.random_checkpoint import LISA_7B, LISA_13B, TINY, build_random_lisa  # noqa: E402
 from reasoning_seg.lisa.sam import SamImageTransform, postprocess_masks  # noqa: E402
-from reasoning_seg.lisa.segmenter import resolve_dtype  # noqa: E402
+from reasoning_seg.lisa.segmenter import preprocess_views, resolve_dtype  # noqa: E402
 
 ARCHS = {"lisa7b": LISA_7B, "lisa13b": LISA_13B, "tiny": TINY}
 STAGES = ("preprocess", "clip", "prefill", "decode", "seg_mlp", "sam_encoder", "sam_decoder", "upsample")
@@ -56,9 +55,9 @@ def run_once(model, images, prompt, new_tokens, device) -> dict[str, float]:
         return now
 
     t0 = time.perf_counter()
-    clip = torch.stack([clip_preprocess(im, model.clip_image_size) for im in images])
-    sam_tf = SamImageTransform(model.sam_arch.image_size)
-    sam_in = [sam_tf(im) for im in images]
+    clip, sam_in = preprocess_views(
+        images, model.clip_image_size, SamImageTransform(model.sam_arch.image_size)
+    )
     pixels = torch.stack([p for p, _ in sam_in]).to(device, model.dtype)
     t0 = mark("preprocess", t0)
     tokens = model.image_tokens(clip.to(device))
@@ -66,7 +65,9 @@ def run_once(model, images, prompt, new_tokens, device) -> dict[str, float]:
     t0 = mark("clip", t0)
     cache, h = model.prefill(embeds)
     t0 = mark("prefill", t0)
-    for _ in range(new_tokens):  # LisaModel.generate's steps, without the EOS stop
+    # LisaModel.generate's steps for an answer whose [SEG] is token ``new_tokens`` (stop_at_seg,
+    # the default): random weights never say [SEG], so the stop is forced at that length.
+    for _ in range(new_tokens):
         h = model.feed_token(cache, model.llm.lm_head(h).argmax(-1))
     t0 = mark("decode", t0)
     seg = model.seg_embeddings(h)
@@ -93,7 +94,12 @@ def main() -> None:
         help="auto: bf16 on CUDA, fp32 on CPU",
     )
     ap.add_argument("--views", default="1,4,8")
-    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument(
+        "--new-tokens",
+        type=int,
+        default=6,
+        help="decoding steps: where [SEG] comes in the answer with stop_at_seg ('Sure, [SEG]' is ~5-8)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", default="640x480", help="image WxH")
     ap.add_argument("--out", type=Path, default=None, help="write results.json and results.md here")

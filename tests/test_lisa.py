@@ -199,6 +199,31 @@ def test_seg_embedding_is_the_state_of_the_step_that_outputs_seg(tmp_path):
     for i in range(2):
         np.testing.assert_allclose(out[i].seg_embedding, want[i], atol=1e-4, rtol=1e-4)
         assert "Sure" in out[i].answer and "[SEG]" in out[i].answer
+    # Early stop (the default for a robot): decoding ends at [SEG] with the same state, and the
+    # [SEG] probability is the softmax of the reference forward's last logits.
+    stopped = m.generate(embeds, 16, tok.eos_token_id, tok.seg_token_id, stop_at_seg=True)
+    assert stopped.tokens == [chain[: k + 1]] * 2 and gen.tokens == [chain, chain]
+    torch.testing.assert_close(stopped.seg_hidden, gen.seg_hidden)
+    want_p = torch.softmax(m.llm.lm_head(hidden[:, -1]).float(), dim=-1)[:, tok.seg_token_id]
+    np.testing.assert_allclose(stopped.seg_prob, want_p.numpy(), rtol=1e-4, atol=1e-6)
+    assert stopped.seg_prob == gen.seg_prob and 0.0 < stopped.seg_prob[0] <= 1.0
+    assert seg.options.stop_at_seg and all(o.answer.endswith("[SEG]") for o in out)
+    # The confidence can be the [SEG] probability instead of SAM's IoU head.
+    seg_p = LisaSegmenter(m, tok, LisaOptions(path=str(path), confidence="seg_prob", max_batch=4))
+    conf = [o.confidence for o in seg_p.segment_images(images, "the chair")]
+    np.testing.assert_allclose(conf, want_p.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_view_confidence_kinds_by_hand():
+    from reasoning_seg.lisa.segmenter import view_confidence
+
+    logits = np.array([[-3.0, 0.0], [np.log(3.0), np.log(9.0)]], np.float32)  # sigmoids: 0.75, 0.9
+    assert view_confidence("mask_margin", 0.5, 0.5, logits) == pytest.approx(2 * 0.825 - 1, abs=1e-6)
+    assert view_confidence("mask_margin", 0.5, 0.5, -np.ones((2, 2), np.float32)) == 0.0
+    assert view_confidence("sam_iou", 1.3, 0.2, logits) == 1.0  # clamped to [0, 1]
+    assert view_confidence("seg_prob", 0.9, 0.2, logits) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="unknown LISA confidence"):
+        view_confidence("entropy", 0.5, 0.5, logits)
 
 
 def test_prompt_follows_llava_v1_with_image_markers(segmenter):

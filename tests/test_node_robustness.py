@@ -906,9 +906,9 @@ def test_unpaired_images_are_counted_on_either_synchroniser(make_env, monkeypatc
         color, _, info, pose = env.frame_msgs(N_MAP + 2, stamp=T0 + 10.0 + k * DT)
         env.publish(color=color, info=info, pose=pose)
         time.sleep(0.03)  # paced: a burst beyond the reader's keep-last depth is lost in DDS, uncounted
-    assert wait_for(lambda: int(env.node.diagnostics_values()["sync_dropped"]) >= 12), (
-        {k: v for k, v in env.node.diagnostics_values().items() if v != "0"}
-    )
+    assert wait_for(lambda: int(env.node.diagnostics_values()["sync_dropped"]) >= 12), {
+        k: v for k, v in env.node.diagnostics_values().items() if v != "0"
+    }
     # Not more than were sent beyond the queue (nothing counted twice) ...
     assert int(env.node.diagnostics_values()["sync_dropped"]) <= 12
     # ... and a paired frame still goes through.

@@ -315,6 +315,17 @@ class SegmenterConfig:
         "For lisa: how the query is asked ({query} is replaced), in the form LISA was trained on.",
     )
     lisa_max_batch: int = knob(4, "For lisa: most views per forward pass (bounds GPU memory).", 1, 64)
+    lisa_stop_at_seg: bool = knob(
+        True,
+        "For lisa: stop decoding a view at its first [SEG] (the mask needs nothing after it; the "
+        "answer text then ends there). false: decode to EOS or lisa_max_new_tokens.",
+    )
+    lisa_confidence: str = knob(
+        "sam_iou",
+        "For lisa: view confidence (fusion.min_confidence filters on it): sam_iou (SAM's IoU head), "
+        "seg_prob (probability of the [SEG] token), mask_margin (foreground logit margin).",
+        choices=("sam_iou", "seg_prob", "mask_margin"),
+    )
 
 
 @dataclass

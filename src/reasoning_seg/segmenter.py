@@ -118,6 +118,8 @@ def segmenter_from_config(config: SegmenterConfig) -> Segmenter:
                 max_new_tokens=config.lisa_max_new_tokens,
                 question_template=config.lisa_question_template,
                 max_batch=config.lisa_max_batch,
+                stop_at_seg=config.lisa_stop_at_seg,
+                confidence=config.lisa_confidence,
             )
         )
         if seg.embedding_dim != config.embedding_dim:

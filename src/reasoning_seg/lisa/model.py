@@ -117,6 +117,7 @@ class Generation:
     tokens: list[list[int]]  # generated ids per view, up to and excluding EOS
     seg_hidden: torch.Tensor  # (B, hidden) last-layer state that produced the first [SEG] (zeros if none)
     has_seg: list[bool]
+    seg_prob: list[float]  # softmax probability of [SEG] at the step that produced it (0 if none)
 
 
 class LisaModel(nn.Module):
@@ -207,17 +208,30 @@ class LisaModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, inputs_embeds: torch.Tensor, max_new_tokens: int, eos_id: int, seg_id: int
+        self,
+        inputs_embeds: torch.Tensor,
+        max_new_tokens: int,
+        eos_id: int,
+        seg_id: int,
+        stop_at_seg: bool = False,
     ) -> Generation:
-        """Greedy decoding of all views at once (every row has the same length: no padding needed)."""
+        """Greedy decoding of all views at once (every row has the same length: no padding needed).
+
+        ``stop_at_seg``: a view is finished at its first ``[SEG]`` (all SAM needs is the hidden
+        state that produced it; the rest of the answer is text for people). Decoding stops when
+        every view is finished, so a robot's query costs the ~5 tokens of "Sure, [SEG]" rather than
+        ``max_new_tokens``.
+        """
         b = inputs_embeds.shape[0]
         cache, h = self.prefill(inputs_embeds)
         tokens: list[list[int]] = [[] for _ in range(b)]
         seg_hidden = torch.zeros_like(h)
         has_seg = [False] * b
+        seg_prob = [0.0] * b
         done = [False] * b
         for _ in range(max_new_tokens):
-            nxt = self.llm.lm_head(h).argmax(dim=-1)
+            logits = self.llm.lm_head(h)
+            nxt = logits.argmax(dim=-1)
             for i, t in enumerate(nxt.tolist()):
                 if done[i]:
                     continue
@@ -229,10 +243,12 @@ class LisaModel(nn.Module):
                     # LISA's evaluate: the hidden state whose output is [SEG] becomes the prompt.
                     seg_hidden[i] = h[i]
                     has_seg[i] = True
+                    seg_prob[i] = float(torch.softmax(logits[i].float(), dim=-1)[seg_id])
+                    done[i] = done[i] or stop_at_seg
             if all(done):
                 break
             h = self.feed_token(cache, nxt)
-        return Generation(tokens, seg_hidden, has_seg)
+        return Generation(tokens, seg_hidden, has_seg, seg_prob)
 
     @torch.no_grad()
     def seg_embeddings(self, seg_hidden: torch.Tensor) -> torch.Tensor:
