@@ -63,12 +63,12 @@ def run_once(model, images, prompt, new_tokens, device) -> dict[str, float]:
     tokens = model.image_tokens(clip.to(device))
     embeds = model.prompt_embeddings(prompt, tokens)
     t0 = mark("clip", t0)
-    cache, h = model.prefill(embeds)
+    h, step = model.start_decoding(embeds, new_tokens)  # the decoder LisaModel.generate uses
     t0 = mark("prefill", t0)
     # LisaModel.generate's steps for an answer whose [SEG] is token ``new_tokens`` (stop_at_seg,
     # the default): random weights never say [SEG], so the stop is forced at that length.
     for _ in range(new_tokens):
-        h = model.feed_token(cache, model.llm.lm_head(h).argmax(-1))
+        h = step(model.llm.lm_head(h).argmax(-1))
     t0 = mark("decode", t0)
     seg = model.seg_embeddings(h)
     t0 = mark("seg_mlp", t0)
@@ -101,6 +101,11 @@ def main() -> None:
         help="decoding steps: where [SEG] comes in the answer with stop_at_seg ('Sure, [SEG]' is ~5-8)",
     )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--eager-too",
+        action="store_true",
+        help="also time decoding without CUDA graphs (transformers' forward + dynamic cache), same run",
+    )
     ap.add_argument("--size", default="640x480", help="image WxH")
     ap.add_argument("--out", type=Path, default=None, help="write results.json and results.md here")
     args = ap.parse_args()
@@ -120,9 +125,11 @@ def main() -> None:
         before=[1, *rng.integers(3, vocab - 3, 40).tolist()], after=rng.integers(3, vocab - 3, 26).tolist()
     )
     rows = []
-    for n in (int(v) for v in args.views.split(",")):
+    modes = [True, False] if args.eager_too and device.type == "cuda" else [device.type == "cuda"]
+    for n, graphs in ((int(v), g) for v in args.views.split(",") for g in modes):
+        model.cuda_graphs = graphs
         images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
-        run_once(model, images, prompt, args.new_tokens, device)  # warm-up (kernels, allocator)
+        run_once(model, images, prompt, args.new_tokens, device)  # warm-up (kernels, allocator, graph)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         runs = [run_once(model, images, prompt, args.new_tokens, device) for _ in range(args.repeats)]
@@ -130,7 +137,14 @@ def main() -> None:
         total = sum(med.values())
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
         rows.append(
-            {"views": n, "total_s": total, "per_view_s": total / n, "peak_gib": peak, "stages_s": med}
+            {
+                "views": n,
+                "decoding": "CUDA graphs" if graphs else "eager",
+                "total_s": total,
+                "per_view_s": total / n,
+                "peak_gib": peak,
+                "stages_s": med,
+            }
         )
         print(
             f"views={n}: {total * 1000:.0f} ms total, {total / n * 1000:.0f} ms/view, peak {peak:.1f} GiB",
@@ -147,13 +161,13 @@ def main() -> None:
     lines = [
         head,
         "",
-        "| views | total ms | ms / view | peak GPU GiB | " + " | ".join(STAGES) + " |",
-        "|---:|---:|---:|---:|" + "---:|" * len(STAGES),
+        "| views | decoding | total ms | ms / view | peak GPU GiB | " + " | ".join(STAGES) + " |",
+        "|---:|---|---:|---:|---:|" + "---:|" * len(STAGES),
     ]
     for r in rows:
         stages = " | ".join(f"{r['stages_s'][s] * 1000:.1f}" for s in STAGES)
         lines.append(
-            f"| {r['views']} | {r['total_s'] * 1000:.0f} | {r['per_view_s'] * 1000:.0f} "
+            f"| {r['views']} | {r['decoding']} | {r['total_s'] * 1000:.0f} | {r['per_view_s'] * 1000:.0f} "
             f"| {r['peak_gib']:.1f} | {stages} |"
         )
     table = "\n".join(lines)

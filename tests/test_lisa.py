@@ -399,6 +399,27 @@ def test_segmenter_from_config_builds_lisa_and_checks_embedding_width(tiny_ckpt)
         )
 
 
+def test_static_decoder_equals_transformers_forward(segmenter):
+    """The CUDA-graph decoder's arithmetic (run eagerly here) is transformers' LLaMA forward."""
+    from reasoning_seg.lisa.static_decode import CAPACITY_STEP, StaticDecoder
+
+    m, tok = segmenter.model, segmenter.tokenizer
+    prompt = tok.encode_prompt("the chair Please output segmentation mask.")
+    pixels = torch.stack([clip_preprocess(img, m.clip_image_size) for img in _images(2, seed=8)])
+    embeds = m.prompt_embeddings(prompt, m.image_tokens(pixels))
+    cache, h_ref = m.prefill(embeds)
+    dec = StaticDecoder(m.llm.model, 2, embeds.shape[1] + 4, use_graph=True)  # no graph on CPU
+    assert dec.capacity % CAPACITY_STEP == 0 and not dec.use_graph
+    for _ in range(2):  # a decoder is reused by later queries: prefill starts over
+        torch.testing.assert_close(dec.prefill(embeds), h_ref, atol=1e-4, rtol=1e-4)
+    for t in ([5, 9], [13, 13], [tok.seg_token_id, 7]):
+        step = torch.tensor(t)
+        torch.testing.assert_close(dec.step(step), m.feed_token(cache, step), atol=1e-4, rtol=1e-4)
+    assert dec.length == embeds.shape[1] + 3
+    with pytest.raises(ValueError, match="does not fit"):
+        dec.prefill(embeds[:1])
+
+
 # ------------------------------------------------------------------------------------------- CUDA
 cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)"
@@ -435,3 +456,21 @@ def test_sam_and_llm_on_different_devices(tiny_ckpt, segmenter):
     ):
         np.testing.assert_allclose(a.seg_embedding, b.seg_embedding, rtol=1e-3, atol=1e-4)
         assert (a.mask == b.mask).mean() > 0.99
+
+
+@cuda
+def test_cuda_graph_decoding_equals_eager_decoding(tiny_ckpt):
+    path, clip = tiny_ckpt
+    seg = LisaSegmenter.load(LisaOptions(path=str(path), vision_tower=str(clip), device="cuda", dtype="fp32"))
+    m, tok = seg.model, seg.tokenizer
+    for query, n in (("the chair", 3), ("the bin closest to the door", 2), ("the chair", 3)):
+        prompt = tok.encode_prompt(f"{query} Please output segmentation mask.")
+        pixels = torch.stack([clip_preprocess(img, m.clip_image_size) for img in _images(n, seed=9)])
+        embeds = m.prompt_embeddings(prompt, m.image_tokens(pixels))
+        m.cuda_graphs = False
+        eager = m.generate(embeds, 8, tok.eos_token_id, tok.seg_token_id)
+        m.cuda_graphs = True
+        graph = m.generate(embeds, 8, tok.eos_token_id, tok.seg_token_id)
+        assert graph.tokens == eager.tokens and graph.has_seg == eager.has_seg
+        torch.testing.assert_close(graph.seg_hidden, eager.seg_hidden, atol=1e-3, rtol=1e-3)
+    assert 1 <= len(m._decoders) <= 2  # reused across queries of similar length

@@ -20,6 +20,8 @@ states are the same up to float rounding).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +49,11 @@ from reasoning_seg.lisa.sam import (
     infer_sam_architecture,
     lisa_to_hf_sam_state,
 )
+from reasoning_seg.lisa.static_decode import CAPACITY_STEP, StaticDecoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_MAX_DECODERS = 4  # static decoders (KV buffer + CUDA graph) kept for reuse, by (views, capacity)
 _LLAMA_KEYS = (
     "vocab_size",
     "hidden_size",
@@ -144,6 +148,10 @@ class LisaModel(nn.Module):
         self.vision_tower = CLIPVisionModel(clip_config)
         self.clip_image_size = int(clip_config.image_size)
         self.sam = LisaSamHead(sam_arch)
+        # Decoding on CUDA replays one captured graph per token (static_decode.py); decoders (their KV
+        # buffers and graphs) are kept per (views, capacity) and reused by later queries.
+        self.cuda_graphs = True
+        self._decoders: OrderedDict[tuple[int, int], StaticDecoder] = OrderedDict()
         self.eval()
         self.requires_grad_(False)
 
@@ -206,6 +214,25 @@ class LisaModel(nn.Module):
         )
         return out.last_hidden_state[:, -1]
 
+    def start_decoding(
+        self, inputs_embeds: torch.Tensor, max_new_tokens: int
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Prefill; returns the last hidden state (B, H) and ``step(tokens) -> hidden`` for decoding.
+
+        On CUDA with :attr:`cuda_graphs`, the static-cache decoder (one graph replay per token);
+        otherwise ``transformers``' forward with a dynamic cache.
+        """
+        if self.cuda_graphs and self.llm_device.type == "cuda":
+            b, t = inputs_embeds.shape[:2]
+            key = (b, -(-(t + max_new_tokens + 1) // CAPACITY_STEP) * CAPACITY_STEP)
+            dec = self._decoders.pop(key, None) or StaticDecoder(self.llm.model, b, key[1], use_graph=True)
+            self._decoders[key] = dec
+            while len(self._decoders) > _MAX_DECODERS:
+                self._decoders.popitem(last=False)
+            return dec.prefill(inputs_embeds), dec.step
+        cache, h = self.prefill(inputs_embeds)
+        return h, lambda tokens: self.feed_token(cache, tokens)
+
     @torch.no_grad()
     def generate(
         self,
@@ -223,7 +250,7 @@ class LisaModel(nn.Module):
         ``max_new_tokens``.
         """
         b = inputs_embeds.shape[0]
-        cache, h = self.prefill(inputs_embeds)
+        h, step = self.start_decoding(inputs_embeds, max_new_tokens)
         tokens: list[list[int]] = [[] for _ in range(b)]
         seg_hidden = torch.zeros_like(h)
         has_seg = [False] * b
@@ -247,7 +274,7 @@ class LisaModel(nn.Module):
                     done[i] = done[i] or stop_at_seg
             if all(done):
                 break
-            h = self.feed_token(cache, nxt)
+            h = step(nxt)
         return Generation(tokens, seg_hidden, has_seg, seg_prob)
 
     @torch.no_grad()
