@@ -214,6 +214,43 @@ def test_seg_embedding_is_the_state_of_the_step_that_outputs_seg(tmp_path):
     np.testing.assert_allclose(conf, want_p.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def test_seg_embedding_equals_a_literal_transcription_of_lisas_evaluate(tmp_path):
+    """Upstream's evaluate path, transcribed independently, equals the KV-cache path.
+
+    LISA's ``evaluate`` generates the answer, then recomputes the whole sequence once (input ids
+    with LLaVA's image placeholder -200 replaced by the image features), builds ``seg_token_mask``
+    from ``output_ids[:, 1:] == [SEG]`` with a zero appended and ``n_image - 1`` zeros prepended,
+    and takes ``text_hidden_fcs`` of the final hidden states under that mask.
+    """
+    from reasoning_seg.lisa.prompt import IMAGE_TOKEN_INDEX
+
+    path, clip = write_random_lisa_checkpoint(
+        tmp_path / "LISA-eval", TINY, seed=5, answer="Sure it is [SEG] the"
+    )
+    seg = LisaSegmenter.load(LisaOptions(path=str(path), vision_tower=str(clip), device="cpu", max_batch=4))
+    m, tok = seg.model, seg.tokenizer
+    image = _images(1, seed=11)
+    prompt = tok.encode_prompt(seg.options.question_template.format(query="the door"))
+    out = seg.segment_images(image, "the door")[0]
+    # The answer, generated to EOS (LISA's evaluate does not stop at [SEG]).
+    feats = m.image_tokens(torch.stack([clip_preprocess(image[0], m.clip_image_size)]))  # (1, n_image, H)
+    gen = m.generate(m.prompt_embeddings(prompt, feats), 16, tok.eos_token_id, tok.seg_token_id)
+    output_ids = torch.tensor([[*prompt.before, IMAGE_TOKEN_INDEX, *prompt.after, *gen.tokens[0]]])
+    # Splice as LLaVA's prepare_inputs_labels_for_multimodal does.
+    k = int((output_ids[0] == IMAGE_TOKEN_INDEX).nonzero())
+    text = m.llm.model.embed_tokens(output_ids[0].clamp(min=0))
+    spliced = torch.cat([text[:k], feats[0], text[k + 1 :]]).unsqueeze(0)
+    with torch.no_grad():
+        hidden = m.llm.model(inputs_embeds=spliced).last_hidden_state  # output_hidden_states[-1]
+    n_image = feats.shape[1]
+    mask = output_ids[:, 1:] == tok.seg_token_id
+    mask = torch.cat([mask, torch.zeros(1, 1, dtype=torch.bool)], dim=1)
+    mask = torch.cat([torch.zeros(1, n_image - 1, dtype=torch.bool), mask], dim=1)
+    assert mask.shape[1] == hidden.shape[1] and int(mask.sum()) == 1
+    want = m.llm.model.text_hidden_fcs[0](hidden[mask]).numpy()[0]
+    np.testing.assert_allclose(out.seg_embedding, want, atol=1e-4, rtol=1e-4)
+
+
 def test_view_confidence_kinds_by_hand():
     from reasoning_seg.lisa.segmenter import view_confidence
 
