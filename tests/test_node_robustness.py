@@ -39,7 +39,7 @@ from reasoning_seg.ros.conversions import (
 from reasoning_seg.ros.node import ReasoningSegNode
 from reasoning_seg.ros.query_client import call_segment, call_service
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
-from reasoning_seg.srv import LoadMap, Segment
+from reasoning_seg.srv import LoadMap, SaveMap, Segment
 
 pytestmark = pytest.mark.ros
 
@@ -1160,3 +1160,72 @@ def test_an_answer_in_flight_during_clear_is_not_kept(make_env):
         env.client, RemoveTarget, "/reasoning_seg/remove_target", RemoveTarget.Request(query="", margin=0.0)
     )
     assert not resp.success and resp.num_points_removed == 0, resp.message
+
+
+def test_client_text_is_escaped_truncated_and_invalid_queries_counted_as_refused(make_env):
+    """Issue 17 leftovers: what a client sends comes back escaped and bounded; refusals are counted."""
+    from reasoning_seg.ros.node import _MAX_ECHO, printable
+
+    assert printable("bin\x1b[2J\r\nX\u202e") == "bin\\x1b[2J\\r\\nX\\u202e"  # no terminal control
+    assert printable("Öffner für Dosen") == "Öffner für Dosen"  # printable text unchanged
+    env = make_env()
+
+    def counts() -> tuple[int, int]:
+        v = env.node.diagnostics_values()
+        return int(v["queries_served"]), int(v["queries_refused"])
+
+    served, refused = counts()
+    frame = "\x1b[31m" + "f" * 5000
+    resp = call_segment(env.client, env.world.query, target_frame=frame)
+    assert not resp.success and "is not supported" in resp.message
+    echoed = resp.message.split("'")[1]
+    assert echoed.startswith("\\x1b[31m") and "\x1b" not in resp.message
+    assert echoed.count("f") == _MAX_ECHO - len("\x1b[31m") and len(resp.message) < 300
+    for bad in ("", "   ", "x" * 20000):
+        r = env.query(bad)
+        assert not r.success and "query" in r.message
+    assert counts() == (served, refused + 4)  # all refused, none served
+    assert env.query(env.world.query).success
+    assert counts() == (served + 1, refused + 4)
+
+
+def test_a_long_save_does_not_silence_diagnostics_or_queries(make_env, monkeypatch):
+    """A slow admin call (a big map on a slow disk) leaves /diagnostics and queries running.
+
+    Timers and queries have their own callback groups, apart from the admin services.
+    """
+    import reasoning_seg.pipeline as pipeline_module
+
+    real_save = pipeline_module.save_state
+
+    def slow_save(*args, **kwargs):
+        time.sleep(5.0)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "save_state", slow_save)
+    env = make_env()
+    done: list = []
+    caller = rclpy.create_node("slow_save_client", context=env.client.context)
+    thread = threading.Thread(
+        target=lambda: done.append(
+            call_service(caller, SaveMap, "/reasoning_seg/save_map", SaveMap.Request(directory="slow"))
+        )
+    )
+    time.sleep(0.3)
+    n0 = len(env.diag)
+    thread.start()
+    try:
+        time.sleep(0.3)  # the save is now sleeping inside the admin callback group
+        assert not done
+        t0 = time.monotonic()
+        assert env.query(env.world.query).success  # queries are another group: answered meanwhile
+        answered_in = time.monotonic() - t0
+        time.sleep(0.5)
+        during = len(env.diag) - n0  # diagnostics_period 0.1 s
+        assert not done, "the save finished too early for this test to mean anything"
+        assert during >= 5, during
+        assert answered_in < 4.0
+    finally:
+        thread.join(timeout=30)
+        caller.destroy_node()
+    assert done and done[0].success, done
