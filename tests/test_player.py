@@ -32,7 +32,7 @@ from reasoning_seg.ros.conversions import (
     stamp_to_sec,
     transform_to_matrix,
 )
-from reasoning_seg.ros.player import PlayerNode, TFMessage, main, play
+from reasoning_seg.ros.player import PlaybackSummary, PlayerNode, TFMessage, main, play
 from reasoning_seg.sequence_io import FolderSequence
 
 pytestmark = pytest.mark.ros
@@ -64,6 +64,25 @@ class Recorder:
 
     def count(self, key: str) -> int:
         return len(self.got[key])
+
+    def play(
+        self, context: Any, parameters: dict[str, Any], until: Any, sequence: Any = None
+    ) -> PlaybackSummary:
+        """``play`` with this recorder spun beside the player (20 s limit).
+
+        The recorder's node is destroyed afterwards; what it received stays in :attr:`got`.
+        """
+        try:
+            return play(
+                parameters,
+                context=context,
+                sequence=sequence,
+                extra_nodes=[self.node],
+                until=until,
+                timeout_sec=20.0,
+            )
+        finally:
+            self.node.destroy_node()
 
 
 def _frames(n: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -128,16 +147,11 @@ def test_folder_sequence_is_played_with_matching_stamps(ros_context: Any, tmp_pa
     _write_folder(tmp_path, frames)
     expected = [f.stamp for f in FolderSequence(tmp_path)]
     rec = Recorder.create(ros_context, TOPICS)
-    try:
-        summary = play(
-            {"folder": str(tmp_path), "wait_for_subscribers": 1},
-            context=ros_context,
-            extra_nodes=[rec.node],
-            until=lambda: all(rec.count(k) == len(frames) for k in TOPICS),
-            timeout_sec=20.0,
-        )
-    finally:
-        rec.node.destroy_node()
+    summary = rec.play(
+        ros_context,
+        {"folder": str(tmp_path), "wait_for_subscribers": 1},
+        lambda: all(rec.count(k) == len(frames) for k in TOPICS),
+    )
     per_frame = 4 if TFMessage is None else 5  # + /tf where tf2_msgs is installed
     assert summary.steps == len(frames) and summary.messages == per_frame * len(frames)
     _check_frames(rec, frames, expected)
@@ -151,16 +165,11 @@ def test_folder_playback_broadcasts_the_camera_pose_on_tf(ros_context: Any, tmp_
     _write_folder(tmp_path, frames)
     topics = {"pose": TOPICS["pose"], "tf": ("/tf", TFMessage)}
     rec = Recorder.create(ros_context, topics)
-    try:
-        play(
-            {"folder": str(tmp_path), "wait_for_subscribers": 1},
-            context=ros_context,
-            extra_nodes=[rec.node],
-            until=lambda: rec.count("tf") == 3 and rec.count("pose") == 3,
-            timeout_sec=20.0,
-        )
-    finally:
-        rec.node.destroy_node()
+    rec.play(
+        ros_context,
+        {"folder": str(tmp_path), "wait_for_subscribers": 1},
+        lambda: rec.count("tf") == 3 and rec.count("pose") == 3,
+    )
     for msg, pose in zip(rec.got["tf"], rec.got["pose"], strict=True):
         (tf,) = msg.transforms
         assert (tf.header.frame_id, tf.child_frame_id) == ("map", "camera_color_optical_frame")
@@ -173,17 +182,12 @@ def test_injected_sequence_timing_and_depth_encoding(ros_context: Any, depth_enc
     frames = _frames(5)
     fps = 20.0  # 4 gaps of 50 ms -> 200 ms of recording, 100 ms at rate 2
     rec = Recorder.create(ros_context, TOPICS)
-    try:
-        summary = play(
-            {"rate": 2.0, "wait_for_subscribers": 1, "depth_encoding": depth_encoding},
-            context=ros_context,
-            sequence=ListSequence(frames, fps),
-            extra_nodes=[rec.node],
-            until=lambda: all(rec.count(k) == len(frames) for k in TOPICS),
-            timeout_sec=20.0,
-        )
-    finally:
-        rec.node.destroy_node()
+    summary = rec.play(
+        ros_context,
+        {"rate": 2.0, "wait_for_subscribers": 1, "depth_encoding": depth_encoding},
+        lambda: all(rec.count(k) == len(frames) for k in TOPICS),
+        sequence=ListSequence(frames, fps),
+    )
     _check_frames(rec, frames, [100.0 + i / fps for i in range(5)], depth_encoding)
     assert summary.recorded_s == pytest.approx(0.2)
     assert 0.095 <= summary.wall_s < 1.0  # paced by the recording, not as fast as possible
@@ -270,16 +274,11 @@ def test_bag_is_replayed_byte_exact_with_remap(ros_context: Any, tmp_path: Path,
     bag = tmp_path / ("rec.bag" if storage == "ros1" else "rec")
     written = _write_bag(bag, storage, frames)
     rec = Recorder.create(ros_context, {"color": TOPICS["color"], "pose": ("camera/pose", PoseStamped)})
-    try:
-        summary = play(
-            {"bag": str(bag), "wait_for_subscribers": 1, "topic_remap": ["/tracker/pose:=camera/pose"]},
-            context=ros_context,
-            extra_nodes=[rec.node],
-            until=lambda: rec.count("color") == 4 and rec.count("pose") == 4,
-            timeout_sec=20.0,
-        )
-    finally:
-        rec.node.destroy_node()
+    summary = rec.play(
+        ros_context,
+        {"bag": str(bag), "wait_for_subscribers": 1, "topic_remap": ["/tracker/pose:=camera/pose"]},
+        lambda: rec.count("color") == 4 and rec.count("pose") == 4,
+    )
     assert summary.messages == 8 and summary.recorded_s == pytest.approx(0.12)
     assert summary.wall_s >= 0.11
     want_color = [m for t, m in written if t == "/camera/color/image_raw"]
@@ -306,17 +305,12 @@ def test_consumer_of_some_topics_does_not_wait_for_the_timeout(ros_context: Any)
     frames = _frames(3)
     rec = Recorder.create(ros_context, {"color": TOPICS["color"]})
     t0 = time.monotonic()
-    try:
-        play(
-            {"wait_for_subscribers": 1, "wait_timeout": 30.0},
-            context=ros_context,
-            sequence=ListSequence(frames, 30.0),
-            extra_nodes=[rec.node],
-            until=lambda: rec.count("color") == 3,
-            timeout_sec=20.0,
-        )
-    finally:
-        rec.node.destroy_node()
+    rec.play(
+        ros_context,
+        {"wait_for_subscribers": 1, "wait_timeout": 30.0},
+        lambda: rec.count("color") == 3,
+        sequence=ListSequence(frames, 30.0),
+    )
     assert rec.count("color") == 3
     assert time.monotonic() - t0 < 5.0
 
@@ -333,19 +327,14 @@ def test_unreadable_frame_is_skipped_and_restamp_uses_one_stamp_per_frame(ros_co
     rec = Recorder.create(ros_context, TOPICS)
     clock = rec.node.get_clock()
     t_start = stamp_to_sec(clock.now().to_msg())
-    try:
-        summary = play(
-            # rate 100: steps are due 0.67 ms apart, faster than one step publishes, so the player is
-            # late; stamps must still keep the recording's spacing (scheduled time, not send time).
-            {"wait_for_subscribers": 1, "restamp": True, "rate": 100.0},
-            context=ros_context,
-            sequence=_SequenceWithBadFrame(frames, 30.0),
-            extra_nodes=[rec.node],
-            until=lambda: all(rec.count(k) == 2 for k in TOPICS),
-            timeout_sec=20.0,
-        )
-    finally:
-        rec.node.destroy_node()
+    # rate 100: steps are due 0.67 ms apart, faster than one step publishes, so the player is
+    # late; stamps must still keep the recording's spacing (scheduled time, not send time).
+    summary = rec.play(
+        ros_context,
+        {"wait_for_subscribers": 1, "restamp": True, "rate": 100.0},
+        lambda: all(rec.count(k) == 2 for k in TOPICS),
+        sequence=_SequenceWithBadFrame(frames, 30.0),
+    )
     assert summary.skipped_frames == 1 and summary.steps == 2
     for i in range(2):
         stamps = {(rec.got[k][i].header.stamp.sec, rec.got[k][i].header.stamp.nanosec) for k in TOPICS}
