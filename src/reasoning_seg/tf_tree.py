@@ -69,7 +69,8 @@ class TfTree:
         if target == source:
             return np.eye(4), None
         up_s, up_t = self._to_root(source), self._to_root(target)
-        common = next((f for f in up_s if f in set(up_t)), None)
+        on_target_side = set(up_t)
+        common = next((f for f in up_s if f in on_target_side), None)
         if common is None:
             return None
         T_c_s, s1 = self._compose(up_s[: up_s.index(common) + 1])

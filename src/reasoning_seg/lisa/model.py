@@ -49,7 +49,7 @@ from reasoning_seg.lisa.sam import (
     infer_sam_architecture,
     lisa_to_hf_sam_state,
 )
-from reasoning_seg.lisa.static_decode import CAPACITY_STEP, StaticDecoder
+from reasoning_seg.lisa.static_decode import StaticDecoder, round_capacity
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -224,7 +224,7 @@ class LisaModel(nn.Module):
         """
         if self.cuda_graphs and self.llm_device.type == "cuda":
             b, t = inputs_embeds.shape[:2]
-            key = (b, -(-(t + max_new_tokens + 1) // CAPACITY_STEP) * CAPACITY_STEP)
+            key = (b, round_capacity(t + max_new_tokens + 1))
             dec = self._decoders.pop(key, None) or StaticDecoder(self.llm.model, b, key[1], use_graph=True)
             self._decoders[key] = dec
             while len(self._decoders) > _MAX_DECODERS:

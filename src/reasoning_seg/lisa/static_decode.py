@@ -25,6 +25,11 @@ from torch import nn
 CAPACITY_STEP = 64
 
 
+def round_capacity(positions: int) -> int:
+    """``positions`` rounded up to a multiple of :data:`CAPACITY_STEP`."""
+    return -(-int(positions) // CAPACITY_STEP) * CAPACITY_STEP
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -41,7 +46,7 @@ class StaticDecoder:
         cfg = llama.config
         self.llama = llama
         self.batch = batch
-        self.capacity = int(-(-capacity // CAPACITY_STEP) * CAPACITY_STEP)
+        self.capacity = round_capacity(capacity)
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
@@ -59,11 +64,11 @@ class StaticDecoder:
         self._graph: torch.cuda.CUDAGraph | None = None
 
     # ------------------------------------------------------------------ one layer
-    def _attend(self, layer: nn.Module, i: int, x: torch.Tensor, cos, sin, start: int | None) -> torch.Tensor:
+    def _attend(self, layer: nn.Module, i: int, x: torch.Tensor, cos, sin, prefill: bool) -> torch.Tensor:
         """Self-attention of layer ``i`` for ``x`` (B, T, H); writes its keys/values into the cache.
 
-        ``start`` is 0 for the prefill (causal attention over the prompt); None for a step, whose
-        position is ``self._pos`` (a device tensor).
+        ``prefill``: ``x`` is the prompt from position 0 (causal attention over it); otherwise one
+        step at the position held in ``self._pos`` (a device tensor).
         """
         att = layer.self_attn
         b, t, _ = x.shape
@@ -74,7 +79,7 @@ class StaticDecoder:
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         rep = self.heads // self.kv_heads
-        if start is not None:
+        if prefill:
             self.keys[i, :, :, :t] = k
             self.values[i, :, :, :t] = v
             kk, vv = k, v
@@ -92,11 +97,11 @@ class StaticDecoder:
         out = out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
         return att.o_proj(out)
 
-    def _forward(self, x: torch.Tensor, position_ids: torch.Tensor, start: int | None) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, position_ids: torch.Tensor, prefill: bool) -> torch.Tensor:
         """LLaMA's decoder stack on ``x`` (B, T, H); the last position's final-norm hidden state."""
         cos, sin = self.llama.rotary_emb(x, position_ids=position_ids)
         for i, layer in enumerate(self.llama.layers):
-            x = x + self._attend(layer, i, layer.input_layernorm(x), cos, sin, start)
+            x = x + self._attend(layer, i, layer.input_layernorm(x), cos, sin, prefill)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.llama.norm(x[:, -1])
 
@@ -108,13 +113,13 @@ class StaticDecoder:
         if b != self.batch or t >= self.capacity:
             raise ValueError(f"prefill of {b}x{t} does not fit a {self.batch}x{self.capacity} decoder")
         pos = torch.arange(t, device=self.device).unsqueeze(0)
-        h = self._forward(inputs_embeds.to(self.dtype), pos, start=0)
+        h = self._forward(inputs_embeds.to(self.dtype), pos, prefill=True)
         self.length = t
         return h
 
     def _step_impl(self) -> torch.Tensor:
         x = self.llama.embed_tokens(self._tok).unsqueeze(1)
-        return self._forward(x, self._pos.view(1, 1), start=None)
+        return self._forward(x, self._pos.view(1, 1), prefill=False)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
