@@ -23,7 +23,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 
 import reasoning_seg
 from reasoning_seg.action import SegmentQuery
-from reasoning_seg.msg import OrientedBox, SegmentationResult, StageTiming
+from reasoning_seg.msg import OrientedBox, SegmentationResult, StageTiming, ViewReport
 from reasoning_seg.srv import LoadMap, SaveMap, Segment
 
 # --- Contracts ------------------------------------------------------------------------------------
@@ -42,12 +42,14 @@ SEGMENTATION_RESULT_FIELDS = {
     "num_points": "uint32",
     "keyframe_ids": "sequence<int64>",
     "timings": "sequence<reasoning_seg/StageTiming>",
+    "views": "sequence<reasoning_seg/ViewReport>",  # added (issue 23): appended, nothing moved
 }
 QUERY_REQUEST_FIELDS = {
     "query": "string",
     "num_views": "uint8",
     "score_threshold": "float",
     "target_frame": "string",
+    "include_view_images": "boolean",
 }
 QUERY_RESPONSE_FIELDS = {
     "success": "boolean",
@@ -72,6 +74,18 @@ def test_segmentation_result_fields_are_the_contract() -> None:
 def test_helper_message_fields() -> None:
     assert _fields(OrientedBox) == {"center": "geometry_msgs/Pose", "size": "geometry_msgs/Vector3"}
     assert _fields(StageTiming) == {"stage": "string", "seconds": "double"}
+    assert _fields(ViewReport) == {
+        "keyframe_id": "int64",
+        "confidence": "float",
+        "weight": "float",
+        "attention": "float",
+        "alignment": "float",
+        "mask_pixels": "uint32",
+        "filtered": "string",
+        "answer": "string",
+        "image": "sensor_msgs/Image",
+        "mask": "sensor_msgs/Image",
+    }
 
 
 def test_service_and_action_shapes() -> None:

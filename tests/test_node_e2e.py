@@ -13,7 +13,7 @@ from std_srvs.srv import Trigger
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.msg import SegmentationResult
-from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix
+from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix, view_images_from_msgs
 from reasoning_seg.ros.node import ReasoningSegNode
 from reasoning_seg.ros.player import play
 from reasoning_seg.ros.query_client import call_segment, call_service
@@ -103,9 +103,19 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
 
         furniture = {o.instance_id for o in scene.objects if not o.is_structure}
         q = next(q for q in scene.queries if q.kind == "spatial" and q.target_instance_id in furniture)
-        resp = call_segment(client, q.text, timeout=60.0)
+        resp = call_segment(client, q.text, timeout=60.0, include_view_images=True)
         assert resp.success and resp.result.found, resp.message
         r = resp.result
+        # The why of the answer: one report per view, with the keyframe's own image and the mask.
+        assert [v.keyframe_id for v in r.views] == list(r.keyframe_ids)
+        assert sum(v.weight for v in r.views) == pytest.approx(1.0, abs=1e-3)
+        assert all((v.weight > 0) == (v.filtered == "") for v in r.views)
+        kf_color = {k.keyframe_id: k.frame.color for k in running_node.pipeline.keyframes.snapshot()}
+        images = view_images_from_msgs(r.views)
+        assert len(images) == len(r.views)
+        for v, img in zip(r.views, images, strict=True):
+            np.testing.assert_array_equal(img.color, kf_color[img.keyframe_id])
+            assert img.mask.shape == img.color.shape[:2] and int(img.mask.sum()) == v.mask_pixels
         assert r.header.frame_id == "map" and r.num_points == r.cloud.width * r.cloud.height > 20
         cloud = cloud_msg_to_numpy(r.cloud)
         pts = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=1)
@@ -141,6 +151,9 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
         ex.remove_node(client)
         ex.shutdown()
         assert results and results[-1].query == q.text and results[-1].num_points == r.num_points
+        # The topic carries the reports but not the images (only the asking client wanted them).
+        assert len(results[-1].views) == len(r.views)
+        assert all(v.image.width == 0 and v.mask.width == 0 for v in results[-1].views)
 
         # Bad queries get a clear message and the node keeps serving.
         assert "empty" in call_segment(client, "   ").message

@@ -26,7 +26,7 @@ from reasoning_seg.config import PipelineConfig
 from reasoning_seg.frames import FrameRejected, PoseJumpGate, RGBDFrame, sanitize_frame
 from reasoning_seg.fusion import DEVICE_ARRAYS, FusionCache, FusionResult, fuse, torch_device
 from reasoning_seg.keyframes import Keyframe, KeyframeWindow
-from reasoning_seg.result import QueryResult, package_result
+from reasoning_seg.result import QueryResult, ViewImage, package_result
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
 from reasoning_seg.state_io import load_state, save_state
 from reasoning_seg.view_selection import select_local_views, select_views
@@ -347,7 +347,10 @@ class ReasoningSegPipeline:
                 strict=True,
             )
         ] + [{"failed": f} for f in trace.failures]
-        if trace.failures:  # the ROS message has no view reports: say it where a user reads it
+        result.view_images = [
+            ViewImage(v.keyframe_id, v.color, s.mask) for v, s in zip(views, segs, strict=True)
+        ]
+        if trace.failures:  # failed views have no ViewReport in the ROS message: say it here
             n = len(trace.failures)
             failed = "; ".join(trace.failures)[:400]
             result.message += f" (2D model failed on {n} of {n + len(views)} views: {failed})"

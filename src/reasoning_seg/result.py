@@ -40,6 +40,20 @@ class OrientedBox:
         return np.all(np.abs(local) <= self.size / 2.0 + margin, axis=1)
 
 
+@dataclass(frozen=True)
+class ViewImage:
+    """What the 2D model saw in one view and what it masked there.
+
+    Kept beside the numbers so a person (the demo's report, an RViz image, a debugging notebook)
+    can see *why* an answer is what it is. ``color`` is the keyframe's own array (shared, not
+    copied); ``mask`` is the model's binary mask at the image's resolution.
+    """
+
+    keyframe_id: int
+    color: np.ndarray  # (H, W, 3) uint8 RGB
+    mask: np.ndarray  # (H, W) bool
+
+
 def gravity_aligned_box(points: np.ndarray) -> OrientedBox:
     """Smallest-variance-aligned box with a vertical z axis (2D PCA of the footprint)."""
     p = np.asarray(points, dtype=np.float64)
@@ -67,6 +81,8 @@ class QueryResult:
     ``unified_embedding`` is fusion's attention-weighted ``[SEG]`` embedding (§3.1, the 3D network's
     query token; a unit vector), None when fusion computed none (every view filtered out, or the
     naive method); it is kept so a caller can re-ask a 3D network without the 2D model.
+    ``view_reports`` say per view what fusion made of it (weight, filter reason, answer text) and
+    ``view_images`` hold the matching images and masks (not in :meth:`summary`: arrays).
     """
 
     query: str
@@ -84,6 +100,7 @@ class QueryResult:
     keyframe_ids: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     view_reports: list[dict] = field(default_factory=list)
+    view_images: list[ViewImage] = field(default_factory=list)
     unified_embedding: np.ndarray | None = None
 
     def summary(self) -> dict:

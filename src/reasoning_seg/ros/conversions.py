@@ -26,6 +26,7 @@ from visualization_msgs.msg import Marker
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
 from reasoning_seg.frames import focal_length_problem
 from reasoning_seg.image_codec import decode_image, depth_to_metres, encode_image, to_rgb8
+from reasoning_seg.result import QueryResult, ViewImage
 
 __all__ = [
     "box_marker",
@@ -143,6 +144,45 @@ def numpy_to_image_msg(array_: np.ndarray, encoding: str, header: Header) -> Ima
     msg.step = step
     msg.data = _uint8_array(data)
     return msg
+
+
+def view_report_msgs(result: QueryResult, header: Header, include_images: bool) -> list:
+    """A query's per-view reports as ``reasoning_seg/ViewReport`` messages (views that failed are left out).
+
+    Images and masks are filled only with ``include_images``: about 1.2 MB per 640x480 view, too much
+    for every reply and for the latched ~/result topic, just right for a report or a debugging UI.
+    """
+    from reasoning_seg.msg import ViewReport
+
+    images = {v.keyframe_id: v for v in result.view_images} if include_images else {}
+    out = []
+    for rep in result.view_reports:
+        if "keyframe_id" not in rep:  # {"failed": why}: named in the result's message
+            continue
+        m = ViewReport()
+        m.keyframe_id = int(rep["keyframe_id"])
+        m.confidence, m.weight = float(rep["confidence"]), float(rep["weight"])
+        m.attention = float(rep["attention"])
+        m.alignment = math.nan if rep["alignment"] is None else float(rep["alignment"])
+        m.mask_pixels = int(rep["mask_pixels"])
+        m.filtered, m.answer = str(rep["filtered"]), str(rep["answer"])
+        view = images.get(m.keyframe_id)
+        if view is not None:
+            m.image = numpy_to_image_msg(np.ascontiguousarray(view.color, dtype=np.uint8), "rgb8", header)
+            m.mask = numpy_to_image_msg(np.asarray(view.mask, dtype=np.uint8) * 255, "mono8", header)
+        out.append(m)
+    return out
+
+
+def view_images_from_msgs(views: Sequence) -> list[ViewImage]:
+    """The images and masks of ``ViewReport`` messages (those that carry them) as :class:`ViewImage`."""
+    out = []
+    for v in views:
+        if v.image.width and v.mask.width:
+            out.append(
+                ViewImage(int(v.keyframe_id), image_msg_to_rgb8(v.image), image_msg_to_numpy(v.mask)[0] > 127)
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- camera info

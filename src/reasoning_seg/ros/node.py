@@ -20,7 +20,7 @@ import time
 import traceback
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ from reasoning_seg.ros.conversions import (
     pose_to_matrix,
     stamp_to_sec,
     transform_to_matrix,
+    view_report_msgs,
 )
 from reasoning_seg.ros.conversions import text_marker as make_text_marker
 from reasoning_seg.ros.params import NodeConfig, declare_and_read
@@ -526,7 +527,9 @@ class ReasoningSegNode(Node):
 
     # ------------------------------------------------------------------ queries
     def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
-        result, msg = self._run_query(req.query, req.num_views, req.score_threshold, req.target_frame)
+        result, msg = self._run_query(
+            req.query, req.num_views, req.score_threshold, req.target_frame, images=req.include_view_images
+        )
         resp.success, resp.message, resp.result = result.success, result.message, msg
         return resp
 
@@ -548,6 +551,7 @@ class ReasoningSegNode(Node):
                 g.score_threshold,
                 g.target_frame,
                 progress,
+                images=g.include_view_images,
                 cancelled=lambda: goal_handle.is_cancel_requested,
             )
         except QueryCancelled:
@@ -607,6 +611,7 @@ class ReasoningSegNode(Node):
         target_frame: str,
         progress=None,
         cancelled: Callable[[], bool] | None = None,
+        images: bool = False,
     ) -> tuple[QueryResult, SegmentationResult]:
         def refuse(why: str) -> tuple[QueryResult, SegmentationResult]:
             with self._state_lock:
@@ -666,6 +671,8 @@ class ReasoningSegNode(Node):
                 self.get_logger().info(text)
             else:
                 self.get_logger().warning(text)
+            if images and result.view_images:  # in the reply only: ~/result was published without them
+                msg.views = view_report_msgs(result, header, include_images=True)
             return result, msg
         finally:
             self._running_query = None
@@ -673,6 +680,8 @@ class ReasoningSegNode(Node):
 
     def _remember(self, result: QueryResult, user: bool) -> None:
         """Keep a query's latest answer for RemoveTarget (bounded; the oldest answers go first)."""
+        # Without its view images: a remembered answer must not keep old keyframes' pixels alive.
+        result = replace(result, view_images=[])
         with self._state_lock:
             self._last_results[result.query] = result
             self._last_results.move_to_end(result.query)
@@ -697,6 +706,7 @@ class ReasoningSegNode(Node):
         m.confidence, m.num_points = float(r.confidence), len(r.points)
         m.keyframe_ids = [int(k) for k in r.keyframe_ids]
         m.timings = [StageTiming(stage=k, seconds=float(v)) for k, v in r.timings.items()]
+        m.views = view_report_msgs(r, header, include_images=False)
         return m
 
     def _publish_result(

@@ -116,10 +116,19 @@ def call_segment(
     target_frame: str = "",
     service: str = "/reasoning_seg/segment",
     timeout: float = 60.0,
+    include_view_images: bool = False,
 ) -> Segment.Response:
-    """Call the Segment service and wait; raises TimeoutError when the node does not answer."""
+    """Call the Segment service and wait; raises TimeoutError when the node does not answer.
+
+    ``include_view_images`` asks for each view's image and 2D mask in ``result.views``
+    (:func:`~reasoning_seg.ros.conversions.view_images_from_msgs` decodes them).
+    """
     req = Segment.Request(
-        query=query, num_views=num_views, score_threshold=float(score_threshold), target_frame=target_frame
+        query=query,
+        num_views=num_views,
+        score_threshold=float(score_threshold),
+        target_frame=target_frame,
+        include_view_images=include_view_images,
     )
     return call_service(node, Segment, service, req, timeout)
 
