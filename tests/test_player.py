@@ -343,3 +343,50 @@ def test_unreadable_frame_is_skipped_and_restamp_uses_one_stamp_per_frame(ros_co
     gap = stamp_to_sec(rec.got["color"][1].header.stamp) - stamp_to_sec(rec.got["color"][0].header.stamp)
     assert gap == pytest.approx(2 / 30 / 100, abs=2e-6)  # frames 0 and 2 of a 30 fps recording
     np.testing.assert_array_equal(image_msg_to_rgb8(rec.got["color"][1]), frames[2][0])
+
+
+@pytest.mark.parametrize("stalls", [False, True], ids=["catches-up", "never-progresses"])
+def test_paced_playback_waits_for_the_consumer(ros_context: Any, stalls: bool) -> None:
+    """``pace_with``: the player stays ``max_lead`` steps ahead of the consumer's ``pairs_in``.
+
+    The consumer here is a real node reporting on /diagnostics like reasoning_seg does: it holds
+    its count back for the first 1.5 s (a busy machine), then reports what it received; or, when
+    it ``stalls``, never moves, and the player must go on after ``pace_timeout`` (counted).
+    """
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    frames = _frames(8)
+    rec = Recorder.create(ros_context, TOPICS)
+    diag = rec.node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    start = time.monotonic()
+    seen_at_release: list[int] = []
+
+    def report() -> None:
+        held = stalls or time.monotonic() - start < 1.5
+        if not held and not seen_at_release:
+            seen_at_release.append(rec.count("color"))
+        n = 0 if held else rec.count("color")
+        status = DiagnosticStatus(
+            name="consumer", hardware_id="consumer", values=[KeyValue(key="pairs_in", value=str(n))]
+        )
+        diag.publish(DiagnosticArray(status=[status]))
+
+    rec.node.create_timer(0.05, report)
+    summary = rec.play(
+        ros_context,
+        {
+            "pace_with": "consumer",
+            "max_lead": 3,
+            "pace_timeout": 0.6 if stalls else 10.0,
+            "wait_for_subscribers": 1,
+        },
+        lambda: rec.count("color") == len(frames),
+        sequence=ListSequence(frames, 100.0),
+    )
+    assert rec.count("color") == len(frames) == summary.steps
+    if stalls:
+        # 8 steps, 3 at a time: two timed-out waits, then the last two steps are within the lead.
+        assert summary.pace_timeouts == 2 and summary.paced_s >= 2 * 0.6 - 0.05
+    else:
+        assert seen_at_release == [3]  # held at max_lead while the consumer reported nothing
+        assert summary.pace_timeouts == 0 and summary.paced_s > 1.0

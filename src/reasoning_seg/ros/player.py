@@ -83,6 +83,7 @@ __all__ = ["PlaybackSummary", "PlayerNode", "main", "play"]
 
 NODE_NAME = "reasoning_seg_player"
 _PARTIAL_GRACE_S = 1.0  # see _on_start
+_MATCH_SETTLE_S = 0.3  # s after our writers matched every reader before the first frame (see _on_start)
 _TF_MSGTYPES = ("tf2_msgs/msg/TFMessage", "tf2_msgs/TFMessage")  # rosbag2 / ROS 1 names
 # tf2's own publisher profiles: /tf keep-last 100; /tf_static latched so late subscribers get it.
 _TF_QOS = QoSProfile(depth=100)
@@ -115,6 +116,8 @@ class PlaybackSummary:
     wall_s: float = 0.0
     recorded_s: float = 0.0  # recording time covered (sum over loops)
     max_late_s: float = 0.0  # worst delay of a publication behind its schedule
+    paced_s: float = 0.0  # time spent waiting for the consumer (pace_with)
+    pace_timeouts: int = 0  # times the consumer made no progress for pace_timeout and we went on
     per_topic: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -123,7 +126,8 @@ class PlaybackSummary:
         return (
             f"played {self.steps} steps / {self.messages} messages from {self.source} in {self.wall_s:.2f} s "
             f"(recording {self.recorded_s:.2f} s, effective rate x{rate:.2f}, {self.loops} loop(s) done, "
-            f"worst lateness {self.max_late_s * 1e3:.1f} ms, frames skipped {self.skipped_frames}, "
+            f"worst lateness {self.max_late_s * 1e3:.1f} ms, paced {self.paced_s:.2f} s "
+            f"({self.pace_timeouts} pace timeout(s)), frames skipped {self.skipped_frames}, "
             f"poses skipped {self.skipped_poses}); "
             f"per topic {self.per_topic}"
         )
@@ -166,6 +170,14 @@ _PARAMS: dict[str, tuple[Any, str]] = {
         "Stamp messages with the playback clock instead of the recorded time: start time + recorded "
         "offset / rate, so stamps keep the recording's spacing even when publication runs late.",
     ),
+    "pace_with": (
+        "",
+        "Folder: hardware_id of a consumer's /diagnostics status with a 'pairs_in' counter (the "
+        "reasoning_seg node: 'reasoning_seg'): publish at most max_lead steps ahead of what it has "
+        "taken, so a busy machine slows playback instead of losing frames. Empty = off.",
+    ),
+    "max_lead": (15, "With pace_with: steps the player may run ahead of the consumer's pairs_in."),
+    "pace_timeout": (10.0, "With pace_with: seconds without progress before playing on anyway (warned)."),
     "qos": ("reliable", "reliable (recording default) or sensor_data (best effort, like a driver)."),
     "qos_depth": (10, "Publisher history depth."),
     "bag_topics": ([], "Bag: recorded topics to play (empty = all with a known message type)."),
@@ -209,7 +221,12 @@ class PlayerNode(Node):
         self._tf_conns: list[Any] = []  # bag TF connections read to derive the pose (no tf2_msgs)
         try:
             self._check_params(p, sequence)
-            self._qos = self._make_qos(p["qos"], int(p["qos_depth"]))
+            depth = int(p["qos_depth"])
+            if p["pace_with"]:
+                # Every step the consumer has not taken yet may still be unacknowledged: the history
+                # must hold them all, or a reliable keep-last writer drops the oldest unseen.
+                depth = max(depth, int(p["max_lead"]) + 1)
+            self._qos = self._make_qos(p["qos"], depth)
             if sequence is not None or p["folder"]:
                 self._setup_folder(sequence)
             else:
@@ -232,11 +249,21 @@ class PlayerNode(Node):
         self._ros_start_ns = 0
         self._wait_deadline = 0.0
         self._partial_since = 0.0
+        self._matched_since = 0.0
         # A steady clock keeps playback running with use_sim_time:=true (nobody publishes /clock for
         # us) and immune to system clock jumps.
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         delay = max(float(p["start_delay"]), 0.0)
         self._timer = self.create_timer(max(delay, 1e-3), self._on_start, clock=self._steady)
+        # Pacing: the consumer's count of pairs taken (None until its first status), and since when
+        # we wait for it.
+        self._taken: int | None = None
+        self._taken_base = 0  # the consumer's count when we first saw it, less our steps then
+        self._pace_since = 0.0
+        if p["pace_with"]:
+            from diagnostic_msgs.msg import DiagnosticArray
+
+            self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     # ------------------------------------------------------------------ configuration
 
@@ -449,6 +476,21 @@ class PlayerNode(Node):
                     return
                 lacking = sorted(t for t, c in counts.items() if c < want)
                 self.get_logger().warning(f"starting with fewer than {want} subscriber(s) on {lacking}")
+            elif self._matched_since == 0.0:
+                # Our writers see the readers; the readers may not see us yet, and a volatile
+                # reader drops what comes before it does (the first frame, lost without a trace).
+                self._matched_since = now
+            if self._matched_since > 0.0 and now - self._matched_since < _MATCH_SETTLE_S:
+                self._reschedule(0.02)
+                return
+        if self._p["pace_with"] and self._taken is None:
+            # Pacing needs the consumer's count: wait for its first status like for subscribers.
+            if self._wait_deadline == 0.0:
+                self._wait_deadline = now + float(self._p["wait_timeout"])
+            if now < self._wait_deadline:
+                self._reschedule(0.02)
+                return
+            self.get_logger().warning(f"no /diagnostics from '{self._p['pace_with']}': playing unpaced")
         self._next = next(self._items, None)
         if self._next is None:
             self._finish()
@@ -463,12 +505,54 @@ class PlayerNode(Node):
         assert self._t_first is not None
         return self._wall_start + (t_recorded - self._t_first) / self._rate
 
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.hardware_id != self._p["pace_with"]:
+                continue
+            value = next((kv.value for kv in status.values if kv.key == "pairs_in"), None)
+            if value is not None and value.isdigit():
+                if self._taken is None:  # a consumer that ran before us: count from here
+                    self._taken_base = int(value) - self.summary.steps
+                self._taken = int(value) - self._taken_base
+
+    def _must_wait(self, now: float) -> bool:
+        """Pacing: whether the consumer is ``max_lead`` steps behind (a bounded wait, then warned)."""
+        if not self._p["pace_with"] or self._taken is None:
+            return False
+        if self.summary.steps - self._taken < int(self._p["max_lead"]):
+            self._resume(now)
+            return False
+        if self._pace_since == 0.0:
+            self._pace_since = now
+        if now - self._pace_since < float(self._p["pace_timeout"]):
+            return True
+        self._resume(now)
+        self.summary.pace_timeouts += 1
+        self.get_logger().warning(
+            f"'{self._p['pace_with']}' took {self._taken} of {self.summary.steps} steps and made no progress "
+            f"for {self._p['pace_timeout']} s: playing on"
+        )
+        # One more lead's worth (kept when the next status repeats the same count), then wait again.
+        self._taken_base -= int(self._p["max_lead"])
+        self._taken += int(self._p["max_lead"])
+        return False
+
+    def _resume(self, now: float) -> None:
+        """End a pacing wait: shift the schedule by it, so the steps after it keep their spacing."""
+        if self._pace_since > 0.0:
+            self._wall_start += now - self._pace_since
+            self.summary.paced_s += now - self._pace_since
+            self._pace_since = 0.0
+
     def _on_tick(self) -> None:
         if self.finished.done():
             return
         while self._next is not None:
             t, outgoing = self._next
             now = time.monotonic()
+            if self._must_wait(now):
+                self._reschedule(0.02)
+                return
             due = self._due(t)
             if due > now + 5e-4:
                 self._reschedule(due - now)
