@@ -182,6 +182,18 @@ if [ ${#missing_libs[@]} -gt 0 ]; then
     fi
 fi
 
+# --- 3c. A browser for the report test (optional) ------------------------------------------------------
+# tests/test_report.py opens the demo's HTML report in headless Chromium; without one that test is
+# skipped with a reason. Debian's chromium is installed where apt-get runs as root; elsewhere, or with
+# REASONING_SEG_NO_BROWSER=1, nothing happens here (install `chromium` yourself to run the test).
+if [ -z "${REASONING_SEG_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's chromium for the report's browser test (once; REASONING_SEG_NO_BROWSER=1 skips)"
+    export DEBIAN_FRONTEND=noninteractive
+    { quiet apt-get update -q && quiet apt-get install -y -q --no-install-recommends chromium; } \
+        || log "chromium could not be installed: the browser test will be skipped"
+fi
+
 # --- 4. Interfaces (colcon build of ros2_ws) --------------------------------------------------------
 # ros2_ws/src/reasoning_seg -> ../.. is committed; recreate it if a checkout lost it.
 if [ ! -L "$WS/src/reasoning_seg" ]; then

@@ -83,6 +83,8 @@ def test_helper_message_fields() -> None:
         "mask_pixels": "uint32",
         "filtered": "string",
         "answer": "string",
+        "camera_pose": "geometry_msgs/Pose",
+        "camera_info": "sensor_msgs/CameraInfo",
         "image": "sensor_msgs/Image",
         "mask": "sensor_msgs/Image",
     }

@@ -110,11 +110,13 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
         assert [v.keyframe_id for v in r.views] == list(r.keyframe_ids)
         assert sum(v.weight for v in r.views) == pytest.approx(1.0, abs=1e-3)
         assert all((v.weight > 0) == (v.filtered == "") for v in r.views)
-        kf_color = {k.keyframe_id: k.frame.color for k in running_node.pipeline.keyframes.snapshot()}
+        kfs = {k.keyframe_id: k.frame for k in running_node.pipeline.keyframes.snapshot()}
         images = view_images_from_msgs(r.views)
         assert len(images) == len(r.views)
         for v, img in zip(r.views, images, strict=True):
-            np.testing.assert_array_equal(img.color, kf_color[img.keyframe_id])
+            np.testing.assert_array_equal(img.color, kfs[img.keyframe_id].color)
+            np.testing.assert_allclose(img.T_world_cam, kfs[img.keyframe_id].T_world_cam, atol=1e-6)
+            assert img.intrinsics == kfs[img.keyframe_id].intrinsics
             assert img.mask.shape == img.color.shape[:2] and int(img.mask.sum()) == v.mask_pixels
         assert r.header.frame_id == "map" and r.num_points == r.cloud.width * r.cloud.height > 20
         cloud = cloud_msg_to_numpy(r.cloud)
@@ -154,6 +156,7 @@ def test_player_node_and_service_find_the_target(ros_context, recorded, running_
         # The topic carries the reports but not the images (only the asking client wanted them).
         assert len(results[-1].views) == len(r.views)
         assert all(v.image.width == 0 and v.mask.width == 0 for v in results[-1].views)
+        assert [v.camera_pose for v in results[-1].views] == [v.camera_pose for v in r.views]
 
         # Bad queries get a clear message and the node keeps serving.
         assert "empty" in call_segment(client, "   ").message

@@ -348,7 +348,8 @@ class ReasoningSegPipeline:
             )
         ] + [{"failed": f} for f in trace.failures]
         result.view_images = [
-            ViewImage(v.keyframe_id, v.color, s.mask) for v, s in zip(views, segs, strict=True)
+            ViewImage(v.keyframe_id, v.color, s.mask, v.T_world_cam, v.intrinsics)
+            for v, s in zip(views, segs, strict=True)
         ]
         if trace.failures:  # failed views have no ViewReport in the ROS message: say it here
             n = len(trace.failures)

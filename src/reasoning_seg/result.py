@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reasoning_seg.camera import CameraIntrinsics
+
 
 @dataclass(frozen=True)
 class OrientedBox:
@@ -52,6 +54,8 @@ class ViewImage:
     keyframe_id: int
     color: np.ndarray  # (H, W, 3) uint8 RGB
     mask: np.ndarray  # (H, W) bool
+    T_world_cam: np.ndarray  # (4, 4) where the view was taken, map frame
+    intrinsics: CameraIntrinsics
 
 
 def gravity_aligned_box(points: np.ndarray) -> OrientedBox:

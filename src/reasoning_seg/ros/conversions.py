@@ -154,7 +154,7 @@ def view_report_msgs(result: QueryResult, header: Header, include_images: bool) 
     """
     from reasoning_seg.msg import ViewReport
 
-    images = {v.keyframe_id: v for v in result.view_images} if include_images else {}
+    images = {v.keyframe_id: v for v in result.view_images}
     out = []
     for rep in result.view_reports:
         if "keyframe_id" not in rep:  # {"failed": why}: named in the result's message
@@ -168,6 +168,9 @@ def view_report_msgs(result: QueryResult, header: Header, include_images: bool) 
         m.filtered, m.answer = str(rep["filtered"]), str(rep["answer"])
         view = images.get(m.keyframe_id)
         if view is not None:
+            m.camera_pose = matrix_to_pose(view.T_world_cam)
+            m.camera_info = intrinsics_to_camera_info(view.intrinsics, header)
+        if view is not None and include_images:
             m.image = numpy_to_image_msg(np.ascontiguousarray(view.color, dtype=np.uint8), "rgb8", header)
             m.mask = numpy_to_image_msg(np.asarray(view.mask, dtype=np.uint8) * 255, "mono8", header)
         out.append(m)
@@ -179,8 +182,15 @@ def view_images_from_msgs(views: Sequence) -> list[ViewImage]:
     out = []
     for v in views:
         if v.image.width and v.mask.width:
+            intr = camera_info_to_intrinsics(v.camera_info)
             out.append(
-                ViewImage(int(v.keyframe_id), image_msg_to_rgb8(v.image), image_msg_to_numpy(v.mask)[0] > 127)
+                ViewImage(
+                    int(v.keyframe_id),
+                    image_msg_to_rgb8(v.image),
+                    image_msg_to_numpy(v.mask)[0] > 127,
+                    pose_to_matrix(v.camera_pose),
+                    intr,
+                )
             )
     return out
 

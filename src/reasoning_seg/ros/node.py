@@ -138,6 +138,7 @@ class ReasoningSegNode(Node):
         self._state_lock = threading.Lock()
         self._queries_refused = 0
         self._waiting = 0  # queries waiting for _query_lock (concurrent_queries=queue)
+        self._pairs_in = 0  # colour+depth pairs taken off the wire (a pacing player reads it)
         self._running_query: str | None = None
         self._tracked: dict[str, _Tracked] = {}  # persistent queries by normalised text
         self._persistent_runs = 0
@@ -443,6 +444,8 @@ class ReasoningSegNode(Node):
         CameraInfo or TF; a source that never catches up costs one counted drop per new pair.
         """
         self._pose.saw_pair()
+        with self._state_lock:
+            self._pairs_in += 1
         problem = self._pose.waiting_problem()
         if problem:
             self._warn("no_pose_source", problem, period=10.0)
@@ -1025,6 +1028,13 @@ class ReasoningSegNode(Node):
                 "keyframes": len(kf),
                 "map_blocks": m.num_blocks,
                 "map_points": map_points,
+                # Whether ~/map_cloud shows the map as it is now (a client that wants the final map
+                # after a recording waits for "true"); "off" when map publication is disabled.
+                "map_cloud_current": (
+                    "off"
+                    if self.cfg.map_publish_period <= 0
+                    else str(self._last_map_version == m.version).lower()
+                ),
                 "map_memory_mb": f"{m.memory_bytes() / 2**20:.1f}",
                 "model": self.model_status,
                 "net3d": self.net_status,
@@ -1032,6 +1042,7 @@ class ReasoningSegNode(Node):
                 "queries_refused": self._queries_refused,
                 "queries_waiting": self._waiting,
                 "query_running": "true" if self._running_query is not None else "false",
+                "pairs_in": self._pairs_in,
                 "pending_pairs": len(self._pending),
                 "pose_source": self._pose.describe(),
                 "sync_dropped": self._sync_dropped(),
