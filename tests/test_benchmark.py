@@ -45,6 +45,11 @@ def test_writes_json_markdown_and_failure_pictures(tiny_run):
     assert "| naive oracle | oracle |" in md and "Acc@0.25" in md and "by query kind" in md
     assert doc["pictures"]
     assert all((out / "failures").joinpath(p.split("/")[-1]).is_file() for p in doc["pictures"])
+    # One page shows every failure's cut-away picture (inlined), with the row and query named.
+    page = (out / "failures" / "index.html").read_text(encoding="utf-8")
+    cutaways = [p for p in doc["pictures"] if p.endswith("-cutaway.png")]
+    assert cutaways and page.count("data:image/png;base64,") == len(cutaways) == len(doc["pictures"]) // 2
+    assert "[naive lisa]" in page or "[naive oracle]" in page
     assert (out / "scenes").is_dir()  # the recording is cached for the next run
 
 

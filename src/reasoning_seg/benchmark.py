@@ -345,7 +345,7 @@ def run_experiment(
         ],
         "queries": {name: [s.to_dict() for s in ss] for name, ss in scores.items()},
     }
-    doc["pictures"] = _write_pictures(failures, out / "failures")
+    doc["pictures"] = _write_pictures(failures, out / "failures", exp.config_for(exp.rows[0]).map.voxel_size)
     (out / "results.json").write_text(json.dumps(_json_safe(doc), indent=1) + "\n")
     (out / "results.md").write_text(write_markdown(doc))
     return doc
@@ -366,10 +366,13 @@ def _points_mask(map_points: np.ndarray, points: np.ndarray, voxel: float) -> np
     return np.isin(linear(grid), linear(pred))
 
 
-def _write_pictures(failures: dict[str, list[_Failure]], directory: Path) -> list[str]:
+def _write_pictures(failures: dict[str, list[_Failure]], directory: Path, voxel: float) -> list[str]:
+    """One picture per failure (top and side view; cut-away view) and ``index.html`` showing them all."""
+    from reasoning_seg.report.figure import comparison_figure
+    from reasoning_seg.report.page import ReportEntry, write_report
     from reasoning_seg.visualize import render_comparison_picture
 
-    written = []
+    written, entries = [], []
     for row, items in failures.items():
         for i, f in enumerate(items):
             directory.mkdir(parents=True, exist_ok=True)
@@ -378,7 +381,47 @@ def _write_pictures(failures: dict[str, list[_Failure]], directory: Path) -> lis
             what = "absent target, answered found" if f.score.absent else f"IoU {f.score.iou:.2f}"
             title = f"[{row}] {f.score.scene}: '{f.score.query}' ({what})"
             render_comparison_picture(path, f.points, f.colors, f.predicted, f.truth, title)
-            written.append(str(path))
+            cut = comparison_figure(
+                path.with_name(f"{slug}-{i}-cutaway.png"),
+                title,
+                f.points,
+                f.colors,
+                f.predicted,
+                f.truth,
+                voxel,
+            )
+            written += [str(path), str(cut)]
+            s = f.score
+            why = (
+                "the target is not in this room, yet the answer says found (red: what it returned)"
+                if s.absent
+                else f"precision {s.precision:.0%}, recall {s.recall:.0%}: red = answer off the target, "
+                "green = target missed, yellow = right"
+            )
+            entries.append(
+                ReportEntry(
+                    f"[{row}] {s.scene}: {s.query}",
+                    s.found,
+                    s.message,
+                    s.pred_points,
+                    0.0,
+                    "",
+                    s.kind,
+                    None if s.absent else s.iou,
+                    "",
+                    why,
+                    s.timings,
+                    cut,
+                )
+            )
+    if entries:
+        write_report(
+            directory / "index.html",
+            "reasoning_seg benchmark: worst failures per row",
+            entries,
+            intro="SIMULATED rooms and 2D model. Each picture: the map as a cut-away model with the answer "
+            "against ground truth.",
+        )
     return written
 
 

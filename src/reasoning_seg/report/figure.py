@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from reasoning_seg.camera import CameraIntrinsics
-from reasoning_seg.report.render import PinholeView, cutaway, render_points, room_view
+from reasoning_seg.report.render import PinholeView, cutaway, render_points, room_view, shade_only
 from reasoning_seg.result import OrientedBox, ViewImage
 
 _BOX_EDGES = ((0, 1), (0, 2), (1, 3), (2, 3), (4, 5), (4, 6), (5, 7), (6, 7), (0, 4), (1, 5), (2, 6), (3, 7))
@@ -158,6 +158,42 @@ def query_figure(
     fig.paste(left, (0, head))
     for k, tile in enumerate(tiles):
         fig.paste(tile, (left.width + 8 + (k % 2) * (tw + 8), head + (k // 2) * (th + 8)))
+    path = Path(path)
+    fig.save(path)
+    return path
+
+
+MISSED = np.array([40, 200, 70]) / 255.0
+WRONG = np.array([230, 40, 40]) / 255.0
+RIGHT = np.array([250, 200, 0]) / 255.0
+
+
+def comparison_figure(
+    path: str | Path,
+    title: str,
+    map_points: np.ndarray,
+    map_colors: np.ndarray,
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    voxel: float,
+    size: tuple[int, int] = (960, 640),
+) -> Path:
+    """Answer against ground truth on the cut-away map: why a benchmark query failed, at a glance.
+
+    Green: target points the answer missed; red: answer points not on the target; yellow: both.
+    """
+    pts = np.asarray(map_points, np.float64).reshape(-1, 3)
+    pred, gt = np.asarray(predicted, bool), np.asarray(truth, bool)
+    cols = np.array(map_colors, np.float32, copy=True).reshape(-1, 3)
+    cols[gt & ~pred], cols[pred & ~gt], cols[pred & gt] = MISSED, WRONG, RIGHT
+    marked = pred | gt
+    view = room_view(pts, pts[marked].mean(0) if marked.any() else None, *size)
+    toward_viewer = view.T_world_cam[:3, 3] - np.median(pts, axis=0) if len(pts) else np.ones(3)
+    draw, floor = cutaway(pts, marked, toward_viewer)
+    img = shade_only(view, pts[draw], cols[draw], voxel, floor[draw])
+    fig = Image.new("RGB", (size[0], size[1] + 40), "white")
+    ImageDraw.Draw(fig).text((10, 9), textwrap.shorten(title, 110), fill=INK, font=_font(18))
+    fig.paste(Image.fromarray(img), (0, 40))
     path = Path(path)
     fig.save(path)
     return path

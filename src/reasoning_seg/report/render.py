@@ -199,3 +199,10 @@ def _shading(depth: np.ndarray, f: float) -> np.ndarray:
     jump = np.any(nvalid & (neigh - d > 0.06 * np.maximum(d, 1e-6)), axis=0) | np.any(~nvalid, axis=0)
     shade = np.where(valid & jump, shade * 0.55, shade)
     return np.where(valid, shade, 1.0)
+
+
+def shade_only(
+    view: PinholeView, points: np.ndarray, colors: np.ndarray, voxel: float, faded: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`render_points` with the points' own colours (no target tint): for coloured overlays."""
+    return render_points(view, points, colors, voxel, None, faded)
