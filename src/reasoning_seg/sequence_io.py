@@ -193,6 +193,14 @@ class FolderSequence:
         """T_world_cam of frame ``index`` without decoding its images."""
         return read_pose_txt(str(self._stems[self._number(index)]) + ".pose.txt")
 
+    def gt_pose(self, index: int) -> np.ndarray | None:
+        """The true T_world_cam of frame ``index`` (``.gt_pose.txt`` of simulated recordings), or None.
+
+        ``pose`` is what a SLAM front-end reported (it may drift); this is where the camera was.
+        """
+        path = Path(str(self._stems[self._number(index)]) + ".gt_pose.txt")
+        return read_pose_txt(path) if path.is_file() else None
+
     def __getitem__(self, index: int) -> RGBDFrame:
         number = self._number(index)
         stem = str(self._stems[number])
