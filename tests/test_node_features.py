@@ -376,6 +376,11 @@ DIAG_KEYS = {
     "queries_waiting",
     "query_running",
     "pending_pairs",
+    "pairs_in",
+    "map_cloud_current",
+    "pose_corrections",
+    "pose_corrections_refused",
+    "last_pose_correction",
     "sync_dropped",
     "persistent_queries",
     "persistent_skipped",
@@ -471,3 +476,41 @@ def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypa
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert limit_malloc_arenas() is True  # glibc: mallopt(M_ARENA_MAX) accepted
+
+
+def test_pose_corrections_move_keyframes_and_rebuild_the_map(make_env):
+    """A loop closure on ~/pose_corrections (nav_msgs/Path): keyframes follow, the map moves with them."""
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Path as PathMsg
+
+    from reasoning_seg.ros.conversions import make_header, matrix_to_pose
+
+    env = make_env()
+    pub = env.client.create_publisher(PathMsg, "/reasoning_seg/pose_corrections", 5)
+    kfs = env.node.pipeline.keyframes.snapshot()
+    centre = env.node.pipeline.surface().points.mean(0)
+    assert call_segment(env.client, env.world.query).success  # an answer on the old map
+
+    def path(frame: str, shift: float) -> PathMsg:
+        msg = PathMsg(header=make_header(frame, 0.0))
+        for kf in kfs:
+            T = kf.T_world_cam.copy()
+            T[0, 3] += shift
+            msg.poses.append(PoseStamped(header=make_header(frame, kf.frame.stamp), pose=matrix_to_pose(T)))
+        return msg
+
+    assert env.spin_client(lambda: pub.get_subscription_count() > 0)
+    pub.publish(path("odom", 0.2))  # another frame than the map's: refused, nothing moves
+    assert env.spin_client(lambda: env.diag_values().get("pose_corrections_refused") == "1")
+    assert env.node.pipeline.keyframes.snapshot()[0].T_world_cam[0, 3] == kfs[0].T_world_cam[0, 3]
+
+    pub.publish(path("map", 0.2))  # SLAM says every keyframe was 20 cm further along x
+    assert env.spin_client(lambda: env.diag_values().get("pose_corrections") == "1", timeout=20.0)
+    moved = env.node.pipeline.keyframes.snapshot()
+    assert [k.keyframe_id for k in moved] == [k.keyframe_id for k in kfs]
+    for a, b in zip(moved, kfs, strict=True):
+        assert a.T_world_cam[0, 3] == pytest.approx(b.T_world_cam[0, 3] + 0.2, abs=1e-9)
+    shift = env.node.pipeline.surface().points.mean(0) - centre
+    assert shift[0] == pytest.approx(0.2, abs=0.05) and abs(shift[1]) < 0.05  # the map moved along
+    assert f"{len(kfs)} of {len(kfs)} keyframes moved" in env.diag_values()["last_pose_correction"]
+    assert not env.node._last_results  # answers on the old geometry are forgotten

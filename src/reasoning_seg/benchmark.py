@@ -42,6 +42,7 @@ from reasoning_seg.config import PipelineConfig
 from reasoning_seg.metrics import QueryScore, score_query, summarise
 from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.sequence_io import FolderSequence
+from reasoning_seg.sim.truth import map_truth
 
 __all__ = ["Experiment", "RowSpec", "SceneSetSpec", "main", "run_experiment", "write_markdown"]
 
@@ -113,6 +114,16 @@ class RowSpec:
     params: dict[str, Any] = field(default_factory=dict)
     profile: str = "lisa7b"
     profile_overrides: dict[str, Any] = field(default_factory=dict)
+    # Pose drift of this row's recordings (m / sqrt(frame), SLAM-like random walk; None = the scene
+    # set's). Rows with the same drift share one map per room.
+    pose_drift: float | None = None
+    # Simulate a loop closure before the queries: the keyframes take the recording's true poses
+    # (Pipeline.correct_poses) and the map is rebuilt from them; truth is then the mesh's labels.
+    loop_closure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pose_drift is not None and not (math.isfinite(self.pose_drift) and self.pose_drift >= 0):
+            raise ValueError(f"row '{self.name}': pose_drift must be >= 0, got {self.pose_drift}")
 
 
 @dataclass
@@ -259,20 +270,42 @@ def run_experiment(
     failures: dict[str, list[_Failure]] = {r.name: [] for r in exp.rows}
     scene_info: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    for seed in exp.scenes.seeds:
+
+    def group(r: RowSpec) -> tuple[float, bool]:
+        return (exp.scenes.pose_drift if r.pose_drift is None else r.pose_drift, r.loop_closure)
+
+    groups = sorted({group(r) for r in exp.rows})
+    for seed, (drift, closed) in ((seed, g) for seed in exp.scenes.seeds for g in groups):
+        rows = [r for r in exp.rows if group(r) == (drift, closed)]
+        spec = dataclasses.replace(exp.scenes, pose_drift=drift)
         t0 = time.perf_counter()
-        scene, root = prepare_scene(seed, exp.scenes, cache)
+        scene, root = prepare_scene(seed, spec, cache)
         t_scene = time.perf_counter() - t0
-        base = exp.config_for(exp.rows[0])
+        base = exp.config_for(rows[0])
         pipe, t_map = build_map(root, base)
-        surface = pipe.surface()
         voxel = base.map.voxel_size
-        labels = scene.label_points(surface.points, max_distance=1.5 * voxel)
+        if closed:
+            seq = FolderSequence(root)
+            report = pipe.correct_poses(
+                [(n / seq.fps, seq.gt_pose(i)) for i, n in enumerate(seq.frame_numbers)]
+            )
+            log(
+                f"[bench] scene {seed}: loop closure moved {report.keyframes_moved} of {report.keyframes} "
+                f"keyframes (at most {report.max_shift_m:.3f} m), map rebuilt in {report.seconds:.1f} s"
+            )
+            surface = pipe.surface()
+            labels = scene.label_points(surface.points, max_distance=1.5 * voxel)
+        else:
+            surface = pipe.surface()
+            # Truth as the (possibly drifted) map holds it (sim/truth.py); without drift, the mesh labels.
+            labels = map_truth(scene, root, surface.points, max_distance=1.5 * voxel)
         queries = exp.scenes.pick_queries(scene.queries, seed)
         kinds = Counter(q.kind for q in queries)
         scene_info.append(
             {
                 "seed": seed,
+                "pose_drift": drift,
+                "loop_closure": closed,
                 "objects": len(scene.objects),
                 "queries": dict(kinds),
                 "map_points": len(surface),
@@ -283,10 +316,10 @@ def run_experiment(
             }
         )
         log(
-            f"[bench] scene {seed}: {len(queries)} queries, {len(surface)} map points, "
+            f"[bench] scene {seed} (drift {drift:g}): {len(queries)} queries, {len(surface)} map points, "
             f"{pipe.stats.frames_integrated} frames in {t_map:.1f} s (recording {t_scene:.1f} s)"
         )
-        for row in exp.rows:
+        for row in rows:
             t_row = time.perf_counter()
             pipe.config = exp.config_for(row)
             pipe.segmenter = make_segmenter(scene, row, pipe.config)
@@ -338,6 +371,8 @@ def run_experiment(
                 "params": r.params,
                 "profile": r.profile,
                 "profile_overrides": r.profile_overrides,
+                "pose_drift": exp.scenes.pose_drift if r.pose_drift is None else r.pose_drift,
+                "loop_closure": r.loop_closure,
                 "methods": dict(methods[r.name]),
                 "summary": summarise(scores[r.name], exp.min_gt_points),
             }
@@ -450,13 +485,25 @@ def write_markdown(doc: dict[str, Any]) -> str:
     if doc.get("description"):
         lines += [doc["description"].strip(), ""]
     sc = doc["scenes"]
-    n_queries = sum(sum(s["queries"].values()) for s in doc["scene_info"])
+    drifts = sorted({r.get("pose_drift", sc["pose_drift"]) for r in doc["rows"]})
+    # Queries per room count once, however many drift levels re-record the room.
+    first = [
+        s
+        for s in doc["scene_info"]
+        if s.get("pose_drift", sc["pose_drift"]) == drifts[0] and not s.get("loop_closure")
+    ] or doc["scene_info"]
+    n_queries = sum(sum(s["queries"].values()) for s in first)
+    drift_text = (
+        f"{drifts[0]}"
+        if len(drifts) == 1
+        else f"per row ({', '.join(f'{d:g}' for d in drifts)} m/sqrt(frame))"
+    )
     lines += [
         f"Reproduce: `{doc['command']}`",
         "",
         f"Scene set: {len(sc['seeds'])} SIMULATED rooms (seeds {sc['seeds']}), {sc['frames']} frames each at "
         f"{sc['width']}x{sc['height']}, depth noise {'on' if sc['depth_noise'] else 'off'}, pose drift "
-        f"{sc['pose_drift']}; {n_queries} queries. 2D model: SIMULATED LISA (profile per row). "
+        f"{drift_text}; {n_queries} queries. 2D model: SIMULATED LISA (profile per row). "
         f"Run on {doc['cpu_count']} CPU cores in {doc['total_s']} s.",
         "",
         "Acc@k: % of queries with 3D IoU >= k; mIoU: mean IoU over the same queries (misses count 0); "

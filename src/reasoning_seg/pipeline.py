@@ -17,15 +17,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from reasoning_seg.camera import is_rigid_transform
 from reasoning_seg.config import PipelineConfig
 from reasoning_seg.frames import FrameRejected, PoseJumpGate, RGBDFrame, sanitize_frame
 from reasoning_seg.fusion import DEVICE_ARRAYS, FusionCache, FusionResult, fuse, torch_device
-from reasoning_seg.keyframes import Keyframe, KeyframeWindow
+from reasoning_seg.keyframes import Keyframe, KeyframeWindow, rotation_angle_deg
 from reasoning_seg.result import QueryResult, ViewImage, package_result
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
 from reasoning_seg.state_io import load_state, save_state
@@ -89,6 +90,18 @@ class StageTimer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class PoseCorrection:
+    """What :meth:`ReasoningSegPipeline.correct_poses` did."""
+
+    keyframes_moved: int
+    keyframes: int
+    max_shift_m: float  # largest keyframe position change
+    max_turn_deg: float  # largest keyframe rotation change
+    rejected: int  # poses refused (not rigid, not finite, beyond map.max_extent)
+    seconds: float  # including the map rebuild
 
 
 @dataclass
@@ -542,6 +555,63 @@ class ReasoningSegPipeline:
             self.map.clear()
             self.keyframes.clear()
             self._pose_gate.reset()
+
+    def correct_poses(
+        self, poses: Sequence[tuple[float, np.ndarray]], max_stamp_error: float = 0.01
+    ) -> PoseCorrection:
+        """Follow a SLAM back-end's correction (loop closure): re-pose the keyframes, rebuild the map.
+
+        ``poses`` are ``(stamp, T_world_cam)`` pairs, e.g. the corrected trajectory or keyframe
+        poses. Each keyframe takes the pose whose stamp is nearest its own, if within
+        ``max_stamp_error`` s; keyframes without one keep theirs. A pose that is not a finite rigid
+        transform, or lies beyond ``map.max_extent``, is refused (counted) and changes nothing. If any
+        keyframe moved, the map is rebuilt by integrating the keyframes at their new poses: the
+        other frames were not kept (memory stays bounded), so the rebuilt map holds what the
+        keyframes saw (a window of ``keyframes.window_size`` views chosen for coverage). Labels of
+        removed or tracked targets are dropped with the old map; the next query recomputes them.
+        """
+        t0 = time.perf_counter()
+        extent = self.config.map.max_extent
+        stamps, mats, rejected = [], [], 0
+        for stamp, T in poses:
+            T = np.asarray(T, dtype=np.float64)
+            ok = np.isfinite(stamp) and is_rigid_transform(T) and np.all(np.abs(T[:3, 3]) <= extent)
+            if not ok:
+                rejected += 1
+                continue
+            stamps.append(float(stamp))
+            mats.append(T)
+        order = np.argsort(stamps) if stamps else np.zeros(0, np.int64)
+        st = np.asarray(stamps, dtype=np.float64)[order]
+        shift = turn = 0.0
+        with self._lock:
+            window = self.keyframes.snapshot()
+            moved: dict[int, np.ndarray] = {}
+            for kf in window:
+                if not len(st):
+                    break
+                i = int(np.clip(np.searchsorted(st, kf.frame.stamp), 1, len(st)) - 1)
+                j = min(i + 1, len(st) - 1)
+                k = i if abs(st[i] - kf.frame.stamp) <= abs(st[j] - kf.frame.stamp) else j
+                if abs(st[k] - kf.frame.stamp) > max_stamp_error:
+                    continue
+                T = mats[int(order[k])]
+                if np.array_equal(T, kf.T_world_cam):
+                    continue
+                moved[kf.keyframe_id] = T
+                shift = max(shift, float(np.linalg.norm(T[:3, 3] - kf.T_world_cam[:3, 3])))
+                turn = max(turn, rotation_angle_deg(T[:3, :3], kf.T_world_cam[:3, :3]))
+            if moved:
+                next_id = self.keyframes.next_id
+                self.keyframes.clear()
+                self.map.clear()
+                self._pose_gate.reset()
+                for kf in window:
+                    frame = replace(kf.frame, T_world_cam=moved.get(kf.keyframe_id, kf.T_world_cam))
+                    self.keyframes.add(frame, keyframe_id=kf.keyframe_id)
+                    self.map.integrate(frame)
+                self.keyframes.next_id = next_id
+        return PoseCorrection(len(moved), len(window), shift, turn, rejected, time.perf_counter() - t0)
 
     def remove_points(self, points: np.ndarray, radius: float | None = None) -> int:
         """Remove a picked object from the map: voxels within ``radius`` of ``points`` are deleted.

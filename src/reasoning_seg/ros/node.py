@@ -27,6 +27,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped, Vector3
+from nav_msgs.msg import Path as PathMsg
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -91,6 +92,7 @@ _MAX_ECHO = 64  # characters of a client's target_frame / frame_id echoed back i
 _WAIT_SLICE = 0.1  # s: a queued query re-checks for cancellation this often
 _TRACK_TICK = 0.1  # s: how often tracked queries are checked for being due
 _RATE_WINDOW = 10.0  # s: frame rates in /diagnostics are averaged over this sliding window
+_MAX_CORRECTION_POSES = 1_000_000  # a Path longer than this is refused (a day of 10 Hz poses is 864k)
 _REMEMBERED = 16  # latest answers kept for RemoveTarget (plus one per tracked query)
 _USER = ""  # marker owner of the user's latest query; tracked queries own markers under their text
 
@@ -139,6 +141,9 @@ class ReasoningSegNode(Node):
         self._queries_refused = 0
         self._waiting = 0  # queries waiting for _query_lock (concurrent_queries=queue)
         self._pairs_in = 0  # colour+depth pairs taken off the wire (a pacing player reads it)
+        self._corrections = 0  # ~/pose_corrections messages that moved keyframes
+        self._corrections_refused = 0  # ... that were refused in whole or in part
+        self._last_correction = "none"
         self._running_query: str | None = None
         self._tracked: dict[str, _Tracked] = {}  # persistent queries by normalised text
         self._persistent_runs = 0
@@ -241,6 +246,15 @@ class ReasoningSegNode(Node):
                 qos,
                 callback_group=sensors,
             )
+
+        # Loop closures from a SLAM back-end: corrected camera poses; keyframes follow, map rebuilt.
+        self.create_subscription(
+            PathMsg,
+            "~/pose_corrections",
+            self._guard("pose_corrections", self._on_pose_corrections),
+            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE),
+            callback_group=admin,
+        )
 
         self.pub_map = self.create_publisher(PointCloud2, "~/map_cloud", _LATCHED)
         self.pub_target = self.create_publisher(PointCloud2, "~/target_cloud", _LATCHED)
@@ -908,6 +922,46 @@ class ReasoningSegNode(Node):
         resp.success, resp.message = True, "map and keyframes cleared"
         return resp
 
+    def _on_pose_corrections(self, msg: PathMsg) -> None:
+        """Corrected camera poses (a loop closure): keyframes at those stamps move, the map is rebuilt.
+
+        Each pose in ``msg.poses`` is matched to the keyframe nearest its stamp (within
+        ``pose_max_age``). Poses in another frame than ``map_frame``, non-rigid or out-of-range ones are
+        refused and counted; the map changes only when a keyframe really moved.
+        """
+        frames = {msg.header.frame_id, *(p.header.frame_id for p in msg.poses)} - {""}
+        if frames - {self.cfg.map_frame} or len(msg.poses) > _MAX_CORRECTION_POSES:
+            with self._state_lock:
+                self._corrections_refused += 1
+            self._warn(
+                "pose_corrections",
+                f"pose corrections refused: {len(msg.poses)} poses in frame(s) "
+                f"{sorted(printable(f[:_MAX_ECHO]) for f in frames)[:3]} (expected '{self.cfg.map_frame}', "
+                f"at most {_MAX_CORRECTION_POSES} poses)",
+            )
+            return
+        poses, bad = [], 0
+        for p in msg.poses:
+            try:
+                poses.append((stamp_to_sec(p.header.stamp), pose_to_matrix(p.pose)))
+            except ValueError:
+                bad += 1
+        report = self.pipeline.correct_poses(poses, max_stamp_error=self.cfg.pose_max_age)
+        text = (
+            f"{report.keyframes_moved} of {report.keyframes} keyframes moved (at most "
+            f"{report.max_shift_m:.3f} m, {report.max_turn_deg:.2f} deg), {bad + report.rejected} poses "
+            f"refused, map rebuilt in {report.seconds:.2f} s"
+            if report.keyframes_moved
+            else f"no keyframe moved ({len(poses)} poses, {bad + report.rejected} refused)"
+        )
+        if report.keyframes_moved:
+            self._forget_answers()  # answers on the old map point at the old geometry
+        with self._state_lock:
+            self._corrections += int(report.keyframes_moved > 0)
+            self._corrections_refused += int(bad + report.rejected > 0)
+            self._last_correction = text
+        self.get_logger().info(f"pose correction: {text}")
+
     def _forget_answers(self) -> None:
         """Answers computed on a replaced map must not drive a RemoveTarget on the new one."""
         with self._state_lock:
@@ -1043,6 +1097,9 @@ class ReasoningSegNode(Node):
                 "queries_waiting": self._waiting,
                 "query_running": "true" if self._running_query is not None else "false",
                 "pairs_in": self._pairs_in,
+                "pose_corrections": self._corrections,
+                "pose_corrections_refused": self._corrections_refused,
+                "last_pose_correction": self._last_correction,
                 "pending_pairs": len(self._pending),
                 "pose_source": self._pose.describe(),
                 "sync_dropped": self._sync_dropped(),
