@@ -86,7 +86,7 @@ def prepare(out: Path) -> tuple[Path, Path, str]:
 def flood(client, srv_type, name: str, requests: list, timeout: float, pid: int) -> Row:
     import rclpy
 
-    DEEP = _deep()  # noqa: N806
+    DEEP = _deep()
     row = Row(name, len(requests), rss_before=rss_mib(pid))
     # The client's response queue must be as deep as the burst: DDS drops what overflows a keep-last
     # history of the default depth 10 on the *client* side (measured: 6 of 25 remove_target
@@ -121,7 +121,7 @@ def flood_action(client, query: str, n: int, timeout: float, pid: int) -> Row:
 
     from reasoning_seg.action import SegmentQuery
 
-    DEEP = _deep()  # noqa: N806
+    DEEP = _deep()
     row = Row("segment_query (every other goal cancelled)", n, rss_before=rss_mib(pid))
     ac = ActionClient(
         client,

@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from reasoning_seg.lisa.prompt import PromptTokens  # noqa: E402
-from reasoning_seg.lisa.random_checkpoint import LISA_7B, LISA_13B, TINY, build_random_lisa  # noqa: E402
-from reasoning_seg.lisa.sam import SamImageTransform, postprocess_masks  # noqa: E402
-from reasoning_seg.lisa.segmenter import preprocess_views, resolve_dtype  # noqa: E402
+from reasoning_seg.lisa.prompt import PromptTokens
+from reasoning_seg.lisa.random_checkpoint import LISA_7B, LISA_13B, TINY, build_random_lisa
+from reasoning_seg.lisa.sam import SamImageTransform, postprocess_masks
+from reasoning_seg.lisa.segmenter import preprocess_views, resolve_dtype
 
 ARCHS = {"lisa7b": LISA_7B, "lisa13b": LISA_13B, "tiny": TINY}
 STAGES = ("preprocess", "clip", "prefill", "decode", "seg_mlp", "sam_encoder", "sam_decoder", "upsample")

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from reasoning_seg.net.losses import LabelFreeLoss, PointViewPairs  # noqa: E402
-from reasoning_seg.net.model import UNET_PRESETS, LabelFree3DNet, NetConfig  # noqa: E402
-from reasoning_seg.net.sparse_conv import SparseTensor  # noqa: E402
+from reasoning_seg.net.losses import LabelFreeLoss, PointViewPairs
+from reasoning_seg.net.model import UNET_PRESETS, LabelFree3DNet, NetConfig
+from reasoning_seg.net.sparse_conv import SparseTensor
 
 
 def room_voxels(n: int, seed: int = 0) -> np.ndarray:

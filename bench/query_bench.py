@@ -328,8 +328,8 @@ def profile_query(
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    def labelled(name: str, fn):  # noqa: ANN001, ANN202 - any stage function
-        def run(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def labelled(name: str, fn):
+        def run(*a, **k):
             with record_function(f"stage_{name}"):
                 return fn(*a, **k)
 
@@ -360,7 +360,7 @@ def profile_query(
     (out.parent / out.name.replace("profile_", "ops_").replace(".txt", ".md")).write_text(op_counts(prof))
 
 
-def op_counts(prof) -> str:  # noqa: ANN001 - a torch.profiler.profile
+def op_counts(prof) -> str:
     """Markdown: per stage, the top-level PyTorch operators it issued (launching / view-only)."""
     counts: dict[str, list[int]] = {}
     for e in prof.events():

@@ -496,8 +496,8 @@ def run_soak(a: argparse.Namespace, command: str) -> SoakReport:
         "of the scene, cycled."
     )
 
-    node_log = open(out / "node.log", "w")  # noqa: SIM115 - closed in finally
-    player_log = open(out / "player.log", "w")  # noqa: SIM115 - closed in finally
+    node_log = open(out / "node.log", "w")
+    player_log = open(out / "player.log", "w")
     summary_path = out / "player_summary.json"
     summary_path.unlink(missing_ok=True)
     procs: list[subprocess.Popen] = []

@@ -15,16 +15,16 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
 
-from reasoning_seg.camera import CameraIntrinsics  # noqa: E402
-from reasoning_seg.lisa.random_checkpoint import TINY, write_random_lisa_checkpoint  # noqa: E402
-from reasoning_seg.ros.node import ReasoningSegNode  # noqa: E402
-from reasoning_seg.ros.player import play  # noqa: E402
-from reasoning_seg.ros.query_client import call_segment  # noqa: E402
-from reasoning_seg.sim.scene import SyntheticScene  # noqa: E402
+from reasoning_seg.camera import CameraIntrinsics
+from reasoning_seg.lisa.random_checkpoint import TINY, write_random_lisa_checkpoint
+from reasoning_seg.ros.node import ReasoningSegNode
+from reasoning_seg.ros.player import play
+from reasoning_seg.ros.query_client import call_segment
+from reasoning_seg.sim.scene import SyntheticScene
 
 pytestmark = pytest.mark.ros
 

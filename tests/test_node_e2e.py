@@ -202,7 +202,7 @@ def _write_tf_bag(path, seq, mount: np.ndarray) -> dict[float, np.ndarray]:
     store = get_typestore(Stores.ROS2_KILTED)
     T_ = store.types  # rosbags' own message classes: tf2_msgs is not installed from the wheels
 
-    def tf_msg(parent: str, child: str, T: np.ndarray, t: float):  # noqa: N803
+    def tf_msg(parent: str, child: str, T: np.ndarray, t: float):
         p = matrix_to_pose(T)
         sec = int(t)
         stamp = T_["builtin_interfaces/msg/Time"](sec=sec, nanosec=int(round((t - sec) * 1e9)))

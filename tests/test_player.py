@@ -93,7 +93,7 @@ def _frames(n: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         color = rng.integers(0, 256, (INTR.height, INTR.width, 3), dtype=np.uint8)
         depth = rng.integers(400, 5000, (INTR.height, INTR.width)).astype(np.uint16)
         depth[0, :5] = 0  # holes stay holes
-        T = look_at([0.1 * i, -1.0, 0.5], [0.0, 2.0, 0.4])  # noqa: N806
+        T = look_at([0.1 * i, -1.0, 0.5], [0.0, 2.0, 0.4])
         out.append((color, depth, T))
     return out
 
@@ -103,7 +103,7 @@ def _write_folder(root: Path, frames: list[tuple[np.ndarray, np.ndarray, np.ndar
     np.savetxt(root / "camera-intrinsics.txt", INTR.K, fmt="%.8e", delimiter="\t")
     seq = root / "seq-01"
     seq.mkdir(parents=True)
-    for i, (color, depth, T) in enumerate(frames):  # noqa: N806
+    for i, (color, depth, T) in enumerate(frames):
         PILImage.fromarray(color).save(seq / f"frame-{i:06d}.color.png")
         PILImage.fromarray(depth).save(seq / f"frame-{i:06d}.depth.png")  # uint16 -> 16-bit PNG
         np.savetxt(seq / f"frame-{i:06d}.pose.txt", T, fmt="%.9e", delimiter="\t")
@@ -116,7 +116,7 @@ class ListSequence:
         self.intrinsics = INTR
         self._frames = [
             RGBDFrame(c, d.astype(np.float32) / 1000.0, INTR, T, stamp=100.0 + i / fps, frame_id=i)
-            for i, (c, d, T) in enumerate(frames)  # noqa: N806
+            for i, (c, d, T) in enumerate(frames)
         ]
 
     def __len__(self) -> int:
@@ -130,7 +130,7 @@ def _check_frames(rec: Recorder, frames: list, stamps: list[float], depth_encodi
     n = len(frames)
     for key in TOPICS:
         assert rec.count(key) == n, (key, rec.count(key))
-    for i, (color, depth_mm, T) in enumerate(frames):  # noqa: N806
+    for i, (color, depth_mm, T) in enumerate(frames):
         c, d, info, pose = (rec.got[k][i] for k in ("color", "depth", "info", "pose"))
         assert len({(m.header.stamp.sec, m.header.stamp.nanosec) for m in (c, d, info, pose)}) == 1
         assert stamp_to_sec(c.header.stamp) == pytest.approx(stamps[i], abs=2e-9)
@@ -224,7 +224,7 @@ def _write_bag(path: Path, storage: str, frames: list) -> list[tuple[str, Any]]:
     store = get_typestore(Stores.ROS2_KILTED)
     written: list[tuple[str, Any]] = []
     msgs = []
-    for i, (color, _depth, T) in enumerate(frames):  # noqa: N806
+    for i, (color, _depth, T) in enumerate(frames):
         t = 50.0 + 0.04 * i
         msgs.append(
             (

@@ -84,12 +84,12 @@ def test_camera_info_round_trip_and_errors() -> None:
 def test_pose_matrix_round_trip() -> None:
     rng = np.random.default_rng(1)
     for _ in range(50):
-        T = _random_pose(rng)  # noqa: N806
+        T = _random_pose(rng)
         np.testing.assert_allclose(pose_to_matrix(matrix_to_pose(T)), T, atol=1e-12)
         np.testing.assert_allclose(transform_to_matrix(matrix_to_transform(T)), T, atol=1e-12)
     # 180-degree rotations (trace = -1) are where naive conversions break.
-    for R in (np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])):  # noqa: N806
-        T = np.eye(4)  # noqa: N806
+    for R in (np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])):
+        T = np.eye(4)
         T[:3, :3] = R
         q = matrix_to_pose(T).orientation
         assert q.w >= 0 and abs(np.linalg.norm([q.x, q.y, q.z, q.w]) - 1) < 1e-12
@@ -99,7 +99,7 @@ def test_pose_matrix_round_trip() -> None:
 def test_non_normalised_quaternion_is_normalised() -> None:
     c, s = np.cos(np.pi / 8), np.sin(np.pi / 8)  # 45 degrees about z, scaled by 3
     pose = Pose(position=Point(x=1.0, y=2.0, z=3.0), orientation=Quaternion(x=0.0, y=0.0, z=3 * s, w=3 * c))
-    T = pose_to_matrix(pose)  # noqa: N806
+    T = pose_to_matrix(pose)
     r = np.sqrt(0.5)
     np.testing.assert_allclose(T[:3, :3], [[r, -r, 0], [r, r, 0], [0, 0, 1]], atol=1e-12)
     np.testing.assert_allclose(T[:3, 3], [1, 2, 3])
@@ -219,7 +219,7 @@ def test_cloud_reader_handles_foreign_layouts() -> None:
 
 def test_markers() -> None:
     header = make_header("map", 5.0)
-    R = look_at([0, 0, 0], [1, 1, 0])[:3, :3]  # noqa: N806
+    R = look_at([0, 0, 0], [1, 1, 0])[:3, :3]
     box = box_marker([1, 2, 3], R, [0.2, 0.3, 0.4], header, ns="target", id=4, color=(1, 0, 0, 0.5))
     assert box.type == Marker.CUBE and box.action == Marker.ADD and (box.ns, box.id) == ("target", 4)
     np.testing.assert_allclose(pose_to_matrix(box.pose)[:3, :3], R, atol=1e-12)
@@ -232,7 +232,7 @@ def test_markers() -> None:
     txt = text_marker([0, 0, 1], "the printer", header, height=0.2)
     assert txt.type == Marker.TEXT_VIEW_FACING and txt.text == "the printer" and txt.scale.z == 0.2
 
-    T = look_at([1.0, 0.0, 1.0], [3.0, 0.0, 1.0])  # noqa: N806
+    T = look_at([1.0, 0.0, 1.0], [3.0, 0.0, 1.0])
     fr = frustum_marker(T, INTR, 2.0, header, id=9)
     assert fr.type == Marker.LINE_LIST and len(fr.points) == 16 and fr.scale.x > 0
     pts = np.array([[p.x, p.y, p.z] for p in fr.points])

@@ -147,7 +147,7 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 0.0, 1.0
 
 def visible_pixels(
     points_world: np.ndarray,
-    T_world_cam: np.ndarray,  # noqa: N803
+    T_world_cam: np.ndarray,
     intrinsics: CameraIntrinsics,
     depth: np.ndarray,
     tolerance: float,

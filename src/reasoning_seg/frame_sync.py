@@ -95,7 +95,7 @@ class PoseBuffer:
         """Stamp of the latest buffered pose (None when empty)."""
         return self._stamps[-1] if self._stamps else None
 
-    def add(self, stamp: float, T_world_cam: np.ndarray) -> None:  # noqa: N803
+    def add(self, stamp: float, T_world_cam: np.ndarray) -> None:
         """Insert a pose; out-of-order poses are placed by stamp."""
         if self._stamps and stamp < self._stamps[-1]:
             items = sorted(
@@ -214,7 +214,7 @@ class StampJoin(Generic[T]):
         return min(self._items, key=lambda x: abs(x.stamp - stamp))
 
 
-def _interpolate(T0: np.ndarray, T1: np.ndarray, a: float) -> np.ndarray:  # noqa: N803
+def _interpolate(T0: np.ndarray, T1: np.ndarray, a: float) -> np.ndarray:
     """Blend two rigid transforms (a=0 -> T0); the rotation is re-orthonormalised."""
     out = np.eye(4)
     out[:3, 3] = (1 - a) * T0[:3, 3] + a * T1[:3, 3]

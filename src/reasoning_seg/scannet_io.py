@@ -107,7 +107,7 @@ class ScanNetSequence:
             if not depth.is_file():
                 self.skipped["no depth image"] += 1
                 continue
-            T = _pose_or_none(pose)  # noqa: N806
+            T = _pose_or_none(pose)
             if T is None:
                 self.skipped["invalid or missing pose"] += 1
                 continue

@@ -56,7 +56,7 @@ def read_intrinsics_txt(path: str | Path, width: int, height: int) -> CameraIntr
     return pinhole_from_K(values.reshape(3, 3), width, height, path)
 
 
-def pinhole_from_K(K: np.ndarray, width: int, height: int, path: str | Path) -> CameraIntrinsics:  # noqa: N802,N803
+def pinhole_from_K(K: np.ndarray, width: int, height: int, path: str | Path) -> CameraIntrinsics:  # noqa: N802
     """Validate a 3x3 K read from ``path`` and build the intrinsics; ``ValueError`` naming the file."""
     if not np.allclose(K[2], [0, 0, 1]) or K[0, 1] != 0 or K[1, 0] != 0:
         raise ValueError(f"{path}: not a pinhole K matrix (expected [[fx,0,cx],[0,fy,cy],[0,0,1]])")
@@ -82,7 +82,7 @@ def read_pose_txt(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: pose must be 16 numbers ({exc})") from exc
     if values.size != 16:
         raise ValueError(f"{path}: expected 16 numbers (a 4x4 pose), found {values.size}")
-    T = values.reshape(4, 4)  # noqa: N806 - the conventional symbol
+    T = values.reshape(4, 4)
     if not is_rigid_transform(T):
         raise ValueError(f"{path}: pose is not a finite rigid transform (NaN, scale or shear?)")
     return T
@@ -257,7 +257,7 @@ def write_frame(
         raise ValueError(f"colour must be ({h}, {w}, 3) uint8, got {color.shape} {color.dtype}")
     if np.asarray(frame.depth).shape != (h, w):
         raise ValueError(f"depth must be ({h}, {w}), got {np.asarray(frame.depth).shape}")
-    T = np.asarray(frame.T_world_cam, dtype=np.float64)  # noqa: N806 - the conventional symbol
+    T = np.asarray(frame.T_world_cam, dtype=np.float64)
     if not is_rigid_transform(T):
         raise ValueError(f"frame {frame.frame_id}: T_world_cam is not a finite rigid transform")
     stem = directory / f"frame-{frame.frame_id:06d}"

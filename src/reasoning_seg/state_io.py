@@ -261,7 +261,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise many types for a bad file
+    except Exception as exc:
         raise ValueError(f"{path} is corrupt: {type(exc).__name__}: {exc}") from exc
 
 

@@ -29,7 +29,7 @@ class TfTree:
     def __len__(self) -> int:
         return len(self._edges)
 
-    def add(self, parent: str, child: str, T_parent_child: np.ndarray, stamp: float, static: bool) -> None:  # noqa: N803
+    def add(self, parent: str, child: str, T_parent_child: np.ndarray, stamp: float, static: bool) -> None:
         """Record a transform; an older dynamic sample than the one held is ignored."""
         if not parent or not child or parent == child:
             raise ValueError(f"a transform needs two different frames, got {parent!r} -> {child!r}")

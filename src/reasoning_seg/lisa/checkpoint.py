@@ -157,7 +157,7 @@ class WeightFiles:
 
                 return safe_open(str(path), framework="pt", device="cpu")
             state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
+        except Exception as exc:
             raise LisaCheckpointError(f"{path} is not a readable {self.format} weight file: {exc}") from exc
         if not isinstance(state, Mapping):
             raise LisaCheckpointError(f"{path} does not hold a state dict")
@@ -167,7 +167,7 @@ class WeightFiles:
         handle = self._open(shard)
         if self.format == "safetensors":
             with handle as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         return {k: tuple(v.shape) for k, v in handle.items() if isinstance(v, torch.Tensor)}
 
     def iter_tensors(self, keys: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
@@ -187,7 +187,7 @@ class WeightFiles:
                         yield k, handle[k]
             except LisaCheckpointError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a truncated shard fails here, in either format
+            except Exception as exc:
                 raise LisaCheckpointError(f"{self.folder / shard} could not be read: {exc}") from exc
 
 

@@ -385,7 +385,7 @@ def load_lisa_model(
     tower_dir = resolve_vision_tower(spec, folder, vision_tower)
     try:
         clip_config = CLIPVisionConfig.from_pretrained(str(tower_dir))
-    except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/KeyError variously
+    except Exception as exc:
         raise LisaCheckpointError(f"{tower_dir} has no CLIP vision config: {exc}") from exc
 
     with torch.device("meta"):

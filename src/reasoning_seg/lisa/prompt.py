@@ -51,7 +51,7 @@ class LisaTokenizer:
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/ImportError variously
+        except Exception as exc:
             raise LisaCheckpointError(f"no usable tokenizer in {folder}: {exc}") from exc
         self.use_im_start_end = use_im_start_end
         # LISA tokenised with the slow LLaMA tokenizer, i.e. SentencePiece on the checkpoint's

@@ -265,13 +265,13 @@ def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
     )
 
 
-def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:  # noqa: N803
+def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
     """3x3 rotation -> unit quaternion ``(x, y, z, w)`` with ``w >= 0``.
 
     Picks the numerically largest of w, x, y, z to divide by (Shepperd's method), so rotations
     near 180 degrees stay accurate.
     """
-    R = np.asarray(R, dtype=np.float64)  # noqa: N806
+    R = np.asarray(R, dtype=np.float64)
     tr = R[0, 0] + R[1, 1] + R[2, 2]
     cands = (tr, R[0, 0], R[1, 1], R[2, 2])
     i = int(np.argmax(cands))
@@ -294,8 +294,8 @@ def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:  #
     return float(qa[0]), float(qa[1]), float(qa[2]), float(qa[3])
 
 
-def _rigid_or_raise(T: np.ndarray) -> np.ndarray:  # noqa: N803
-    T = np.asarray(T, dtype=np.float64)  # noqa: N806
+def _rigid_or_raise(T: np.ndarray) -> np.ndarray:
+    T = np.asarray(T, dtype=np.float64)
     if not is_rigid_transform(T):
         raise ValueError(f"not a finite rigid 4x4 transform:\n{T}")
     return T
@@ -304,7 +304,7 @@ def _rigid_or_raise(T: np.ndarray) -> np.ndarray:  # noqa: N803
 def pose_to_matrix(pose: Pose) -> np.ndarray:
     """``geometry_msgs/Pose`` -> 4x4 transform (quaternion normalised; unusable one -> ValueError)."""
     o, p = pose.orientation, pose.position
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, :3] = quaternion_to_matrix(o.x, o.y, o.z, o.w)
     T[:3, 3] = (p.x, p.y, p.z)
     if not np.all(np.isfinite(T)):
@@ -312,9 +312,9 @@ def pose_to_matrix(pose: Pose) -> np.ndarray:
     return T
 
 
-def matrix_to_pose(T: np.ndarray) -> Pose:  # noqa: N803
+def matrix_to_pose(T: np.ndarray) -> Pose:
     """4x4 rigid transform -> ``geometry_msgs/Pose``; scaled, sheared or NaN matrices raise."""
-    T = _rigid_or_raise(T)  # noqa: N806
+    T = _rigid_or_raise(T)
     x, y, z, w = matrix_to_quaternion(T[:3, :3])
     return Pose(
         position=Point(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
@@ -325,7 +325,7 @@ def matrix_to_pose(T: np.ndarray) -> Pose:  # noqa: N803
 def transform_to_matrix(tf: Transform) -> np.ndarray:
     """``geometry_msgs/Transform`` -> 4x4 transform (same quaternion rules as poses)."""
     r, t = tf.rotation, tf.translation
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, :3] = quaternion_to_matrix(r.x, r.y, r.z, r.w)
     T[:3, 3] = (t.x, t.y, t.z)
     if not np.all(np.isfinite(T)):
@@ -333,7 +333,7 @@ def transform_to_matrix(tf: Transform) -> np.ndarray:
     return T
 
 
-def matrix_to_transform(T: np.ndarray) -> Transform:  # noqa: N803
+def matrix_to_transform(T: np.ndarray) -> Transform:
     """4x4 rigid transform -> ``geometry_msgs/Transform``."""
     pose = matrix_to_pose(T)
     p, o = pose.position, pose.orientation
@@ -509,11 +509,11 @@ def box_marker(
     size: Iterable[float],
     header: Header,
     ns: str = "boxes",
-    id: int = 0,  # noqa: A002 - matches the Marker field name
+    id: int = 0,
     color: RGBA = (0.1, 0.8, 0.2, 0.5),
 ) -> Marker:
     """Oriented box (``CUBE``): ``center`` (3,), ``rotation`` 3x3 box->frame, full edge ``size`` (3,)."""
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, :3] = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
     T[:3, 3] = np.asarray(list(center), dtype=np.float64).reshape(3)
     s = [float(v) for v in size]
@@ -530,7 +530,7 @@ def text_marker(
     text: str,
     header: Header,
     ns: str = "labels",
-    id: int = 0,  # noqa: A002
+    id: int = 0,
     color: RGBA = (1.0, 1.0, 1.0, 1.0),
     height: float = 0.1,
 ) -> Marker:
@@ -544,12 +544,12 @@ def text_marker(
 
 
 def frustum_marker(
-    T_world_cam: np.ndarray,  # noqa: N803
+    T_world_cam: np.ndarray,
     intrinsics: CameraIntrinsics,
     depth: float,
     header: Header,
     ns: str = "frustums",
-    id: int = 0,  # noqa: A002
+    id: int = 0,
     color: RGBA = (1.0, 0.6, 0.0, 1.0),
     line_width: float = 0.01,
 ) -> Marker:
@@ -559,7 +559,7 @@ def frustum_marker(
     the consumer does with ``pose``; the corners are the image corners (pixel edges, -0.5 and
     size - 0.5 in this package's pixel-centre convention) back-projected with the intrinsics.
     """
-    T = _rigid_or_raise(T_world_cam)  # noqa: N806
+    T = _rigid_or_raise(T_world_cam)
     if not (math.isfinite(depth) and depth > 0):
         raise ValueError(f"frustum depth must be positive, got {depth}")
     us = (-0.5, intrinsics.width - 0.5)

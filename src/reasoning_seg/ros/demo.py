@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params_file = default_params_file()
     voxel = PipelineConfig.from_yaml(params_file).map.voxel_size
-    log = open(out / "node.log", "w")  # noqa: SIM115 - closed in finally
+    log = open(out / "node.log", "w")
     node_proc = subprocess.Popen(
         node_command(
             params_file,

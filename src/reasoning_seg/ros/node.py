@@ -404,7 +404,7 @@ class ReasoningSegNode(Node):
         except ValueError as exc:
             self._reject("bad_pose", str(exc))
 
-    def _add_pose(self, header: Header, T: np.ndarray) -> None:  # noqa: N803
+    def _add_pose(self, header: Header, T: np.ndarray) -> None:
         if self._pose.chosen == "tf":
             return  # auto chose TF: the topic poses are not used (nor buffered, nor drained for)
         if header.frame_id != self.cfg.map_frame:  # an empty frame_id says nothing: refused too

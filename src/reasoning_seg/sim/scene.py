@@ -1624,7 +1624,7 @@ class SyntheticScene:
     def _render_view(
         self,
         intrinsics: CameraIntrinsics,
-        T_world_cam: np.ndarray,  # noqa: N803
+        T_world_cam: np.ndarray,
         with_incidence: bool = False,
     ) -> _RenderedView:
         pose = np.asarray(T_world_cam, dtype=np.float64)
@@ -1675,7 +1675,7 @@ class SyntheticScene:
     def render(
         self,
         intrinsics: CameraIntrinsics,
-        T_world_cam: np.ndarray,  # noqa: N803
+        T_world_cam: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render ``(color uint8 HxWx3, depth float32 HxW z-depth metres, instance int32 HxW)``.
 

@@ -31,8 +31,8 @@ class TruthView:
 
     depth: np.ndarray  # (H, W) metres, 0 / NaN = no reading
     intrinsics: CameraIntrinsics
-    T_reported: np.ndarray  # (4, 4) the pose the map was built with  # noqa: N815
-    T_true: np.ndarray  # (4, 4) where the camera really was  # noqa: N815
+    T_reported: np.ndarray  # (4, 4) the pose the map was built with
+    T_true: np.ndarray  # (4, 4) where the camera really was
 
 
 def label_map_points(
