@@ -16,13 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from reasoning_seg.backends import segmenter_from_config  # noqa: E402
 from reasoning_seg.config import SegmenterConfig  # noqa: E402
 from reasoning_seg.lisa.checkpoint import LisaCheckpointError, WeightFiles  # noqa: E402
 from reasoning_seg.lisa.model import clip_preprocess, load_lisa_model  # noqa: E402
 from reasoning_seg.lisa.prompt import IM_END, IM_START, LisaTokenizer, llava_v1_prompt  # noqa: E402
 from reasoning_seg.lisa.random_checkpoint import TINY, write_random_lisa_checkpoint  # noqa: E402
 from reasoning_seg.lisa.segmenter import NO_SEG_LOGIT, LisaOptions, LisaSegmenter  # noqa: E402
-from reasoning_seg.segmenter import segmenter_from_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

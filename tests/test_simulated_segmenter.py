@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from reasoning_seg.backends import segmenter_from_config
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.config import SegmenterConfig
-from reasoning_seg.segmenter import Segmenter, ViewInput, segmenter_from_config
+from reasoning_seg.segmenter import Segmenter, ViewInput
 from reasoning_seg.sim.scene import QueryPredicate, SceneQuery, SyntheticScene
 from reasoning_seg.sim.simulated_segmenter import (
     PROFILES,

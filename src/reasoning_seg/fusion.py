@@ -462,15 +462,10 @@ def fuse(
     ``cache`` (a :class:`FusionCache`, one per query) lets a second call on the same points with
     more views (REALM's local stage) skip the work already done for the views it has seen.
     """
-    methods = {
-        "naive": fuse_naive,
-        "filtered": fuse_filtered,
-        "token_attention": fuse_token_attention,
-        "majority_vote": fuse_majority_vote,
-    }
-    if config.method not in methods:
-        raise ValueError(f"unknown fusion method '{config.method}' (one of {', '.join(METHODS)})")
-    return methods[config.method](points, views, segmentations, config, device=device, cache=cache)
+    from reasoning_seg.backends import FUSION_METHODS
+
+    method = FUSION_METHODS.get(config.method)  # ValueError naming the choices for an unknown one
+    return method(points, views, segmentations, config, device=device, cache=cache)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from reasoning_seg.camera import CameraIntrinsics
-
-if TYPE_CHECKING:
-    from reasoning_seg.config import SegmenterConfig
 
 
 @dataclass(frozen=True)
@@ -75,57 +72,3 @@ class Segmenter(Protocol):
     def segment(self, views: Sequence[ViewInput], query: str) -> list[ViewSegmentation]:
         """Answer ``query`` on each view (one result per view, in order)."""
         ...
-
-
-def segmenter_from_config(config: SegmenterConfig) -> Segmenter:
-    """Build the backend ``config`` names. Raises ValueError/FileNotFoundError with a user-facing reason.
-
-    The simulated backend uses ``scene``, ``sim_profile`` and ``sim_seed``; the LISA backend the
-    ``lisa_*`` fields. Imports are local so that a backend's heavy dependencies (torch,
-    transformers) load only when it is chosen.
-    """
-    if config.backend == "simulated":
-        if not config.scene:
-            raise ValueError(
-                "segmenter.backend 'simulated' needs segmenter.scene (a synthetic scene directory)"
-            )
-        from reasoning_seg.sim.scene import SyntheticScene
-        from reasoning_seg.sim.simulated_segmenter import PROFILES, SimulatedSegmenter, seg_embedding_mix
-
-        if config.sim_profile not in PROFILES:
-            raise ValueError(f"segmenter.sim_profile '{config.sim_profile}' is not one of {sorted(PROFILES)}")
-        return SimulatedSegmenter(
-            SyntheticScene.load(config.scene),
-            profile=config.sim_profile,
-            embedding_dim=config.embedding_dim,
-            seed=config.sim_seed,
-            embedding_mix=seg_embedding_mix(config.sim_instance_weight),
-        )
-    if config.backend == "lisa":
-        if not config.lisa_path:
-            raise ValueError("segmenter.backend 'lisa' needs segmenter.lisa_path (a LISA checkpoint folder)")
-        try:
-            from reasoning_seg.lisa.segmenter import LisaOptions, LisaSegmenter
-        except ImportError as exc:
-            raise ValueError(f"segmenter.backend 'lisa' needs torch and transformers: {exc}") from exc
-        seg = LisaSegmenter.load(
-            LisaOptions(
-                path=config.lisa_path,
-                vision_tower=config.lisa_vision_tower,
-                device=config.lisa_device,
-                sam_device=config.lisa_sam_device,
-                dtype=config.lisa_dtype,
-                max_new_tokens=config.lisa_max_new_tokens,
-                question_template=config.lisa_question_template,
-                max_batch=config.lisa_max_batch,
-                stop_at_seg=config.lisa_stop_at_seg,
-                confidence=config.lisa_confidence,
-            )
-        )
-        if seg.embedding_dim != config.embedding_dim:
-            raise ValueError(
-                f"the LISA checkpoint's [SEG] embedding is {seg.embedding_dim}-d but "
-                f"segmenter.embedding_dim is {config.embedding_dim}; set it to {seg.embedding_dim}"
-            )
-        return seg
-    raise ValueError(f"unknown segmenter backend '{config.backend}'")

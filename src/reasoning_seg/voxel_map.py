@@ -355,20 +355,15 @@ def open3d_available() -> bool:
 
 def make_block_grid(config: MapConfig) -> BlockGrid:
     """The backend ``config.backend`` names (``auto``: Open3D when importable, else torch)."""
+    from reasoning_seg.backends import BLOCK_GRIDS
+
     backend = config.backend
     if backend == "auto":
         backend = "open3d" if open3d_available() else "torch"
-    if backend == "open3d":
-        return Open3DBlockGrid(
-            config.voxel_size, config.trunc_voxels, config.depth_max, config.device, config.block_count
-        )
-    if backend == "torch":
-        from reasoning_seg.torch_tsdf import TorchBlockGrid
-
-        return TorchBlockGrid(
-            config.voxel_size, config.trunc_voxels, config.depth_max, config.device, config.block_count
-        )
-    raise ValueError(f"unknown map backend '{config.backend}' (open3d, torch or auto)")
+    if backend not in BLOCK_GRIDS:
+        raise ValueError(f"unknown map backend '{config.backend}' (auto, {', '.join(BLOCK_GRIDS.names())})")
+    grid = BLOCK_GRIDS.get(backend)
+    return grid(config.voxel_size, config.trunc_voxels, config.depth_max, config.device, config.block_count)
 
 
 class VoxelMap:

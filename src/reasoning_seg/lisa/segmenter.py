@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reasoning_seg.config import SegmenterConfig
 from reasoning_seg.lisa.model import LisaModel, clip_preprocess, load_lisa_model
 from reasoning_seg.lisa.prompt import DEFAULT_QUESTION_TEMPLATE, LisaTokenizer
 from reasoning_seg.lisa.sam import SamImageTransform, postprocess_masks
@@ -207,3 +208,29 @@ class LisaSegmenter:
                 )
             )
         return results
+
+
+def from_config(config: SegmenterConfig) -> LisaSegmenter:
+    """``segmenter.backend: lisa`` (:mod:`reasoning_seg.backends`): the ``lisa_*`` fields."""
+    if not config.lisa_path:
+        raise ValueError("segmenter.backend 'lisa' needs segmenter.lisa_path (a LISA checkpoint folder)")
+    seg = LisaSegmenter.load(
+        LisaOptions(
+            path=config.lisa_path,
+            vision_tower=config.lisa_vision_tower,
+            device=config.lisa_device,
+            sam_device=config.lisa_sam_device,
+            dtype=config.lisa_dtype,
+            max_new_tokens=config.lisa_max_new_tokens,
+            question_template=config.lisa_question_template,
+            max_batch=config.lisa_max_batch,
+            stop_at_seg=config.lisa_stop_at_seg,
+            confidence=config.lisa_confidence,
+        )
+    )
+    if seg.embedding_dim != config.embedding_dim:
+        raise ValueError(
+            f"the LISA checkpoint's [SEG] embedding is {seg.embedding_dim}-d but "
+            f"segmenter.embedding_dim is {config.embedding_dim}; set it to {seg.embedding_dim}"
+        )
+    return seg

@@ -450,7 +450,7 @@ def generate_scene_labels(
         segmenter: the 2D model; default: the configured one. For ``segmenter.backend`` "simulated"
             that is the SIMULATED LISA of ``segmenter.sim_profile`` (lisa7b by default) on this scene,
             seeded by ``segmenter.sim_seed``, with SIMULATED SAM features switched on; for "lisa"
-            the real model (:func:`reasoning_seg.segmenter.segmenter_from_config`).
+            the real model (:func:`reasoning_seg.backends.segmenter_from_config`).
         log: optional ``print``-like progress callback.
 
     Returns:
@@ -465,7 +465,7 @@ def generate_scene_labels(
     root = Path(scene_dir)
     scene = SyntheticScene.load(root)
     if segmenter is None and cfg.segmenter.backend != "simulated":
-        from reasoning_seg.segmenter import segmenter_from_config
+        from reasoning_seg.backends import segmenter_from_config
 
         segmenter = segmenter_from_config(cfg.segmenter)
     if segmenter is None:

@@ -39,6 +39,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from reasoning_seg.action import SegmentQuery
+from reasoning_seg.backends import segmenter_from_config
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.frame_sync import ApproximatePairSync, StampJoin
 from reasoning_seg.frames import FrameRejected, RGBDFrame
@@ -63,7 +64,7 @@ from reasoning_seg.ros.conversions import (
 from reasoning_seg.ros.conversions import text_marker as make_text_marker
 from reasoning_seg.ros.params import NodeConfig, declare_and_read
 from reasoning_seg.ros.pose_source import PoseSource
-from reasoning_seg.segmenter import Segmenter, segmenter_from_config
+from reasoning_seg.segmenter import Segmenter
 from reasoning_seg.srv import LoadMap, RemoveTarget, SaveMap, Segment, TrackQuery
 from reasoning_seg.state_io import resolve_map_dir
 

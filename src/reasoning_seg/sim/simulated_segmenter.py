@@ -57,6 +57,7 @@ import numpy as np
 from scipy import ndimage
 
 from reasoning_seg.camera import CameraIntrinsics
+from reasoning_seg.config import SegmenterConfig
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
 from reasoning_seg.sim.scene import (
     AFFORDANCE_PHRASES,
@@ -878,3 +879,20 @@ def _soft_logits(mask: np.ndarray, l_in: float, l_out: float, sigma: float) -> n
     s = 2.0 * ndimage.gaussian_filter(m.astype(np.float32), sigma, mode="nearest") - 1.0
     logits[r0:r1, c0:c1] = np.where(m, np.maximum(l_in * s, _LOGIT_EPS), np.minimum(l_out * s, -_LOGIT_EPS))
     return logits
+
+
+def from_config(config: SegmenterConfig) -> SimulatedSegmenter:
+    """``segmenter.backend: simulated`` (see :mod:`reasoning_seg.backends`): scene, profile and seed."""
+    if not config.scene:
+        raise ValueError("segmenter.backend 'simulated' needs segmenter.scene (a synthetic scene directory)")
+    from reasoning_seg.sim.scene import SyntheticScene
+
+    if config.sim_profile not in PROFILES:
+        raise ValueError(f"segmenter.sim_profile '{config.sim_profile}' is not one of {sorted(PROFILES)}")
+    return SimulatedSegmenter(
+        SyntheticScene.load(config.scene),
+        profile=config.sim_profile,
+        embedding_dim=config.embedding_dim,
+        seed=config.sim_seed,
+        embedding_mix=seg_embedding_mix(config.sim_instance_weight),
+    )
