@@ -26,8 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # domain_lock: the test suite's ROS domain reservation
 
-from reasoning_seg.domain_lock import reserve_domain_id  # noqa: E402
+from domain_lock import reserve_domain_id  # noqa: E402
 from soak_bench import rss_mib, stop_process  # noqa: E402
 
 

@@ -40,9 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoning_seg.domain_lock import reserve_domain_id
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # domain_lock: the test suite's ROS domain reservation
+
+from domain_lock import reserve_domain_id  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "src"))
 
 #: Stages reported in the latency table, in pipeline order, with the issue's names for them.

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from reasoning_seg.domain_lock import reserve_domain_id
+from domain_lock import reserve_domain_id
 
 _log_dir: str | None = None
 
