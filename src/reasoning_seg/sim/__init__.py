@@ -7,6 +7,13 @@ and every query comes with an exact answer: the instance id that produced it (0 
 something the room does not contain). Real recordings are read with
 :mod:`reasoning_seg.sequence_io`; simulated ones are written in the same folder format. The
 object catalogue (geometry, colours, uses, fronts) is :mod:`reasoning_seg.sim.catalogue`.
+
+Modules: ``objects`` (specs, parts, query predicates, geometry helpers), ``layout`` (procedural
+rooms), ``queries`` (queries with verified answers), ``appearance`` (texture, depth noise),
+``scene`` (:class:`SyntheticScene`: generate, render, label, record; pose drift), ``raycast``,
+``simulated_segmenter`` (the simulated LISA), ``truth`` (labels of a drifted map). Nothing here
+imports ROS; the mapping and query stages never import ``sim`` (the benchmarks, the demo, tests
+and the pseudo-label tool's simulated mode do).
 """
 
 from reasoning_seg.sim.scene import (

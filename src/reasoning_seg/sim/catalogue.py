@@ -7,7 +7,7 @@ relation to disagree about which side of a monitor is its screen.
 
 Conventions every part builder follows (tests check them):
 
-- A builder maps an :class:`~reasoning_seg.sim.scene.ObjectSpec` to boxes in the object's local
+- A builder maps an :class:`~reasoning_seg.sim.objects.ObjectSpec` to boxes in the object's local
   frame, centred on the object's bounding box and never leaving it.
 - The object's **front is its local +y** (a chair's seat front, a sofa's seat, a monitor's screen,
   a shelf's open side, a cabinet's doors, a laptop's keyboard side, a printer's paper output);
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the builders only read .size / .color of the spec; no import cycle at runtime
-    from reasoning_seg.sim.scene import ObjectSpec
+    from reasoning_seg.sim.objects import ObjectSpec
 
 __all__ = [
     "ABSENT_OBJECTS",
