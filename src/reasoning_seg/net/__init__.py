@@ -24,6 +24,10 @@ Modules:
   §3.3 inference and checkpoint save/load.
 - :mod:`reasoning_seg.net.train`: the PyTorch Lightning trainer (checkpoints, resume, CSV/TensorBoard
   logs, DDP through Lightning's strategies) and its CLI.
+- :mod:`reasoning_seg.net.experiment`: MLLM-For3D Table 4 in the benchmark world (pseudo-labels,
+  training, evaluation on unseen rooms, CLI), with its scales and variants in
+  :mod:`~reasoning_seg.net.ablation_config`, multi-query training in
+  :mod:`~reasoning_seg.net.scene_queries` and its table in :mod:`~reasoning_seg.net.ablation_report`.
 
 The package needs PyTorch (the ``net`` extra; Lightning for training); nothing else in
 :mod:`reasoning_seg` imports it.
