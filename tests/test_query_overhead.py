@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import reasoning_seg.fusion as fusion_module  # noqa: E402
+import reasoning_seg.fusion_torch as fusion_torch_module  # noqa: E402
 import reasoning_seg.pipeline as pipeline_module  # noqa: E402
 import reasoning_seg.view_selection as view_selection_module  # noqa: E402
 from reasoning_seg.camera import (  # noqa: E402
@@ -26,7 +27,6 @@ from reasoning_seg.camera import (  # noqa: E402
 )
 from reasoning_seg.config import FusionConfig, PipelineConfig, ViewSelectionConfig  # noqa: E402
 from reasoning_seg.fusion import (  # noqa: E402
-    DEVICE_ARRAYS,
     METHODS,
     FusionCache,
     fuse,
@@ -34,6 +34,7 @@ from reasoning_seg.fusion import (  # noqa: E402
     view_filter_reason,
     visible_pixels_torch,
 )
+from reasoning_seg.fusion_torch import DEVICE_ARRAYS  # noqa: E402
 from reasoning_seg.keyframes import KeyframeWindow  # noqa: E402
 from reasoning_seg.pipeline import ReasoningSegPipeline  # noqa: E402
 from reasoning_seg.result import dbscan_labels, largest_cluster, package_result  # noqa: E402
@@ -244,10 +245,11 @@ def test_a_second_fusion_pass_only_tests_the_new_views(frames, points, device, m
         numpy_test = fusion_module.visible_pixels
         monkeypatch.setattr(fusion_module, "visible_pixels", lambda *a: tested.append(1) or numpy_test(*a))
     else:
-        batched = fusion_module.visible_pixels_torch
-        monkeypatch.setattr(
-            fusion_module, "visible_pixels_torch", lambda p, c, *a: tested.append(len(c)) or batched(p, c, *a)
-        )
+        batched = fusion_torch_module.visible_pixels_torch
+        counted = lambda p, c, *a: tested.append(len(c)) or batched(p, c, *a)  # noqa: E731
+        # Both callers: fusion's visibility test and the batched vote of fusion_torch.
+        monkeypatch.setattr(fusion_module, "visible_pixels_torch", counted)
+        monkeypatch.setattr(fusion_torch_module, "visible_pixels_torch", counted)
     cache = FusionCache()
     out = []
     for s in (first, more):
@@ -277,7 +279,7 @@ def test_the_fusion_cache_starts_over_for_other_points(frames, points):
 
 # ---------------------------------------------------------------------------- device buffers
 def test_the_depth_atlas_keeps_the_window_and_uploads_only_new_images():
-    atlas = fusion_module._DepthAtlas(max_images=4)
+    atlas = fusion_torch_module._DepthAtlas(max_images=4)
     rng = np.random.default_rng(3)
     imgs = [rng.random((6, 8)).astype(np.float32) for _ in range(5)]
     cpu = torch.device("cpu")

@@ -25,7 +25,8 @@ import numpy as np
 from reasoning_seg.camera import is_rigid_transform
 from reasoning_seg.config import PipelineConfig
 from reasoning_seg.frames import FrameRejected, PoseJumpGate, RGBDFrame, sanitize_frame
-from reasoning_seg.fusion import DEVICE_ARRAYS, FusionCache, FusionResult, fuse, torch_device
+from reasoning_seg.fusion import FusionCache, FusionResult, fuse
+from reasoning_seg.fusion_torch import DEVICE_ARRAYS, torch_device
 from reasoning_seg.keyframes import Keyframe, KeyframeWindow, rotation_angle_deg
 from reasoning_seg.result import QueryResult, ViewImage, package_result
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation

@@ -10,7 +10,7 @@ REALM's local stage (GLSpaG-Local) is :func:`select_local_views`: once the globa
 a candidate target, the keyframes in which that candidate appears largest are close-ups of it.
 
 Both take ``device`` like :func:`reasoning_seg.fusion.fuse`: None runs numpy, a torch device runs the
-depth tests of all keyframes as one batch there (:func:`reasoning_seg.fusion.visible_pixels_torch`),
+depth tests of all keyframes as one batch there (:func:`reasoning_seg.fusion_torch.visible_pixels_torch`),
 which is what makes scoring a 30-keyframe window cheap on a GPU. The choice of views is the same.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from reasoning_seg.camera import invert_transform, visible_pixels
 from reasoning_seg.config import ViewSelectionConfig
-from reasoning_seg.fusion import Camera, points_on_device, to_device, torch_device, visible_pixels_torch
+from reasoning_seg.fusion_torch import Camera, points_on_device, to_device, torch_device, visible_pixels_torch
 from reasoning_seg.keyframes import Keyframe
 
 if TYPE_CHECKING:
