@@ -214,7 +214,7 @@ def test_matches_segment_anything_reference(reference: nn.Module, head: LisaSamH
 
 def test_layer_norm_epsilons_match_reference(reference: nn.Module, head: LisaSamHead) -> None:
     """HF's decoder default eps (1e-6) differs from SAM's nn.LayerNorm default (1e-5): sam_config fixes it."""
-    from reasoning_seg.lisa.sam import _lisa_name_to_hf
+    from reasoning_seg.lisa.sam_keys import _lisa_name_to_hf
 
     checked = 0
     for name, mod in reference.named_modules():
