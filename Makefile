@@ -42,7 +42,7 @@ demo: setup
 
 benchmark: setup
 	@$(ENV) && for e in $(EXPERIMENTS); do n=$$(basename $$e .yaml); \
-	  python -m reasoning_seg.benchmark $$e --out out/bench/$$n --table bench/results/$$n.md $(BENCH_ARGS); done
+	  python -m reasoning_seg.eval.benchmark $$e --out out/bench/$$n --table bench/results/$$n.md $(BENCH_ARGS); done
 
 format: setup
 	@$(ENV) && ruff check --fix $(PY_DIRS) && ruff format $(PY_DIRS)

@@ -66,7 +66,7 @@ def prepare(out: Path) -> tuple[Path, Path, str]:
     """A simulated room, its saved map below ``out/maps`` and an answerable query."""
     from reasoning_seg.camera import CameraIntrinsics
     from reasoning_seg.config import PipelineConfig
-    from reasoning_seg.frames import RGBDFrame
+    from reasoning_seg.mapping.frames import RGBDFrame
     from reasoning_seg.pipeline import ReasoningSegPipeline
     from reasoning_seg.sim.scene import SyntheticScene
 

@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from reasoning_seg.camera import CameraIntrinsics  # noqa: E402
 from reasoning_seg.config import MapConfig, PipelineConfig  # noqa: E402
-from reasoning_seg.frames import RGBDFrame, sanitize_frame  # noqa: E402
+from reasoning_seg.io.sequence_io import FolderSequence  # noqa: E402
+from reasoning_seg.io.synthetic_stream import CorridorStream  # noqa: E402
+from reasoning_seg.mapping.frames import RGBDFrame, sanitize_frame  # noqa: E402
+from reasoning_seg.mapping.voxel_map import VOXELS_PER_BLOCK, VoxelMap, open3d_available  # noqa: E402
 from reasoning_seg.pipeline import ReasoningSegPipeline  # noqa: E402
-from reasoning_seg.sequence_io import FolderSequence  # noqa: E402
-from reasoning_seg.synthetic_stream import CorridorStream  # noqa: E402
-from reasoning_seg.voxel_map import VOXELS_PER_BLOCK, VoxelMap, open3d_available  # noqa: E402
 
 CAMERA = CameraIntrinsics(640, 480, 525.0, 525.0, 319.5, 239.5)
 BLOCK_BYTES = VOXELS_PER_BLOCK * 20  # tsdf + weight + rgb, float32
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.record:
-        from reasoning_seg.sequence_io import write_frame, write_intrinsics_txt
+        from reasoning_seg.io.sequence_io import write_frame, write_intrinsics_txt
 
         out = Path(args.record)
         out.mkdir(parents=True, exist_ok=True)

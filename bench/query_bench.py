@@ -1,6 +1,6 @@
 r"""Query latency benchmark of the core (issue 8): p50/p95 per stage and the overhead around the 2D model.
 
-A SIMULATED corridor walk (:class:`reasoning_seg.synthetic_stream.CorridorStream`, numpy only, so it runs
+A SIMULATED corridor walk (:class:`reasoning_seg.io.synthetic_stream.CorridorStream`, numpy only, so it runs
 on the GPU machines, which have no Open3D) of ``--walk-frames`` frames is fed through ``pipeline.add_frame``
 (every frame is offered to the keyframe window, every 4th is integrated), once per voxel size in
 ``--voxels``: the same walk and keyframe window (full, 30 keyframes) give maps of about 100k, 300k and 1M
@@ -56,10 +56,10 @@ sys.path.insert(0, str(ROOT / "src"))
 import reasoning_seg.pipeline as pipeline_module  # noqa: E402
 from reasoning_seg.camera import CameraIntrinsics  # noqa: E402
 from reasoning_seg.config import PipelineConfig  # noqa: E402
-from reasoning_seg.frames import RGBDFrame  # noqa: E402
+from reasoning_seg.io.synthetic_stream import CorridorStream  # noqa: E402
+from reasoning_seg.mapping.frames import RGBDFrame  # noqa: E402
 from reasoning_seg.pipeline import ReasoningSegPipeline  # noqa: E402
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation  # noqa: E402
-from reasoning_seg.synthetic_stream import CorridorStream  # noqa: E402
 
 CAMERA = CameraIntrinsics(640, 480, 525.0, 525.0, 319.5, 239.5)
 STAGES = (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.mapping.frames import RGBDFrame
 from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from reasoning_seg.benchmark import (
+from reasoning_seg.eval.benchmark import (
     Experiment,
     build_map,
     main,

@@ -5,7 +5,7 @@ import pytest
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.frames import REJECT_REASONS, FrameRejected, RGBDFrame, sanitize_frame
+from reasoning_seg.mapping.frames import REJECT_REASONS, FrameRejected, RGBDFrame, sanitize_frame
 from reasoning_seg.pipeline import ReasoningSegPipeline
 
 INTR = CameraIntrinsics(64, 48, 50.0, 47.0, 32.5, 22.0)  # fx != fy, off-centre: a swap shows

@@ -12,7 +12,7 @@ import pytest
 
 from reasoning_seg.camera import CameraIntrinsics, visible_pixels
 from reasoning_seg.config import FusionConfig, PipelineConfig
-from reasoning_seg.fusion import METHODS, fuse, fuse_naive, instance_hypotheses, token_attention
+from reasoning_seg.query.fusion import METHODS, fuse, fuse_naive, instance_hypotheses, token_attention
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
 
 INTR = CameraIntrinsics(64, 48, 50.0, 47.0, 32.5, 22.0)  # fx != fy, off-centre: a swap shows
@@ -307,7 +307,7 @@ class ScriptedSegmenter:
 
 
 def wall_pipeline(segmenter, **overrides):
-    from reasoning_seg.frames import RGBDFrame
+    from reasoning_seg.mapping.frames import RGBDFrame
     from reasoning_seg.pipeline import ReasoningSegPipeline
 
     config = PipelineConfig()

@@ -5,13 +5,13 @@ import pytest
 
 from reasoning_seg.camera import CameraIntrinsics, look_at
 from reasoning_seg.config import FusionConfig, KeyframeConfig, PipelineConfig, ViewSelectionConfig
-from reasoning_seg.frame_sync import ApproximatePairSync, PoseBuffer
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.fusion import fuse_naive
-from reasoning_seg.keyframes import Keyframe, KeyframeWindow
-from reasoning_seg.result import gravity_aligned_box, package_result
+from reasoning_seg.io.frame_sync import ApproximatePairSync, PoseBuffer
+from reasoning_seg.mapping.frames import RGBDFrame
+from reasoning_seg.mapping.keyframes import Keyframe, KeyframeWindow
+from reasoning_seg.query.fusion import fuse_naive
+from reasoning_seg.query.result import gravity_aligned_box, package_result
+from reasoning_seg.query.view_selection import kmeans, select_local_views, select_views
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
-from reasoning_seg.view_selection import kmeans, select_local_views, select_views
 
 INTR = CameraIntrinsics(64, 48, 50.0, 47.0, 32.5, 22.0)  # fx != fy, off-centre: a swap shows
 

@@ -16,12 +16,18 @@ import pytest
 
 from reasoning_seg.camera import CameraIntrinsics, look_at
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.frames import REJECT_REASONS, FrameRejected, PoseJumpGate, RGBDFrame, sanitize_frame
+from reasoning_seg.mapping.frames import (
+    REJECT_REASONS,
+    FrameRejected,
+    PoseJumpGate,
+    RGBDFrame,
+    sanitize_frame,
+)
+from reasoning_seg.mapping.state_io import resolve_map_dir
+from reasoning_seg.mapping.voxel_map import VoxelMap
 from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
-from reasoning_seg.state_io import resolve_map_dir
-from reasoning_seg.voxel_map import VoxelMap
 
 INTR = CameraIntrinsics(80, 60, 66.0, 63.0, 40.5, 28.0)
 
@@ -149,7 +155,7 @@ def test_removal_with_a_wide_margin_is_exact_and_bounded(room):
         m.integrate(f)
     pts = m.surface().points
     target = pts[np.linalg.norm(pts - pts.mean(0), axis=1) < 0.4]
-    from reasoning_seg.voxel_map import _voxels_near
+    from reasoning_seg.mapping.voxel_map import _voxels_near
 
     base = np.unique(np.floor(target / 0.05).astype(np.int64), axis=0)
     near = _voxels_near(base, 0.3 / 0.05)

@@ -7,7 +7,7 @@ import array
 import numpy as np
 import pytest
 
-from reasoning_seg.image_codec import (
+from reasoning_seg.io.image_codec import (
     ENCODINGS,
     decode_image,
     depth_from_metres,

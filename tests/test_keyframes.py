@@ -5,10 +5,10 @@ import pytest
 
 from reasoning_seg.camera import CameraIntrinsics, look_at
 from reasoning_seg.config import KeyframeConfig
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.keyframes import KeyframeWindow, ObservationIndex, frame_cells
+from reasoning_seg.mapping.frames import RGBDFrame
+from reasoning_seg.mapping.keyframes import KeyframeWindow, ObservationIndex, frame_cells
+from reasoning_seg.mapping.sparse_voxels import pack_keys
 from reasoning_seg.sim.scene import SyntheticScene
-from reasoning_seg.sparse_voxels import pack_keys
 
 INTR = CameraIntrinsics(80, 60, 65.6, 65.6, 39.5, 29.5)
 INTR_SMALL = CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)

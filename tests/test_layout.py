@@ -134,3 +134,41 @@ def test_contracts_and_foundations_name_no_implementation() -> None:
     for floor in ("reasoning_seg.camera", "reasoning_seg.registry"):
         assert graph[floor] == set(), (floor, graph[floor])
     assert graph["reasoning_seg.config"] <= {"reasoning_seg.camera"}, graph["reasoning_seg.config"]
+
+
+FOUNDATION = {"camera", "config", "registry", "backends", "transfer", "segmenter"}
+#: Which stages each stage may import (besides itself and the foundation): one way, ros on top.
+ALLOWED = {
+    "mapping": set(),
+    "io": {"mapping"},
+    "query": {"mapping"},
+    "report": {"query"},
+    "lisa": set(),
+    "sim": {"io", "mapping"},
+    "pipeline": {"mapping", "query", "net"},
+    "net": {"mapping", "query", "pipeline", "io", "sim", "eval"},
+    "eval": {"mapping", "query", "pipeline", "io", "sim", "report"},
+}
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "reasoning_seg"
+
+
+def test_stages_depend_one_way() -> None:
+    """A stage imports only the stages below it and the foundation (mapping <- query <- pipeline <- ros)."""
+    bad = []
+    for module, deps in _graph().items():
+        stage = _stage(module)
+        if stage in ("ros", "reasoning_seg") or stage in FOUNDATION:
+            continue
+        allowed = ALLOWED[stage] | FOUNDATION | {stage}
+        bad += [f"{module} -> {d}" for d in sorted(deps) if _stage(d) not in allowed]
+    assert not bad, bad
+
+
+def test_every_stage_folder_says_what_it_may_import() -> None:
+    for stage in ("mapping", "query", "io", "eval", "report", "sim", "net", "lisa", "ros"):
+        doc = ast.get_docstring(ast.parse((SRC / stage / "__init__.py").read_text(encoding="utf-8")))
+        assert doc, f"{stage}/__init__.py has no docstring"

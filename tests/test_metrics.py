@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from reasoning_seg.metrics import QueryScore, precision_recall, score_query, summarise, voxel_iou
+from reasoning_seg.eval.metrics import QueryScore, precision_recall, score_query, summarise, voxel_iou
 
 V = 0.1  # voxel edge for the hand cases
 

@@ -22,8 +22,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
-from reasoning_seg.benchmark import RowSpec, SceneSetSpec, build_map, make_segmenter, prepare_scene  # noqa: E402
 from reasoning_seg.config import PipelineConfig  # noqa: E402
+from reasoning_seg.eval.benchmark import RowSpec, SceneSetSpec, build_map, make_segmenter, prepare_scene  # noqa: E402
 from reasoning_seg.net.data import DataConfig, PseudoLabelDataset  # noqa: E402
 from reasoning_seg.net.experiment import (  # noqa: E402
     VARIANTS,

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from reasoning_seg.benchmark import RowSpec, SceneSetSpec, build_map, make_segmenter, prepare_scene
 from reasoning_seg.camera import visible_pixels
 from reasoning_seg.config import PipelineConfig
+from reasoning_seg.eval.benchmark import RowSpec, SceneSetSpec, build_map, make_segmenter, prepare_scene
 from reasoning_seg.net.data import DataConfig, PseudoLabelDataset, augmentation_matrix, collate
 from reasoning_seg.net.model import CheckpointError, LabelFree3DNet, NetConfig, centred, voxelise
 from reasoning_seg.net.pseudo_labels import (

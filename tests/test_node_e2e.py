@@ -191,7 +191,7 @@ def _write_tf_bag(path, seq, mount: np.ndarray) -> dict[float, np.ndarray]:
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from reasoning_seg.image_codec import depth_from_metres
+    from reasoning_seg.io.image_codec import depth_from_metres
     from reasoning_seg.ros.conversions import (
         intrinsics_to_camera_info,
         make_header,
@@ -267,7 +267,7 @@ def test_a_robot_bag_with_tf_and_no_pose_topic_plays_into_a_map(
     (``pose_source: auto``); from the PyPI wheels (no tf2) the player derives ``camera/pose`` from
     the recorded tree. Either way the keyframes carry the recorded camera poses.
     """
-    from reasoning_seg.scannet_io import open_sequence
+    from reasoning_seg.io.scannet_io import open_sequence
 
     scene, tmp = recorded
     seq = open_sequence(tmp / "seq")

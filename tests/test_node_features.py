@@ -35,7 +35,7 @@ from visualization_msgs.msg import MarkerArray
 
 from node_world import DT, T0, VOXEL, World, build_world
 from reasoning_seg.action import SegmentQuery
-from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.mapping.frames import RGBDFrame
 from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.ros import node as node_module
 from reasoning_seg.ros import query_client

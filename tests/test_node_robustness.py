@@ -29,7 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
 from node_world import DT, INTR, T0, VOXEL, World, build_world
-from reasoning_seg.image_codec import depth_from_metres
+from reasoning_seg.io.image_codec import depth_from_metres
 from reasoning_seg.ros.conversions import (
     intrinsics_to_camera_info,
     make_header,
@@ -802,7 +802,7 @@ def test_auto_pose_source_prefers_tf_and_warns_when_nothing_delivers(make_env, m
 
 
 def test_stamp_join_prefers_the_stamp_then_waits_while_live_then_falls_back():
-    from reasoning_seg.frame_sync import StampJoin
+    from reasoning_seg.io.frame_sync import StampJoin
 
     j: StampJoin[str] = StampJoin(slop=0.02, live_window=0.5)
     assert j.match(1.0) == (None, "none")
@@ -820,7 +820,7 @@ def test_stamp_join_prefers_the_stamp_then_waits_while_live_then_falls_back():
 
 
 def test_pose_buffer_uses_a_pose_after_a_stall_but_never_interpolates_across_it():
-    from reasoning_seg.frame_sync import PoseBuffer
+    from reasoning_seg.io.frame_sync import PoseBuffer
 
     buf = PoseBuffer(max_age=0.1)
     a, b = np.eye(4), np.eye(4)

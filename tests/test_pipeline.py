@@ -5,8 +5,8 @@ import pytest
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.frames import FrameRejected, RGBDFrame
-from reasoning_seg.metrics import voxel_iou
+from reasoning_seg.eval.metrics import voxel_iou
+from reasoning_seg.mapping.frames import FrameRejected, RGBDFrame
 from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter

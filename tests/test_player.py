@@ -20,7 +20,8 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, Image
 
 from reasoning_seg.camera import CameraIntrinsics, look_at
-from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.io.sequence_io import FolderSequence
+from reasoning_seg.mapping.frames import RGBDFrame
 from reasoning_seg.ros.conversions import (
     camera_info_to_intrinsics,
     depth_msg_to_metres,
@@ -33,7 +34,6 @@ from reasoning_seg.ros.conversions import (
     transform_to_matrix,
 )
 from reasoning_seg.ros.player import PlaybackSummary, PlayerNode, TFMessage, main, play
-from reasoning_seg.sequence_io import FolderSequence
 
 pytestmark = pytest.mark.ros
 

@@ -1,7 +1,7 @@
 """The batched torch path of view selection and fusion gives the numpy path's answers (issue 8).
 
 Runs on CPU (torch's CPU device) and, where one is present, on CUDA. The scene is the SIMULATED
-corridor of :mod:`reasoning_seg.synthetic_stream` at 160x120: its depth images, the world points they
+corridor of :mod:`reasoning_seg.io.synthetic_stream` at 160x120: its depth images, the world points they
 unproject to (plus points hidden behind walls and behind the cameras) and red-pixel masks.
 """
 
@@ -15,10 +15,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import reasoning_seg.fusion as fusion_module  # noqa: E402
-import reasoning_seg.fusion_torch as fusion_torch_module  # noqa: E402
 import reasoning_seg.pipeline as pipeline_module  # noqa: E402
-import reasoning_seg.view_selection as view_selection_module  # noqa: E402
+import reasoning_seg.query.fusion as fusion_module  # noqa: E402
+import reasoning_seg.query.fusion_torch as fusion_torch_module  # noqa: E402
+import reasoning_seg.query.view_selection as view_selection_module  # noqa: E402
 from reasoning_seg.camera import (  # noqa: E402
     CameraIntrinsics,
     invert_transform,
@@ -26,7 +26,12 @@ from reasoning_seg.camera import (  # noqa: E402
     visible_pixels,
 )
 from reasoning_seg.config import FusionConfig, PipelineConfig, ViewSelectionConfig  # noqa: E402
-from reasoning_seg.fusion import (  # noqa: E402
+from reasoning_seg.io.synthetic_stream import CorridorStream  # noqa: E402
+from reasoning_seg.mapping.keyframes import KeyframeWindow  # noqa: E402
+from reasoning_seg.mapping.torch_tsdf import TRUNCATED, TorchBlockGrid  # noqa: E402
+from reasoning_seg.mapping.voxel_map import MapSurface  # noqa: E402
+from reasoning_seg.pipeline import ReasoningSegPipeline  # noqa: E402
+from reasoning_seg.query.fusion import (  # noqa: E402
     METHODS,
     FusionCache,
     fuse,
@@ -34,15 +39,10 @@ from reasoning_seg.fusion import (  # noqa: E402
     view_filter_reason,
     visible_pixels_torch,
 )
-from reasoning_seg.fusion_torch import DEVICE_ARRAYS  # noqa: E402
-from reasoning_seg.keyframes import KeyframeWindow  # noqa: E402
-from reasoning_seg.pipeline import ReasoningSegPipeline  # noqa: E402
-from reasoning_seg.result import dbscan_labels, largest_cluster, package_result  # noqa: E402
+from reasoning_seg.query.fusion_torch import DEVICE_ARRAYS  # noqa: E402
+from reasoning_seg.query.result import dbscan_labels, largest_cluster, package_result  # noqa: E402
+from reasoning_seg.query.view_selection import coverage, kmeans, select_local_views, select_views  # noqa: E402
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation  # noqa: E402
-from reasoning_seg.synthetic_stream import CorridorStream  # noqa: E402
-from reasoning_seg.torch_tsdf import TRUNCATED, TorchBlockGrid  # noqa: E402
-from reasoning_seg.view_selection import coverage, kmeans, select_local_views, select_views  # noqa: E402
-from reasoning_seg.voxel_map import MapSurface  # noqa: E402
 
 INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

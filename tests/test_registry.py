@@ -6,7 +6,7 @@ import pytest
 
 from reasoning_seg.backends import BLOCK_GRIDS, FUSION_METHODS, SEGMENTERS
 from reasoning_seg.config import FusionConfig
-from reasoning_seg.fusion import METHODS, fuse_token_attention
+from reasoning_seg.query.fusion import METHODS, fuse_token_attention
 from reasoning_seg.registry import Registry
 
 

@@ -11,10 +11,10 @@ from PIL import Image
 
 from browser import chromium, headless
 from reasoning_seg.camera import CameraIntrinsics
+from reasoning_seg.query.result import OrientedBox, ViewImage
 from reasoning_seg.report.figure import ViewPanel, query_figure, view_tile
 from reasoning_seg.report.page import ReportEntry, explain_answer, write_report
 from reasoning_seg.report.render import PinholeView, cutaway, look_at, render_points, room_view
-from reasoning_seg.result import OrientedBox, ViewImage
 
 INTR = CameraIntrinsics(64, 48, 60.0, 50.0, 30.0, 25.0)
 

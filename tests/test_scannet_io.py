@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from reasoning_seg.camera import CameraIntrinsics, invert_transform, look_at, transform_points
-from reasoning_seg.scannet_io import ScanNetSequence, is_scannet_layout, open_sequence
-from reasoning_seg.sequence_io import FolderSequence, write_frame, write_intrinsics_txt
+from reasoning_seg.io.scannet_io import ScanNetSequence, is_scannet_layout, open_sequence
+from reasoning_seg.io.sequence_io import FolderSequence, write_frame, write_intrinsics_txt
 
 DEPTH_K = CameraIntrinsics(80, 60, 70.0, 70.0, 39.5, 29.5)
 

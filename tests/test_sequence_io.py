@@ -14,14 +14,14 @@ import pytest
 from PIL import Image
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.sequence_io import (
+from reasoning_seg.io.sequence_io import (
     FolderSequence,
     read_intrinsics_txt,
     read_pose_txt,
     write_frame,
     write_intrinsics_txt,
 )
+from reasoning_seg.mapping.frames import RGBDFrame
 from reasoning_seg.sim.scene import SyntheticScene
 
 SUN3D = Path(__file__).parents[2] / "shared/data/sun3d-studyroom"

@@ -7,11 +7,11 @@ import pytest
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.sequence_io import FolderSequence
+from reasoning_seg.io.sequence_io import FolderSequence
+from reasoning_seg.mapping.frames import RGBDFrame
+from reasoning_seg.mapping.voxel_map import VoxelMap
 from reasoning_seg.sim.scene import SyntheticScene
 from reasoning_seg.sim.truth import TruthView, label_map_points, map_truth
-from reasoning_seg.voxel_map import VoxelMap
 
 INTR = CameraIntrinsics(640, 480, 525.0, 525.0, 319.5, 239.5).scaled(160, 120)
 VOXEL = PipelineConfig().map.voxel_size

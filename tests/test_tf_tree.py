@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reasoning_seg.camera import look_at
-from reasoning_seg.tf_tree import TfTree
+from reasoning_seg.io.tf_tree import TfTree
 
 
 def _rigid(seed: int) -> np.ndarray:

@@ -7,14 +7,14 @@ import open3d as o3d
 import pytest
 from scipy.spatial import cKDTree
 
-from reasoning_seg import state_io
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.config import MapConfig, PipelineConfig
-from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.io.synthetic_stream import CorridorStream
+from reasoning_seg.mapping import state_io
+from reasoning_seg.mapping.frames import RGBDFrame
+from reasoning_seg.mapping.voxel_map import VoxelMap
 from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.sim.scene import SyntheticScene
-from reasoning_seg.synthetic_stream import CorridorStream
-from reasoning_seg.voxel_map import VoxelMap
 
 INTR = CameraIntrinsics(160, 120, 131.25, 124.0, 81.0, 57.5)  # fx != fy, off-centre: a swap shows
 VOXEL = 0.04

@@ -22,13 +22,13 @@ SEGMENTERS.register_lazy("lisa", "reasoning_seg.lisa.segmenter:from_config")
 
 #: ``map.backend``: a ``BlockGrid`` class ``(voxel_size, trunc_voxels, depth_max, device, blocks)``.
 BLOCK_GRIDS = Registry("map backend")
-BLOCK_GRIDS.register_lazy("open3d", "reasoning_seg.voxel_map:Open3DBlockGrid")
-BLOCK_GRIDS.register_lazy("torch", "reasoning_seg.torch_tsdf:TorchBlockGrid")
+BLOCK_GRIDS.register_lazy("open3d", "reasoning_seg.mapping.voxel_map:Open3DBlockGrid")
+BLOCK_GRIDS.register_lazy("torch", "reasoning_seg.mapping.torch_tsdf:TorchBlockGrid")
 
 #: ``fusion.method``: ``fuse_*(points, views, segmentations, config, device=, cache=) -> FusionResult``.
 FUSION_METHODS = Registry("fusion method")
 for _name in ("naive", "filtered", "token_attention", "majority_vote"):
-    FUSION_METHODS.register_lazy(_name, f"reasoning_seg.fusion:fuse_{_name}")
+    FUSION_METHODS.register_lazy(_name, f"reasoning_seg.query.fusion:fuse_{_name}")
 
 
 def segmenter_from_config(config: SegmenterConfig) -> Segmenter:

@@ -4,7 +4,7 @@ Conventions (used everywhere in the package, ROS REP-103 optical frame):
 - camera frame: x right, y down, z forward (optical axis); units are metres;
 - ``T_world_cam`` is a 4x4 rigid transform mapping camera-frame points into the world (map) frame;
 - depth images are float32 metres with 0 or NaN meaning "no reading" (16-bit millimetre images are
-  converted at the boundary, see :mod:`reasoning_seg.image_codec`);
+  converted at the boundary, see :mod:`reasoning_seg.io.image_codec`);
 - pixel (u, v) = (column, row); the centre of pixel (0, 0) is at (0.0, 0.0).
 
 One module owns this so that projection in fusion, rendering in the simulator and unprojection in

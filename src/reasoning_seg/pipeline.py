@@ -24,15 +24,15 @@ import numpy as np
 
 from reasoning_seg.camera import is_rigid_transform
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.frames import FrameRejected, PoseJumpGate, RGBDFrame, sanitize_frame
-from reasoning_seg.fusion import FusionCache, FusionResult, fuse
-from reasoning_seg.fusion_torch import DEVICE_ARRAYS, torch_device
-from reasoning_seg.keyframes import Keyframe, KeyframeWindow, rotation_angle_deg
-from reasoning_seg.result import QueryResult, ViewImage, package_result
+from reasoning_seg.mapping.frames import FrameRejected, PoseJumpGate, RGBDFrame, sanitize_frame
+from reasoning_seg.mapping.keyframes import Keyframe, KeyframeWindow, rotation_angle_deg
+from reasoning_seg.mapping.state_io import load_state, save_state
+from reasoning_seg.mapping.voxel_map import MapSurface, VoxelMap
+from reasoning_seg.query.fusion import FusionCache, FusionResult, fuse
+from reasoning_seg.query.fusion_torch import DEVICE_ARRAYS, torch_device
+from reasoning_seg.query.result import QueryResult, ViewImage, package_result
+from reasoning_seg.query.view_selection import select_local_views, select_views
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
-from reasoning_seg.state_io import load_state, save_state
-from reasoning_seg.view_selection import select_local_views, select_views
-from reasoning_seg.voxel_map import MapSurface, VoxelMap
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(stage, views_done, views_total)``; used for action feedback."""
@@ -648,7 +648,7 @@ class ReasoningSegPipeline:
         """Write map + keyframes (images, depths, poses, intrinsics) into ``directory`` atomically.
 
         The map is copied under the lock (ingestion pauses for the copy only); files are written
-        outside it. See :mod:`reasoning_seg.state_io` for the layout and the crash-safety rules.
+        outside it. See :mod:`reasoning_seg.mapping.state_io` for the layout and the crash-safety rules.
         """
         with self._lock:
             map_arrays = self.map.to_arrays()
@@ -703,7 +703,7 @@ def _share_device_surface(voxel_map: VoxelMap, surface: MapSurface, device: str)
 
     The torch TSDF extracts the surface on its device and copies it to the host; when view
     selection and fusion run on that same kind of device, its device copy is registered as the
-    upload of ``surface.points`` (:meth:`reasoning_seg.fusion._DeviceArrays.put`): one 8 MB
+    upload of ``surface.points`` (:meth:`reasoning_seg.query.fusion._DeviceArrays.put`): one 8 MB
     host-to-device copy less per query at 350k points.
     """
     dev = torch_device(device)

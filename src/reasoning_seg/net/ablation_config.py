@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasoning_seg.benchmark import SceneSetSpec
+from reasoning_seg.eval.benchmark import SceneSetSpec
 from reasoning_seg.sim.simulated_segmenter import SEG_EMBEDDING_MIX
 
 Log = Callable[[str], None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reasoning_seg.benchmark import write_markdown as benchmark_markdown
+from reasoning_seg.eval.benchmark import write_markdown as benchmark_markdown
 from reasoning_seg.net.ablation_config import (
     FUSION_ROW,
 )
@@ -115,7 +115,7 @@ def write_markdown(result: dict[str, Any]) -> str:
         f"{items / max(1, pl['found']):.1f} passes over the training items) on {pl['rooms']} rooms. "
         "Deltas in parentheses are against fusion only. Acc@k: % of queries with 3D IoU >= k; mIoU: mean "
         "IoU over the same queries (misses count 0); false found: % of absent-target queries answered "
-        "'found' (`reasoning_seg.metrics`).",
+        "'found' (`reasoning_seg.eval.metrics`).",
         "",
         "**w/o token-for-query (4b), our definition.** With Eq. 1 off nothing trains the projection of the "
         "[SEG] embedding, so the network could not answer queries at all. The paper does not say what "

@@ -1,6 +1,6 @@
 """MLLM-For3D Table 4 (b, c) in the benchmark world: train on pseudo-labels, evaluate on unseen rooms.
 
-The benchmark runner (:mod:`reasoning_seg.benchmark`) compares query-time methods on one scene set;
+The benchmark runner (:mod:`reasoning_seg.eval.benchmark`) compares query-time methods on one scene set;
 the label-free 3D network first has to be trained on *other* scenes, so this runner chains the
 three steps, each with the package's own code:
 
@@ -10,9 +10,9 @@ three steps, each with the package's own code:
 2. train one network per Table-4 variant (:mod:`reasoning_seg.net.train`): the full loss (Eq. 3 =
    Eq. 1 + lambda Eq. 2), without spatial consistency (Table 4 (c): Eq. 1 only), and without
    token-for-query (Table 4 (b), see below);
-3. evaluate on held-out rooms with :func:`reasoning_seg.benchmark.run_experiment`: the naive
+3. evaluate on held-out rooms with :func:`reasoning_seg.eval.benchmark.run_experiment`: the naive
    projection (Table 4 (a)), fusion only (the node's default), and the node answering with each
-   network (``net.checkpoint``); Acc@0.25 / Acc@0.5 / mIoU as defined in :mod:`reasoning_seg.metrics`.
+   network (``net.checkpoint``); Acc@0.25 / Acc@0.5 / mIoU as defined in :mod:`reasoning_seg.eval.metrics`.
 
 "w/o token-for-query" (Table 4 (b)), our definition: Eq. 1 is the only loss that involves the
 query, so with it off nothing trains the projection of the ``[SEG]`` embedding and the network
@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reasoning_seg.benchmark import Experiment, RowSpec, SceneSetSpec, prepare_scene, run_experiment
 from reasoning_seg.config import PipelineConfig
+from reasoning_seg.eval.benchmark import Experiment, RowSpec, SceneSetSpec, prepare_scene, run_experiment
 from reasoning_seg.net.ablation_config import (
     _NAIVE_PARAMS,
     ALIGNMENT_TARGETS,

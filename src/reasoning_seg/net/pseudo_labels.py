@@ -52,10 +52,10 @@ import numpy as np
 
 from reasoning_seg.camera import visible_pixels
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.fusion import FusionResult
-from reasoning_seg.keyframes import Keyframe
+from reasoning_seg.mapping.keyframes import Keyframe
 from reasoning_seg.pipeline import normalise_query, run_stages
-from reasoning_seg.result import select_target
+from reasoning_seg.query.fusion import FusionResult
+from reasoning_seg.query.result import select_target
 from reasoning_seg.segmenter import Segmenter, ViewInput, ViewSegmentation
 
 FORMAT = "reasoning_seg.pseudo_labels"
@@ -456,7 +456,7 @@ def generate_scene_labels(
     Returns:
         The scene's labels (save them with :func:`save_scene_labels`).
     """
-    from reasoning_seg.benchmark import build_map
+    from reasoning_seg.eval.benchmark import build_map
     from reasoning_seg.sim.scene import SyntheticScene
     from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter, seg_embedding_mix
 
@@ -762,7 +762,7 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Record SIMULATED benchmark rooms (cached) and write one pseudo-label file per room."""
-    from reasoning_seg.benchmark import SceneSetSpec, prepare_scene
+    from reasoning_seg.eval.benchmark import SceneSetSpec, prepare_scene
 
     p = argparse.ArgumentParser(prog="python -m reasoning_seg.net.pseudo_labels", description=main.__doc__)
     p.add_argument("--out", required=True, help="folder for the seedNNNN-*.npz files")

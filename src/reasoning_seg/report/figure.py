@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from reasoning_seg.camera import CameraIntrinsics
+from reasoning_seg.query.result import OrientedBox, ViewImage
 from reasoning_seg.report.render import PinholeView, cutaway, render_points, room_view, shade_only
-from reasoning_seg.result import OrientedBox, ViewImage
 
 _BOX_EDGES = ((0, 1), (0, 2), (1, 3), (2, 3), (4, 5), (4, 6), (5, 7), (6, 7), (0, 4), (1, 5), (2, 6), (3, 7))
 USED = (20, 160, 90)

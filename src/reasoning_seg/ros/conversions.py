@@ -1,7 +1,7 @@
 """ROS message <-> numpy / core-type conversions (the only place that knows message layouts).
 
 Nodes call these functions and hand plain arrays and :class:`CameraIntrinsics` to the ROS-free
-core; byte-level image rules are delegated to :mod:`reasoning_seg.image_codec` so they are tested
+core; byte-level image rules are delegated to :mod:`reasoning_seg.io.image_codec` so they are tested
 without ROS. Nothing here keeps state or talks to the middleware.
 
 Conventions: poses are 4x4 float64 ``T_parent_child`` matrices; quaternions are normalised on the
@@ -24,9 +24,9 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
-from reasoning_seg.frames import focal_length_problem
-from reasoning_seg.image_codec import decode_image, depth_to_metres, encode_image, to_rgb8
-from reasoning_seg.result import QueryResult, ViewImage
+from reasoning_seg.io.image_codec import decode_image, depth_to_metres, encode_image, to_rgb8
+from reasoning_seg.mapping.frames import focal_length_problem
+from reasoning_seg.query.result import QueryResult, ViewImage
 
 __all__ = [
     "box_marker",

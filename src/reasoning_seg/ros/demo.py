@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from reasoning_seg.camera import CameraIntrinsics
     from reasoning_seg.config import PipelineConfig
-    from reasoning_seg.metrics import precision_recall, voxel_iou
+    from reasoning_seg.eval.metrics import precision_recall, voxel_iou
+    from reasoning_seg.query.result import OrientedBox
     from reasoning_seg.report.figure import ViewPanel, query_figure
     from reasoning_seg.report.page import ReportEntry, explain_answer, write_report
-    from reasoning_seg.result import OrientedBox
     from reasoning_seg.ros.bringup import default_params_file, node_command, player_command
     from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix, view_images_from_msgs
     from reasoning_seg.ros.query_client import call_segment, result_summary, write_ply

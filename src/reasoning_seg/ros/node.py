@@ -40,10 +40,10 @@ from visualization_msgs.msg import Marker, MarkerArray
 from reasoning_seg.action import SegmentQuery
 from reasoning_seg.backends import segmenter_from_config
 from reasoning_seg.camera import CameraIntrinsics
-from reasoning_seg.frame_sync import ApproximatePairSync, StampJoin
+from reasoning_seg.io.frame_sync import ApproximatePairSync, StampJoin
 from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.pipeline import ReasoningSegPipeline
-from reasoning_seg.result import QueryResult
+from reasoning_seg.query.result import QueryResult
 from reasoning_seg.ros.node_common import (  # noqa: F401 - re-exported: tests and tools use them from here
     _CAMERA_QUEUE,
     _INVALID_QUERY_PREFIXES,

@@ -12,7 +12,7 @@ from geometry_msgs.msg import PoseStamped, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from reasoning_seg.frames import FrameRejected, RGBDFrame
+from reasoning_seg.mapping.frames import FrameRejected, RGBDFrame
 from reasoning_seg.ros.conversions import (
     camera_info_to_intrinsics,
     depth_msg_to_metres,

@@ -15,6 +15,7 @@ from nav_msgs.msg import Path as PathMsg
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker
 
+from reasoning_seg.mapping.state_io import resolve_map_dir
 from reasoning_seg.ros.conversions import (
     make_header,
     points_to_cloud_msg,
@@ -31,7 +32,6 @@ from reasoning_seg.ros.node_common import (
     printable,
 )
 from reasoning_seg.srv import LoadMap, RemoveTarget, SaveMap
-from reasoning_seg.state_io import resolve_map_dir
 
 
 class MapMixin:

@@ -19,7 +19,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from reasoning_seg.action import SegmentQuery
 from reasoning_seg.msg import SegmentationResult, StageTiming
 from reasoning_seg.pipeline import QueryCancelled, QueryError, normalise_query
-from reasoning_seg.result import QueryResult
+from reasoning_seg.query.result import QueryResult
 from reasoning_seg.ros.conversions import box_marker as make_box_marker
 from reasoning_seg.ros.conversions import (
     delete_all_marker,

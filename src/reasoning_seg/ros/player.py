@@ -2,8 +2,8 @@
 
 Two sources, chosen by parameter:
 
-- ``folder``: a 3DMatch/Sun3D-style folder (:class:`reasoning_seg.sequence_io.FolderSequence`) or a
-  ScanNet-style export (:class:`reasoning_seg.scannet_io.ScanNetSequence`), told apart by layout;
+- ``folder``: a 3DMatch/Sun3D-style folder (:class:`reasoning_seg.io.sequence_io.FolderSequence`) or a
+  ScanNet-style export (:class:`reasoning_seg.io.scannet_io.ScanNetSequence`), told apart by layout;
   each frame becomes an ``rgb8`` colour ``Image``, a ``16UC1`` (millimetre) or ``32FC1`` (metre)
   depth ``Image``, a ``CameraInfo`` and a ``PoseStamped`` (``T_map_camera`` in ``map_frame``), all
   with the same stamp; images and camera info carry ``camera_frame``. Like a robot, it also
@@ -13,7 +13,7 @@ Two sources, chosen by parameter:
   bytes (no deserialisation, so it is cheap and byte-exact) by a publisher of the recorded type.
   ``/tf`` and ``/tf_static`` are replayed as recorded (``/tf_static`` latched, as tf2 publishes
   it). Where tf2_msgs is not installed, the camera pose is derived from the recorded TF tree
-  (:class:`reasoning_seg.tf_tree.TfTree`, ``map_frame`` <- the images' frame) and published on
+  (:class:`reasoning_seg.io.tf_tree.TfTree`, ``map_frame`` <- the images' frame) and published on
   ``pose_topic``, so a robot bag that carries TF and no pose topic still plays into a map.
 
 Timing follows the recording (frame stamps, or the bag's receive times) divided by ``rate``; the
@@ -61,8 +61,9 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.image_codec import depth_from_metres
+from reasoning_seg.io.image_codec import depth_from_metres
+from reasoning_seg.io.tf_tree import TfTree
+from reasoning_seg.mapping.frames import RGBDFrame
 from reasoning_seg.ros.conversions import (
     intrinsics_to_camera_info,
     make_header,
@@ -72,7 +73,6 @@ from reasoning_seg.ros.conversions import (
     sec_to_stamp,
     transform_to_matrix,
 )
-from reasoning_seg.tf_tree import TfTree
 
 try:  # real ROS 2 installs; not available from PyPI wheels
     from tf2_msgs.msg import TFMessage  # type: ignore[import-not-found]
@@ -297,7 +297,7 @@ class PlayerNode(Node):
     def _setup_folder(self, sequence: FrameSequence | None) -> None:
         p = self._p
         if sequence is None:
-            from reasoning_seg.scannet_io import open_sequence  # lazy: another module's I/O deps
+            from reasoning_seg.io.scannet_io import open_sequence  # lazy: another module's I/O deps
 
             sequence = open_sequence(p["folder"], depth_scale=float(p["depth_scale"]), fps=float(p["fps"]))
             self.summary.source = f"folder {p['folder']}"

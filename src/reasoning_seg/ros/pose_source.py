@@ -25,7 +25,7 @@ import rclpy.time
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from reasoning_seg.frame_sync import PoseBuffer
+from reasoning_seg.io.frame_sync import PoseBuffer
 from reasoning_seg.ros.conversions import stamp_to_sec, transform_to_matrix
 from reasoning_seg.ros.params import NodeConfig
 

@@ -5,7 +5,7 @@ without Open3D the PyTorch box caster of :mod:`reasoning_seg.sim.raycast` on CPU
 the environment variable ``REASONING_SEG_RAYCAST`` = auto | open3d | torch), so every pixel
 and every query comes with an exact answer: the instance id that produced it (0 for queries about
 something the room does not contain). Real recordings are read with
-:mod:`reasoning_seg.sequence_io`; simulated ones are written in the same folder format. The
+:mod:`reasoning_seg.io.sequence_io`; simulated ones are written in the same folder format. The
 object catalogue (geometry, colours, uses, fronts) is :mod:`reasoning_seg.sim.catalogue`.
 
 Modules: ``objects`` (specs, parts, query predicates, geometry helpers), ``layout`` (procedural

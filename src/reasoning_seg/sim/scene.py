@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform, look_at
-from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.mapping.frames import RGBDFrame
 from reasoning_seg.sim.appearance import (
     _AMBIENT,
     _DIFFUSE,
@@ -708,7 +708,7 @@ class SyntheticScene:
         Refuses to write into a sequence folder that already holds frames, so stale frames from an
         earlier, longer recording cannot be read back as part of this one.
         """
-        from reasoning_seg.sequence_io import write_frame, write_intrinsics_txt
+        from reasoning_seg.io.sequence_io import write_frame, write_intrinsics_txt
 
         root = Path(directory)
         seq = root / "seq-01"

@@ -92,7 +92,7 @@ def label_map_points(
 
 def recorded_truth_views(sequence_dir: str | Path, every: int = 1) -> list[TruthView]:
     """The frames of a recording made by ``SyntheticScene.record_sequence`` (``.gt_pose.txt`` needed)."""
-    from reasoning_seg.sequence_io import FolderSequence
+    from reasoning_seg.io.sequence_io import FolderSequence
 
     seq = FolderSequence(sequence_dir)
     views = []
@@ -113,7 +113,7 @@ def map_truth(scene: Any, sequence_dir: str | Path, points: np.ndarray, max_dist
     Without drift (every reported pose equals the true one) the answer is
     ``scene.label_points(points)`` itself, without reading the images (the same labels, cheaper).
     """
-    from reasoning_seg.sequence_io import FolderSequence
+    from reasoning_seg.io.sequence_io import FolderSequence
 
     seq = FolderSequence(sequence_dir)
     drifted = any(

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.image_codec import depth_from_metres, depth_to_metres
+from reasoning_seg.io.image_codec import depth_from_metres, depth_to_metres
+from reasoning_seg.mapping.frames import RGBDFrame
 
 __all__ = [
     "INTRINSICS_FILE",

@@ -1,6 +1,6 @@
 """The batched torch path of fusion: every view's visibility and votes on one device at once.
 
-:mod:`reasoning_seg.fusion` calls it when a method gets a torch ``device`` (``fusion.device``); the
+:mod:`reasoning_seg.query.fusion` calls it when a method gets a torch ``device`` (``fusion.device``); the
 numpy code there is the reference it is tested against (tests/test_query_overhead.py). Device copies
 of the map points and the views' depth images are cached (:data:`DEVICE_ARRAYS`, :data:`DEPTH_ATLAS`)
 so a query pays the transfers once.
@@ -19,11 +19,12 @@ import numpy as np
 from reasoning_seg.camera import CameraIntrinsics, invert_transform
 from reasoning_seg.config import FusionConfig
 from reasoning_seg.segmenter import ViewInput, ViewSegmentation
+from reasoning_seg.transfer import to_device, to_host
 
 if TYPE_CHECKING:
     import torch
 
-    from reasoning_seg.fusion import FusionCache
+    from reasoning_seg.query.fusion import FusionCache
 
 
 # ---------------------------------------------------------------------------- the torch path
@@ -269,44 +270,6 @@ def visible_pixels_torch(
     visible = inside & (dv > 0) & ((dv - z).abs() <= tolerance)
     flat = torch.where(visible, local.to(torch.int64), -1)
     return visible, flat, z
-
-
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array (camera constants, weights, masks, depth images) on ``device``, queued.
-
-    A copy from ordinary (pageable) host memory makes CUDA drain the stream first; staged through
-    page-locked memory it is queued like a kernel, and the host goes on launching. On the CPU the
-    tensor is the array.
-    """
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type != "cuda":
-        return t.to(device)
-    try:
-        return t.pin_memory().to(device, non_blocking=True)
-    except RuntimeError:  # no page-locked memory to be had: the ordinary copy
-        return t.to(device)
-
-
-def to_host(tensor: torch.Tensor) -> np.ndarray:
-    """``tensor`` as a numpy array; from a GPU, copied through page-locked memory.
-
-    Into ordinary memory CUDA copies through a bounce buffer, piece by piece; into page-locked
-    memory it is one DMA. That matters for the megabytes a query brings back (the map surface,
-    fused probabilities). The array owns its page-locked buffer until it is freed, when PyTorch's
-    caching host allocator takes it back for the next copy.
-    """
-    import torch
-
-    if tensor.device.type != "cuda":
-        return tensor.detach().cpu().numpy()
-    try:
-        out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    except RuntimeError:  # no page-locked memory to be had: the ordinary copy
-        return tensor.detach().cpu().numpy()
-    out.copy_(tensor)
-    return out.numpy()
 
 
 def points_on_device(points: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Why it exists: the GPU machines this package targets can install PyTorch but not the Open3D wheel,
 and the issue asks for integration on the GPU. This module is a self-contained equivalent of the
-Open3D ``VoxelBlockGrid`` use in :mod:`reasoning_seg.voxel_map`, with the same conventions so maps
+Open3D ``VoxelBlockGrid`` use in :mod:`reasoning_seg.mapping.voxel_map`, with the same conventions so maps
 move between the two (``export`` / ``import_``):
 
 - voxel ``v`` (integer lattice coordinate) sits at ``v * voxel_size`` in the map frame; block
@@ -342,7 +342,7 @@ class TorchBlockGrid:
         synchronisations, not its arithmetic (bench/results/query.md). The device copy of the
         points stays available to the query through :meth:`device_points`.
         """
-        from reasoning_seg.fusion_torch import to_host
+        from reasoning_seg.transfer import to_host
 
         torch = self._torch
         self._surface_device = None
@@ -392,7 +392,7 @@ class TorchBlockGrid:
         """(N, 3) float64 tensor on this grid's device holding ``points``, if they are the last extraction's.
 
         The surface is made on the device; handing its device copy to the query (see
-        ``reasoning_seg.fusion_torch.DEVICE_ARRAYS.put``) saves uploading the points back. None when
+        ``reasoning_seg.query.fusion_torch.DEVICE_ARRAYS.put``) saves uploading the points back. None when
         ``points`` is not the array :meth:`extract` returned last (the copy is of that array, so it
         stays right when the grid changes after the extraction).
         """

@@ -4,7 +4,7 @@ Layout::
 
     DIR/state.json      format, version, map settings, next keyframe id, and the size and SHA-256
                         of each file below
-    DIR/map.npz         the voxel map (:meth:`reasoning_seg.voxel_map.VoxelMap.to_arrays`)
+    DIR/map.npz         the voxel map (:meth:`reasoning_seg.mapping.voxel_map.VoxelMap.to_arrays`)
     DIR/keyframes.npz   keyframe ids, intrinsics, stamps, frame ids, poses, colour and depth images
 
 Why this shape: a map that took an hour to build must survive a crash during save and must never be
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from reasoning_seg.camera import CameraIntrinsics, is_rigid_transform
-from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.mapping.frames import RGBDFrame
 
 STATE_FORMAT = "reasoning_seg.state"
 STATE_VERSION = 2
@@ -299,7 +299,7 @@ def load_state(directory: str | Path, max_bytes: int = 8 << 30) -> SavedState:
     Files larger than ``max_bytes`` are refused before they are read (hashing a 20 GiB file took
     36 s of a node's admin thread).
     """
-    from reasoning_seg.voxel_map import VoxelMap
+    from reasoning_seg.mapping.voxel_map import VoxelMap
 
     d = Path(directory)
     doc = read_state_json(d)

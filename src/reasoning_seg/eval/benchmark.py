@@ -8,14 +8,14 @@ the ROS node takes, e.g. ``fusion.method``) plus the simulated segmenter's profi
 generates the scenes (cached on disk), builds each map once, asks every query of every scene with
 every row, and writes ``results.json``, ``results.md`` and pictures of the worst failures::
 
-    python -m reasoning_seg.benchmark bench/experiments/baselines.yaml --out out/bench/baselines
+    python -m reasoning_seg.eval.benchmark bench/experiments/baselines.yaml --out out/bench/baselines
 
 A row answers with the label-free 3D network (MLLM-For3D §3.3) by setting its checkpoint like any
 other parameter, ``params: {net.checkpoint: out/net/model.pt}``; the table then says how many
 queries the network answered and how many fell back to fusion (and the per-query messages why).
 Training a network first and then evaluating it is :mod:`reasoning_seg.net.experiment`.
 
-Metric definitions: :mod:`reasoning_seg.metrics`. Ground truth: each map point is labelled with
+Metric definitions: :mod:`reasoning_seg.eval.metrics`. Ground truth: each map point is labelled with
 the instance of the mesh surface it lies on (within 1.5 voxels); a query's truth is its target's
 points *in this map*, so the numbers measure the query path, not how much of the room was scanned.
 """
@@ -39,9 +39,9 @@ import yaml
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.metrics import QueryScore, score_query, summarise
+from reasoning_seg.eval.metrics import QueryScore, score_query, summarise
+from reasoning_seg.io.sequence_io import FolderSequence
 from reasoning_seg.pipeline import ReasoningSegPipeline
-from reasoning_seg.sequence_io import FolderSequence
 from reasoning_seg.sim.truth import map_truth
 
 __all__ = ["Experiment", "RowSpec", "SceneSetSpec", "main", "run_experiment", "write_markdown"]
@@ -358,7 +358,7 @@ def run_experiment(
     doc: dict[str, Any] = {
         "title": exp.title,
         "description": exp.description,
-        "command": " ".join(["python -m reasoning_seg.benchmark", *sys.argv[1:]]),
+        "command": " ".join(["python -m reasoning_seg.eval.benchmark", *sys.argv[1:]]),
         "scenes": dataclasses.asdict(exp.scenes),
         "scene_info": scene_info,
         "base_params": exp.base_params,
@@ -405,7 +405,7 @@ def _write_pictures(failures: dict[str, list[_Failure]], directory: Path, voxel:
     """One picture per failure (top and side view; cut-away view) and ``index.html`` showing them all."""
     from reasoning_seg.report.figure import comparison_figure
     from reasoning_seg.report.page import ReportEntry, write_report
-    from reasoning_seg.visualize import render_comparison_picture
+    from reasoning_seg.report.visualize import render_comparison_picture
 
     written, entries = [], []
     for row, items in failures.items():
@@ -508,7 +508,7 @@ def write_markdown(doc: dict[str, Any]) -> str:
         "",
         "Acc@k: % of queries with 3D IoU >= k; mIoU: mean IoU over the same queries (misses count 0); "
         "mIoU|grounded: mean IoU of queries with IoU >= 0.25; false found: % of absent-target queries "
-        "answered 'found'. Definitions: `reasoning_seg.metrics`.",
+        "answered 'found'. Definitions: `reasoning_seg.eval.metrics`.",
         "",
         "| Method | 2D model | Acc@0.25 | Acc@0.5 | mIoU | mIoU\\|grounded | false found | found "
         "| query p50 (s) |",
@@ -587,7 +587,7 @@ def _parse_seeds(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     """Command line: run an experiment file, print the Markdown table, optionally copy it into the repo."""
     p = argparse.ArgumentParser(
-        prog="python -m reasoning_seg.benchmark", description=__doc__.split("\n\n")[0]
+        prog="python -m reasoning_seg.eval.benchmark", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("experiment", help="experiment YAML (see bench/experiments/)")
     p.add_argument("--out", default="out/bench", help="output folder (results.json, results.md, failures/)")

@@ -6,14 +6,14 @@ map saved by one loads into the other:
 
 - ``open3d``: Open3D's ``VoxelBlockGrid`` (C++ kernels; CPU, or CUDA with a CUDA build of Open3D).
   Frames go in as uint16 millimetres + uint8 colour, Open3D's fastest input path;
-- ``torch``: :class:`reasoning_seg.torch_tsdf.TorchBlockGrid`, for GPU machines that have PyTorch
+- ``torch``: :class:`reasoning_seg.mapping.torch_tsdf.TorchBlockGrid`, for GPU machines that have PyTorch
   but cannot install Open3D.
 
 On top of the backend this module adds what the robot needs from a mapper: an integration rate
 (every Nth frame / at most N Hz), bounded memory on endless streams (a block budget and a radius
 around the camera), per-voxel query labels (so a target can be re-published) and
 :meth:`VoxelMap.remove_points` (so a picked object leaves the map until it is seen again), and
-export/import of the whole state as plain arrays for :mod:`reasoning_seg.state_io`.
+export/import of the whole state as plain arrays for :mod:`reasoning_seg.mapping.state_io`.
 
 The query path never touches the grid directly: it asks for a :class:`MapSurface` snapshot, so a
 query can run while new frames keep arriving. Not thread-safe: the owner (the pipeline) serialises
@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from reasoning_seg.config import MapConfig
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.sparse_voxels import KeyTable, cell_coords, pack_keys, unpack_keys
+from reasoning_seg.mapping.frames import RGBDFrame
+from reasoning_seg.mapping.sparse_voxels import KeyTable, cell_coords, pack_keys, unpack_keys
 
 BLOCK = 8
 VOXELS_PER_BLOCK = BLOCK**3
@@ -444,7 +444,7 @@ class VoxelMap:
         return take
 
     def integrate(self, frame: RGBDFrame) -> None:
-        """Fuse one sanitised frame (see :func:`reasoning_seg.frames.sanitize_frame`), then bound memory."""
+        """Fuse one sanitised frame (see :func:`~.frames.sanitize_frame`), then bound memory."""
         self.grid.integrate(frame.depth, frame.color, frame.intrinsics.K, frame.T_world_cam)
         self.frames_integrated += 1
         self._last_stamp = frame.stamp

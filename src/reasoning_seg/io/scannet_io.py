@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image
 
 from reasoning_seg.camera import CameraIntrinsics
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.image_codec import depth_to_metres
-from reasoning_seg.sequence_io import FolderSequence, pinhole_from_K, read_image, read_pose_txt
+from reasoning_seg.io.image_codec import depth_to_metres
+from reasoning_seg.io.sequence_io import FolderSequence, pinhole_from_K, read_image, read_pose_txt
+from reasoning_seg.mapping.frames import RGBDFrame
 
 __all__ = ["ScanNetSequence", "is_scannet_layout", "open_sequence", "read_scannet_intrinsics"]
 
@@ -69,7 +69,7 @@ def _pose_or_none(path: Path) -> np.ndarray | None:
 class ScanNetSequence:
     """Lazy, indexable reader of a ScanNet-style export, yielding :class:`RGBDFrame` (see module doc).
 
-    Same interface as :class:`reasoning_seg.sequence_io.FolderSequence` (``len``, indexing,
+    Same interface as :class:`reasoning_seg.io.sequence_io.FolderSequence` (``len``, indexing,
     ``pose``, ``instance``, ``intrinsics``, ``frame_numbers``), so the player, the pipeline and the
     benchmark take either. ``stride`` keeps every n-th frame (ScanNet records 30 Hz; mapping
     every frame is rarely needed).

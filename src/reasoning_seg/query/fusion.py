@@ -44,7 +44,7 @@ from reasoning_seg.segmenter import ViewInput, ViewSegmentation
 if TYPE_CHECKING:
     pass
 
-from reasoning_seg.fusion_torch import (
+from reasoning_seg.query.fusion_torch import (
     _camera,
     _device_key,
     _vote_torch,

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from reasoning_seg.camera import CameraIntrinsics, look_at
-from reasoning_seg.frames import RGBDFrame
+from reasoning_seg.mapping.frames import RGBDFrame
 
 MAX_RANGE = 10.0
 """Metres: farther surfaces read as 'no return', as on a real RGB-D sensor."""

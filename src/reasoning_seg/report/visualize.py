@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from reasoning_seg.result import OrientedBox
+from reasoning_seg.query.result import OrientedBox
 
 Overlay = tuple[np.ndarray, tuple[int, int, int]]
 """Points drawn over the map in one colour (e.g. the target in red)."""

@@ -30,8 +30,8 @@ import numpy as np
 
 from reasoning_seg.camera import CameraIntrinsics, transform_points
 from reasoning_seg.config import KeyframeConfig
-from reasoning_seg.frames import RGBDFrame
-from reasoning_seg.sparse_voxels import NEIGHBOURS_6, KeyTable, ball_offsets, cell_coords, pack_keys
+from reasoning_seg.mapping.frames import RGBDFrame
+from reasoning_seg.mapping.sparse_voxels import NEIGHBOURS_6, KeyTable, ball_offsets, cell_coords, pack_keys
 
 OBSERVATION_SAMPLES = 160 * 120
 """Depth pixels sampled (on a regular grid) to find the cells a frame observes."""

@@ -9,9 +9,10 @@ views at random; that strategy is kept for comparison. More views is not monoton
 REALM's local stage (GLSpaG-Local) is :func:`select_local_views`: once the global views have located
 a candidate target, the keyframes in which that candidate appears largest are close-ups of it.
 
-Both take ``device`` like :func:`reasoning_seg.fusion.fuse`: None runs numpy, a torch device runs the
-depth tests of all keyframes as one batch there (:func:`reasoning_seg.fusion_torch.visible_pixels_torch`),
-which is what makes scoring a 30-keyframe window cheap on a GPU. The choice of views is the same.
+Both take ``device`` like :func:`reasoning_seg.query.fusion.fuse`: None runs numpy, a torch device
+runs the depth tests of all keyframes as one batch there
+(:func:`~reasoning_seg.query.fusion_torch.visible_pixels_torch`), which is what makes scoring a
+30-keyframe window cheap on a GPU. The choice of views is the same.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ import numpy as np
 
 from reasoning_seg.camera import invert_transform, visible_pixels
 from reasoning_seg.config import ViewSelectionConfig
-from reasoning_seg.fusion_torch import Camera, points_on_device, to_device, torch_device, visible_pixels_torch
-from reasoning_seg.keyframes import Keyframe
+from reasoning_seg.mapping.keyframes import Keyframe
+from reasoning_seg.query.fusion_torch import (
+    Camera,
+    points_on_device,
+    to_device,
+    torch_device,
+    visible_pixels_torch,
+)
 
 if TYPE_CHECKING:
     import torch
