@@ -119,8 +119,7 @@ def flood(client, srv_type, name: str, requests: list, timeout: float, pid: int)
 def flood_action(client, query: str, n: int, timeout: float, pid: int) -> Row:
     import rclpy
     from rclpy.action import ActionClient
-
-    from reasoning_seg.action import SegmentQuery
+    from reasoning_seg_msgs.action import SegmentQuery
 
     DEEP = _deep()
     row = Row("segment_query (every other goal cancelled)", n, rss_before=rss_mib(pid))
@@ -161,8 +160,7 @@ def flood_action(client, query: str, n: int, timeout: float, pid: int) -> Row:
 
 def run(a: argparse.Namespace, domain: int) -> list[Row]:
     import rclpy
-
-    from reasoning_seg.srv import LoadMap, RemoveTarget, SaveMap, Segment, TrackQuery
+    from reasoning_seg_msgs.srv import LoadMap, RemoveTarget, SaveMap, Segment, TrackQuery
 
     out = Path(a.out or tempfile.mkdtemp(prefix="flood_"))
     scene_dir, maps, query = prepare(out)

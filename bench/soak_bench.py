@@ -467,9 +467,9 @@ def run_soak(a: argparse.Namespace, command: str) -> SoakReport:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
+    from reasoning_seg_msgs.srv import Segment
 
     from reasoning_seg.ros.bringup import default_params_file, node_command
-    from reasoning_seg.srv import Segment
 
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 #     source scripts/env.sh        # after `make setup` (scripts/setup.sh)
 #
 # - activates .venv (Python 3.11 with the ROS 2 Kilted wheels, colcon, open3d, ...);
-# - puts the interfaces built by setup.sh (ros2_ws/install/reasoning_seg: reasoning_seg.msg,
+# - puts the interfaces built by setup.sh (ros2_ws/install/reasoning_seg_msgs: reasoning_seg_msgs.msg,
 #   .srv, .action and their C typesupport libraries) on PYTHONPATH / LD_LIBRARY_PATH, *after*
 #   src/ so that edits to src/reasoning_seg/*.py take effect without rebuilding;
 # - AMENT_PREFIX_PATH / CMAKE_PREFIX_PATH so ament_index (get_package_share_directory) and CMake
@@ -51,16 +51,18 @@ _rs_prepend() {
 . "$_rs_venv/bin/activate"
 
 _rs_install="$REASONING_SEG_ROOT/ros2_ws/install/reasoning_seg"
+_rs_msgs="$REASONING_SEG_ROOT/ros2_ws/install/reasoning_seg_msgs"
 _rs_pyver="$("$_rs_venv/bin/python3" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || echo 3.11)"
 
 # Order matters: the last prepend ends up first. src/ must precede the install tree.
-_rs_prepend PYTHONPATH "$_rs_install/lib/python$_rs_pyver/site-packages"
+_rs_prepend PYTHONPATH "$_rs_msgs/lib/python$_rs_pyver/site-packages"
 _rs_prepend PYTHONPATH "$REASONING_SEG_ROOT/src"
 # The ros_wheels_bootstrapper re-execs every venv Python with $VIRTUAL_ENV/lib and the wheels'
 # ros_*.libs added; the generated interface libraries live elsewhere and must be added here.
 _rs_prepend LD_LIBRARY_PATH "$_rs_venv/lib"
-_rs_prepend LD_LIBRARY_PATH "$_rs_install/lib"
+_rs_prepend LD_LIBRARY_PATH "$_rs_msgs/lib"
 _rs_prepend AMENT_PREFIX_PATH "$_rs_venv"
+_rs_prepend AMENT_PREFIX_PATH "$_rs_msgs"
 _rs_prepend AMENT_PREFIX_PATH "$_rs_install"
 _rs_prepend CMAKE_PREFIX_PATH "$_rs_venv"
 
@@ -69,5 +71,5 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_LOG_DIR="$REASONING_SEG_ROOT/.cache/ros_log"
 mkdir -p "$ROS_LOG_DIR"
 
-unset _rs_venv _rs_install _rs_pyver
+unset _rs_venv _rs_install _rs_msgs _rs_pyver
 unset -f _rs_prepend

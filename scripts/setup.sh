@@ -12,15 +12,15 @@
 #   3. repairs the CMake files of the ROS wheels, which hard-code the include directories of the
 #      machine the wheels were built on (/opt/python/cp311-cp311/...), and installs the shared
 #      libraries Open3D loads when the system lacks them (libusb-1.0-0 on a stock image);
-#   4. builds msg/ srv/ action/ with colcon in ros2_ws (ros2_ws/src/reasoning_seg -> ../..) into
-#      ros2_ws/install, without installing a copy of src/reasoning_seg there;
+#   4. builds the two ROS packages of packages/ with colcon in ros2_ws: reasoning_seg_msgs (the
+#      interfaces) and reasoning_seg (launch files, configuration, `ros2 run` launchers; without
+#      installing a copy of src/reasoning_seg) into ros2_ws/install/<name>;
 #   5. `pip install -e .` (no deps, no build isolation): src/reasoning_seg is imported from the
-#      working tree, and the generated reasoning_seg.msg/.srv/.action join it through
-#      pkgutil.extend_path (src/reasoning_seg/__init__.py).
+#      working tree, the generated reasoning_seg_msgs from ros2_ws/install.
 #
 # Stamps: .venv/.reasoning_seg-*.stamp and ros2_ws/install/.reasoning_seg-interfaces.stamp hold a
-# hash of their inputs (requirements.txt; package.xml, CMakeLists.txt, cmake/, msg/, srv/,
-# action/, the file names in launch/ and config/; pyproject.toml). Delete .venv or ros2_ws/install
+# hash of their inputs (requirements.txt; everything under packages/, the file names in launch/ and
+# config/; pyproject.toml). Delete .venv or ros2_ws/install
 # (or run `make clean`) to force a step. Environment: PYTHON=/path/to/python3.11 picks the
 # interpreter; REASONING_SEG_SETUP_VERBOSE=1 shows the full pip and colcon output.
 set -euo pipefail
@@ -33,6 +33,7 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 WS="$ROOT/ros2_ws"
 INSTALL="$WS/install/reasoning_seg"
+MSGS_INSTALL="$WS/install/reasoning_seg_msgs"
 VERBOSE="${REASONING_SEG_SETUP_VERBOSE:-0}"
 
 T0=$(date +%s%N)
@@ -195,25 +196,23 @@ if [ -z "${REASONING_SEG_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>
 fi
 
 # --- 4. Interfaces (colcon build of ros2_ws) --------------------------------------------------------
-# ros2_ws/src/reasoning_seg -> ../.. is committed; recreate it if a checkout lost it.
-if [ ! -L "$WS/src/reasoning_seg" ]; then
-    mkdir -p "$WS/src"
-    rm -rf "$WS/src/reasoning_seg"
-    ln -s ../.. "$WS/src/reasoning_seg"
-fi
-iface_files=(package.xml CMakeLists.txt)
+# ros2_ws holds only build products: the packages are crawled from packages/ (an older checkout's
+# ros2_ws/src link to the repository root would find them twice: remove it).
+[ -L "$WS/src/reasoning_seg" ] && rm -f "$WS/src/reasoning_seg" && rmdir "$WS/src" 2>/dev/null || true
+iface_files=()
 while IFS= read -r -d '' f; do iface_files+=("$f"); done \
-    < <(find cmake msg srv action -type f -print0 2>/dev/null | sort -z)
+    < <(find packages -type f -print0 2>/dev/null | sort -z)
 # launch/ and config/ are symlinked file by file (--symlink-install): edits are live, but an added
 # or removed file needs a new install, so their *names* are part of the hash.
 iface_names="$(find launch config -type f 2>/dev/null | sort | tr '\n' ' ')"
 iface_hash="$(hash_inputs "v$SETUP_VERSION" "$ROOT" "$deps_hash" "$iface_names" -- "${iface_files[@]}")"
 iface_stamp="$WS/install/.reasoning_seg-interfaces.stamp"
 if ! stamp_ok "$iface_stamp" "$iface_hash" || [ ! -d "$INSTALL" ]; then
-    log "building the interfaces with colcon (msg/ srv/ action/ -> ros2_ws/install, ~30 s)"
+    log "building reasoning_seg_msgs and reasoning_seg with colcon (-> ros2_ws/install, ~30 s)"
     # Always from scratch: an incremental build would keep the generated code of a deleted .msg,
     # and CMake caches absolute paths of the venv.
     rm -rf "$WS/build" "$WS/install"
+    mkdir -p "$WS"
     (
         cd "$WS"
         # A clean environment: only the venv's ROS, never a sourced /opt/ros or an old overlay.
@@ -221,7 +220,7 @@ if ! stamp_ok "$iface_stamp" "$iface_hash" || [ ! -d "$INSTALL" ]; then
             PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" REASONING_SEG_NO_DEVENV=1 \
             AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
             "$VENV/bin/colcon" --log-base log build \
-            --base-paths src --build-base build --install-base install \
+            --base-paths "$ROOT/packages" --build-base build --install-base install \
             --symlink-install --event-handlers desktop_notification- status- \
             --cmake-args -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
             -DREASONING_SEG_INSTALL_PYTHON_PACKAGE=OFF -DPython3_EXECUTABLE="$VENV/bin/python3"
@@ -230,7 +229,7 @@ if ! stamp_ok "$iface_stamp" "$iface_hash" || [ ! -d "$INSTALL" ]; then
         die "colcon build failed; full output in .cache/colcon_build.log and ros2_ws/log/latest_build"
     }
     [ "$VERBOSE" = 1 ] && cat "$ROOT/.cache/colcon_build.log"
-    [ -d "$INSTALL/lib/python$PYVER/site-packages/reasoning_seg/msg" ] \
+    [ -d "$MSGS_INSTALL/lib/python$PYVER/site-packages/reasoning_seg_msgs/msg" ] \
         || die "colcon build produced no Python interfaces (see .cache/colcon_build.log)"
     echo "$iface_hash" >"$iface_stamp"
     iface_built=1
@@ -249,15 +248,15 @@ import os
 
 if not os.environ.get("REASONING_SEG_NO_DEVENV"):  # set by setup.sh while it builds
     for _key, _paths in (
-        ("LD_LIBRARY_PATH", ("$INSTALL/lib", "$VENV/lib")),
-        ("AMENT_PREFIX_PATH", ("$INSTALL", "$VENV")),
+        ("LD_LIBRARY_PATH", ("$MSGS_INSTALL/lib", "$INSTALL/lib", "$VENV/lib")),
+        ("AMENT_PREFIX_PATH", ("$INSTALL", "$MSGS_INSTALL", "$VENV")),
     ):
         _cur = [p for p in os.environ.get(_key, "").split(os.pathsep) if p]
         os.environ[_key] = os.pathsep.join([p for p in _paths if p not in _cur] + _cur)
 EOF
 )"
 devenv_pth="$(cat <<EOF
-$INSTALL/lib/python$PYVER/site-packages
+$MSGS_INSTALL/lib/python$PYVER/site-packages
 import _reasoning_seg_devenv
 EOF
 )"
@@ -281,13 +280,13 @@ if [ -n "${iface_built:-}" ] || [ -n "${edit_done:-}" ]; then
     (
         # shellcheck disable=SC1091
         . "$ROOT/scripts/env.sh"
-        python -c 'import reasoning_seg, reasoning_seg.msg, reasoning_seg.srv, reasoning_seg.action, rclpy
+        python -c 'import reasoning_seg, reasoning_seg_msgs.msg, reasoning_seg_msgs.srv, reasoning_seg_msgs.action, rclpy
 import os, sys
 src = os.path.realpath(os.path.join(os.environ["REASONING_SEG_ROOT"], "src", "reasoning_seg"))
 if os.path.realpath(os.path.dirname(reasoning_seg.__file__)) != src:
     sys.exit("reasoning_seg is imported from %s, not from src/" % reasoning_seg.__file__)
-reasoning_seg.msg.SegmentationResult()'
+reasoning_seg_msgs.msg.SegmentationResult()'
     ) || die "smoke test failed: the interfaces or the package do not import"
-    log "smoke test passed (reasoning_seg + reasoning_seg.msg/.srv/.action + rclpy import)"
+    log "smoke test passed (reasoning_seg + reasoning_seg_msgs.msg/.srv/.action + rclpy import)"
 fi
 log "ready: source scripts/env.sh"

@@ -35,12 +35,14 @@ def test_the_demo_writes_a_report_that_renders(tmp_path: Path, ros_domain_id: in
         text=True,
         timeout=300,
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = (out / "node.log").read_text(errors="replace")[-4000:] if (out / "node.log").exists() else ""
+    why = f"demo output:\n{run.stdout[-3000:]}{run.stderr[-3000:]}\nnode and player log:\n{log}"
+    assert run.returncode == 0, why
     summary = json.loads((out / "summary.json").read_text())
     # A recording played with pacing: every frame reaches the node, whatever the machine's load.
-    assert summary["node_counters"]["frames_received"] == "30"
+    assert summary["node_counters"]["frames_received"] == "30", (summary["node_counters"], why)
     (q,) = summary["queries"]
-    assert q["query"] == "the shelf" and q["found"] and q["ground_truth"]["iou"] > 0.5
+    assert q["query"] == "the shelf" and q["found"] and q["ground_truth"]["iou"] > 0.5, (q, why)
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "the shelf" in page and page.count("data:image/png;base64,") == 1
     browser = chromium()

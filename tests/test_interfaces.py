@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
+from reasoning_seg_msgs.action import SegmentQuery
+from reasoning_seg_msgs.msg import OrientedBox, SegmentationResult, StageTiming, ViewReport
+from reasoning_seg_msgs.srv import LoadMap, SaveMap, Segment
 
 import reasoning_seg
-from reasoning_seg.action import SegmentQuery
-from reasoning_seg.msg import OrientedBox, SegmentationResult, StageTiming, ViewReport
-from reasoning_seg.srv import LoadMap, SaveMap, Segment
 
 # --- Contracts ------------------------------------------------------------------------------------
 
@@ -37,12 +37,12 @@ SEGMENTATION_RESULT_FIELDS = {
     "method": "string",
     "segmenter": "string",
     "cloud": "sensor_msgs/PointCloud2",
-    "box": "reasoning_seg/OrientedBox",
+    "box": "reasoning_seg_msgs/OrientedBox",
     "confidence": "float",
     "num_points": "uint32",
     "keyframe_ids": "sequence<int64>",
-    "timings": "sequence<reasoning_seg/StageTiming>",
-    "views": "sequence<reasoning_seg/ViewReport>",  # added (issue 23): appended, nothing moved
+    "timings": "sequence<reasoning_seg_msgs/StageTiming>",
+    "views": "sequence<reasoning_seg_msgs/ViewReport>",  # added (issue 23): appended, nothing moved
 }
 QUERY_REQUEST_FIELDS = {
     "query": "string",
@@ -54,7 +54,7 @@ QUERY_REQUEST_FIELDS = {
 QUERY_RESPONSE_FIELDS = {
     "success": "boolean",
     "message": "string",
-    "result": "reasoning_seg/SegmentationResult",
+    "result": "reasoning_seg_msgs/SegmentationResult",
 }
 MAP_REQUEST_FIELDS = {"directory": "string"}
 MAP_RESPONSE_FIELDS = {"success": "boolean", "message": "string"}
@@ -291,10 +291,10 @@ def test_segment_query_action_internal_types_round_trip() -> None:
 
 @pytest.mark.skipif("REASONING_SEG_ROOT" not in os.environ, reason="only under scripts/env.sh")
 def test_sources_are_imported_from_the_working_tree() -> None:
-    """The package comes from src/ (edits apply without a rebuild); msg/ from the interface build."""
+    """The package comes from src/ (edits apply without a rebuild); the interfaces from the colcon build."""
     root = Path(os.environ["REASONING_SEG_ROOT"]).resolve()
     assert Path(reasoning_seg.__file__).resolve().parent == root / "src" / "reasoning_seg"
-    import reasoning_seg.msg as generated
+    import reasoning_seg_msgs.msg as generated
 
     # --symlink-install: the install tree links into ros2_ws/build.
     assert (root / "ros2_ws").resolve() in Path(generated.__file__).resolve().parents

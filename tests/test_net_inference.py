@@ -357,10 +357,10 @@ def test_node_loads_the_3d_net_from_a_parameter_and_answers_with_it(
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.parameter import Parameter
+    from reasoning_seg_msgs.srv import LoadMap
 
     from reasoning_seg.ros.node import ReasoningSegNode
     from reasoning_seg.ros.query_client import call_segment, call_service
-    from reasoning_seg.srv import LoadMap
 
     scene, root, queries = recorded
     base, _ = build_map(root, config())

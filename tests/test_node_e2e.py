@@ -9,16 +9,16 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from reasoning_seg_msgs.msg import SegmentationResult
+from reasoning_seg_msgs.srv import LoadMap, SaveMap
 from std_srvs.srv import Trigger
 
 from reasoning_seg.camera import CameraIntrinsics
-from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix, view_images_from_msgs
 from reasoning_seg.ros.node import ReasoningSegNode
 from reasoning_seg.ros.player import play
 from reasoning_seg.ros.query_client import call_segment, call_service
 from reasoning_seg.sim.scene import SyntheticScene
-from reasoning_seg.srv import LoadMap, SaveMap
 
 pytestmark = pytest.mark.ros
 

@@ -29,21 +29,21 @@ from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from reasoning_seg_msgs.action import SegmentQuery
+from reasoning_seg_msgs.msg import SegmentationResult
+from reasoning_seg_msgs.srv import LoadMap, Segment
 from scipy.spatial import cKDTree
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from node_world import DT, T0, VOXEL, World, build_world
-from reasoning_seg.action import SegmentQuery
 from reasoning_seg.mapping.frames import RGBDFrame
-from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.ros import node as node_module
 from reasoning_seg.ros import query_client
 from reasoning_seg.ros.conversions import cloud_msg_to_numpy
 from reasoning_seg.ros.node import ReasoningSegNode, executor_threads, gpu_memory_mb
 from reasoning_seg.ros.query_client import call_remove, call_segment, call_service, call_track
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
-from reasoning_seg.srv import LoadMap, Segment
 
 pytestmark = pytest.mark.ros
 

@@ -25,6 +25,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from reasoning_seg_msgs.srv import LoadMap, SaveMap, Segment
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
@@ -39,7 +40,6 @@ from reasoning_seg.ros.conversions import (
 from reasoning_seg.ros.node import ReasoningSegNode
 from reasoning_seg.ros.query_client import call_segment, call_service
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
-from reasoning_seg.srv import LoadMap, SaveMap, Segment
 
 pytestmark = pytest.mark.ros
 
@@ -987,7 +987,7 @@ def test_a_failing_tracked_query_does_not_take_the_node_down(make_env):
 
 
 def test_save_and_load_stay_in_the_map_directory(make_env, tmp_path):
-    from reasoning_seg.srv import RemoveTarget, SaveMap
+    from reasoning_seg_msgs.srv import RemoveTarget, SaveMap
 
     env = make_env()
     base = Path(env.node.cfg.map_directory)
@@ -1137,7 +1137,7 @@ def test_an_answer_in_flight_during_clear_is_not_kept(make_env):
 
     Before: its answer was remembered, and remove_target "" removed 110,928 voxels of the new map.
     """
-    from reasoning_seg.srv import RemoveTarget
+    from reasoning_seg_msgs.srv import RemoveTarget
 
     env = make_env()
     env.seg.delay = 1.0  # the query is still in the 2D model when the map is cleared

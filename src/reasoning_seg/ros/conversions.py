@@ -147,12 +147,12 @@ def numpy_to_image_msg(array_: np.ndarray, encoding: str, header: Header) -> Ima
 
 
 def view_report_msgs(result: QueryResult, header: Header, include_images: bool) -> list:
-    """A query's per-view reports as ``reasoning_seg/ViewReport`` messages (views that failed are left out).
+    """A query's per-view reports as ``reasoning_seg_msgs/ViewReport`` messages (failed views left out).
 
     Images and masks are filled only with ``include_images``: about 1.2 MB per 640x480 view, too much
     for every reply and for the latched ~/result topic, just right for a report or a debugging UI.
     """
-    from reasoning_seg.msg import ViewReport
+    from reasoning_seg_msgs.msg import ViewReport
 
     images = {v.keyframe_id: v for v in result.view_images}
     out = []

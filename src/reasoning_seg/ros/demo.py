@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from reasoning_seg_msgs.srv import Segment
     from sensor_msgs.msg import PointCloud2
 
     from reasoning_seg.camera import CameraIntrinsics
@@ -126,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix, view_images_from_msgs
     from reasoning_seg.ros.query_client import call_segment, result_summary, write_ply
     from reasoning_seg.sim.scene import SyntheticScene
-    from reasoning_seg.srv import Segment
 
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -33,15 +33,16 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from reasoning_seg_msgs.action import SegmentQuery
+from reasoning_seg_msgs.msg import SegmentationResult
+from reasoning_seg_msgs.srv import LoadMap, RemoveTarget, SaveMap, Segment, TrackQuery
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from reasoning_seg.action import SegmentQuery
 from reasoning_seg.backends import segmenter_from_config
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.io.frame_sync import ApproximatePairSync, StampJoin
-from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.pipeline import ReasoningSegPipeline
 from reasoning_seg.query.result import QueryResult
 from reasoning_seg.ros.node_common import (  # noqa: F401 - re-exported: tests and tools use them from here
@@ -72,7 +73,6 @@ from reasoning_seg.ros.node_queries import QueriesMixin
 from reasoning_seg.ros.params import NodeConfig, declare_and_read
 from reasoning_seg.ros.pose_source import PoseSource
 from reasoning_seg.segmenter import Segmenter
-from reasoning_seg.srv import LoadMap, RemoveTarget, SaveMap, Segment, TrackQuery
 
 try:  # real ROS 2 installs; not available from PyPI wheels
     import tf2_ros  # type: ignore[import-not-found]

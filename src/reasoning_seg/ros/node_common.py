@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass, fields
 
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from reasoning_seg_msgs.action import SegmentQuery
 
-from reasoning_seg.action import SegmentQuery
 from reasoning_seg.ros.params import NodeConfig
 
 _CAMERA_QUEUE = 30  # reliable camera subscription depth, and the colour/depth pairing queue depth

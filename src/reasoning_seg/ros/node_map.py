@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Path as PathMsg
+from reasoning_seg_msgs.srv import LoadMap, RemoveTarget, SaveMap
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker
 
@@ -31,7 +32,6 @@ from reasoning_seg.ros.node_common import (
     gpu_memory_mb,
     printable,
 )
-from reasoning_seg.srv import LoadMap, RemoveTarget, SaveMap
 
 
 class MapMixin:

@@ -13,11 +13,12 @@ from dataclasses import replace
 
 import numpy as np
 from geometry_msgs.msg import Vector3
+from reasoning_seg_msgs.action import SegmentQuery
+from reasoning_seg_msgs.msg import SegmentationResult, StageTiming
+from reasoning_seg_msgs.srv import Segment, TrackQuery
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from reasoning_seg.action import SegmentQuery
-from reasoning_seg.msg import SegmentationResult, StageTiming
 from reasoning_seg.pipeline import QueryCancelled, QueryError, normalise_query
 from reasoning_seg.query.result import QueryResult
 from reasoning_seg.ros.conversions import box_marker as make_box_marker
@@ -40,7 +41,6 @@ from reasoning_seg.ros.node_common import (
     _Tracked,
     printable,
 )
-from reasoning_seg.srv import Segment, TrackQuery
 
 
 class QueriesMixin:

@@ -1,6 +1,6 @@
 """``reasoning_seg_query``: ask the running node a question from the command line.
 
-What ``ros2 service call /reasoning_seg/segment reasoning_seg/srv/Segment "{query: ...}"`` does on a
+What ``ros2 service call /reasoning_seg/segment reasoning_seg_msgs/srv/Segment "{query: ...}"`` does on a
 full ROS 2 install, plus a readable summary and optional PLY/JSON output of the target, so it also
 works where ros2cli is not installed (PyPI wheels). ``--action`` uses the action instead and prints
 progress feedback. ``--track`` / ``--untrack`` start and stop a persistent query (the node re-publishes
@@ -20,11 +20,11 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from reasoning_seg_msgs.action import SegmentQuery
+from reasoning_seg_msgs.msg import SegmentationResult
+from reasoning_seg_msgs.srv import RemoveTarget, Segment, TrackQuery
 
-from reasoning_seg.action import SegmentQuery
-from reasoning_seg.msg import SegmentationResult
 from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix
-from reasoning_seg.srv import RemoveTarget, Segment, TrackQuery
 
 
 def result_summary(success: bool, message: str, r: SegmentationResult) -> dict:
