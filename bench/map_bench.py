@@ -197,7 +197,7 @@ def make_systems(backends: list[str], cfg_kw: dict, resident: bool = False) -> l
             out.append(PlainOpen3D(MapConfig(**cfg_kw)))
         else:
             out.append(Ours(MapConfig(backend=b, **cfg_kw)))
-            if resident and b == "torch" and "cuda" in cfg_kw["device"].lower():
+            if resident and b in ("torch", "triton") and "cuda" in cfg_kw["device"].lower():
                 out.append(Ours(MapConfig(backend=b, **cfg_kw), resident=True))
     return out
 
@@ -266,13 +266,14 @@ def section_speed(args, voxels, backends) -> str:
         cfg_kw = {"voxel_size": vs, "device": args.device, "max_blocks": 0, "block_count": args.block_count}
         frames_c, sanitize_ms = clean(frames, MapConfig(**cfg_kw))
         systems = make_systems(backends, cfg_kw, resident=True)
-        if "torch" in backends and "cuda" in args.device.lower():  # CUDA context and kernels, untimed
-            run_system(Ours(MapConfig(backend="torch", **cfg_kw)), frames_c[:3], warmup=0)
+        for b in ("torch", "triton"):  # CUDA context, kernels and Triton's compilation, untimed
+            if b in backends and "cuda" in args.device.lower():
+                run_system(Ours(MapConfig(backend=b, **cfg_kw)), frames_c[:3], warmup=0)
         # Open3D-based systems are interleaved frame by frame (same load for both); torch systems run
         # on their own, because torch's CPU thread pool keeps spinning after an op and would slow
         # whichever system runs next.
-        o3d_like = [s for s in systems if "torch" not in s.name]
-        others = [s for s in systems if "torch" in s.name]
+        o3d_like = [s for s in systems if not s.name.startswith(("ours (torch", "ours (triton"))]
+        others = [s for s in systems if s not in o3d_like]
         results = dict(
             zip(map(id, o3d_like), run_interleaved(o3d_like, frames_c) if o3d_like else [], strict=True)
         )
@@ -579,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="speed,accuracy,sun3d,stream")
     p.add_argument("--voxels", default="0.01,0.02,0.05", help="voxel sizes in metres")
-    p.add_argument("--backends", default="", help="open3d,torch,plain (default: what is installed)")
+    p.add_argument("--backends", default="", help="open3d,torch,triton,plain (default: what is installed)")
     p.add_argument("--device", default="CPU:0", help="CPU:0, CUDA:0 / cuda (torch backend)")
     p.add_argument("--source", choices=("world", "corridor"), default="world" if has_o3d else "corridor")
     p.add_argument("--frames", help="time a recorded sequence (sequence_io folder format) instead")

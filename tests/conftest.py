@@ -37,6 +37,10 @@ def pytest_configure(config: pytest.Config) -> None:
     global _log_dir
     config.addinivalue_line("markers", "ros: test needs rclpy and talks over DDS on loopback")
     _log_dir = tempfile.mkdtemp(prefix="reasoning_seg_roslog_")
+    if not os.path.exists("/dev/nvidiactl"):
+        # No GPU: Triton kernels (map.backend triton, net.backend spconv) run in Triton's interpreter,
+        # which must be chosen before Triton is first imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ["ROS_LOG_DIR"] = _log_dir
     os.environ["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"

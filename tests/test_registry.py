@@ -38,7 +38,8 @@ def test_the_shipped_backends_resolve_to_their_implementations() -> None:
     assert set(FUSION_METHODS.names()) == set(METHODS)
     assert FUSION_METHODS.get("token_attention") is fuse_token_attention
     assert FusionConfig().method in FUSION_METHODS
-    assert SEGMENTERS.names() == ["simulated", "lisa"] and BLOCK_GRIDS.names() == ["open3d", "torch"]
+    assert SEGMENTERS.names() == ["simulated", "lisa"]
+    assert BLOCK_GRIDS.names() == ["open3d", "torch", "triton"]
     from reasoning_seg.sim.simulated_segmenter import from_config
 
     assert SEGMENTERS.get("simulated") is from_config

@@ -24,6 +24,7 @@ SEGMENTERS.register_lazy("lisa", "reasoning_seg.lisa.segmenter:from_config")
 BLOCK_GRIDS = Registry("map backend")
 BLOCK_GRIDS.register_lazy("open3d", "reasoning_seg.mapping.voxel_map:Open3DBlockGrid")
 BLOCK_GRIDS.register_lazy("torch", "reasoning_seg.mapping.torch_tsdf:TorchBlockGrid")
+BLOCK_GRIDS.register_lazy("triton", "reasoning_seg.mapping.triton_tsdf:TritonBlockGrid")
 
 #: ``fusion.method``: ``fuse_*(points, views, segmentations, config, device=, cache=) -> FusionResult``.
 FUSION_METHODS = Registry("fusion method")

@@ -354,12 +354,22 @@ def open3d_available() -> bool:
 
 
 def make_block_grid(config: MapConfig) -> BlockGrid:
-    """The backend ``config.backend`` names (``auto``: Open3D when importable, else torch)."""
+    """The backend ``config.backend`` names.
+
+    ``auto``: on a CUDA device the fused Triton grid when Triton is importable (bench/results/map.md:
+    the fastest there), else Open3D when importable, else torch.
+    """
     from reasoning_seg.backends import BLOCK_GRIDS
+    from reasoning_seg.mapping.torch_tsdf import torch_device_name
+    from reasoning_seg.mapping.triton_tsdf import triton_available
 
     backend = config.backend
     if backend == "auto":
-        backend = "open3d" if open3d_available() else "torch"
+        on_cuda = torch_device_name(config.device).startswith("cuda")
+        if on_cuda and triton_available():
+            backend = "triton"
+        else:
+            backend = "open3d" if open3d_available() else "torch"
     if backend not in BLOCK_GRIDS:
         raise ValueError(f"unknown map backend '{config.backend}' (auto, {', '.join(BLOCK_GRIDS.names())})")
     grid = BLOCK_GRIDS.get(backend)
