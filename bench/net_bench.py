@@ -13,6 +13,7 @@ The training step is forward + Eq. 3 loss (random point-view pairs, 4 per voxel)
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from reasoning_seg.net.losses import LabelFreeLoss, PointViewPairs
 from reasoning_seg.net.model import UNET_PRESETS, LabelFree3DNet, NetConfig
-from reasoning_seg.net.sparse_conv import SparseTensor
+from reasoning_seg.net.sparse_conv import SparseTensor, set_backend
 
 
 def room_voxels(n: int, seed: int = 0) -> np.ndarray:
@@ -56,24 +57,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
-    """Parse arguments, time forward and a training step per size, print a markdown table."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--sizes", default="100000,300000,1000000")
-    ap.add_argument("--net", default="minkunet14", choices=sorted(UNET_PRESETS))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    net = LabelFree3DNet(NetConfig(unet=UNET_PRESETS[args.net])).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = LabelFreeLoss()
-    rows = []
-    for n in (int(s) for s in args.sizes.split(",")):
+def time_backend(net, backend, sizes, args, device, loss_fn) -> tuple[list[tuple], dict[int, torch.Tensor]]:
+    """Forward and training-step times of ``net`` with sparse-conv ``backend``, fresh sites per repeat.
+
+    The sites (and so every kernel map and spconv pair table) are rebuilt for every repeat, as for
+    every new scene or query; the first round (kernel compilation, Triton autotuning) is reported
+    apart. Returns the rows and the eval-mode output of each size (for the agreement column).
+    """
+    set_backend(net, backend, device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.0)  # lr 0: weights stay comparable
+    rows, outputs = [], {}
+    for n in sizes:
         coords = torch.from_numpy(room_voxels(n)).to(device)
         feats = torch.rand(n, net.config.unet.in_channels, device=device)
-        x = SparseTensor.from_batch([coords], [feats])
         emb = torch.randn(256, device=device)
         m = 4 * n
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -82,8 +78,9 @@ def main() -> None:
             mask_logit=torch.randn(m, generator=g).to(device),
             image_feat=torch.randn(m, 256, generator=g).to(device),
         )
-        times_f, times_t = [], []
+        times_f, times_t, first = [], [], 0.0
         for rep in range(args.repeats + 1):
+            x = SparseTensor.from_batch([coords], [feats])
             net.eval()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -94,9 +91,12 @@ def main() -> None:
                 net.query_head.probabilities(f, emb)
             sync(device)
             tf = time.perf_counter() - t0
+            if rep == 0:
+                outputs[n] = f.float()
             peak_f = (
                 torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             )
+            x = SparseTensor.from_batch([coords], [feats])
             net.train()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -112,22 +112,67 @@ def main() -> None:
             peak_t = (
                 torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             )
-            if rep > 0:  # the first round warms up kernels and the allocator
+            if rep == 0:  # the first round compiles kernels and warms up the allocator
+                first = tf + tt
+            else:
                 times_f.append(tf)
                 times_t.append(tt)
-        rows.append((n, np.median(times_f), peak_f, np.median(times_t), peak_t))
+        rows.append((backend, n, np.median(times_f), peak_f, np.median(times_t), peak_t, first))
         fwd_ms, step_ms = np.median(times_f) * 1000, np.median(times_t) * 1000
-        print(f"{n} voxels: forward {fwd_ms:.0f} ms, train step {step_ms:.0f} ms", flush=True)
+        print(
+            f"{backend} {n} voxels: forward {fwd_ms:.1f} ms, train step {step_ms:.1f} ms "
+            f"(first {first:.1f} s)",
+            flush=True,
+        )
+    return rows, outputs
+
+
+def main() -> None:
+    """Parse arguments, time forward and a training step per size and backend, print a markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sizes", default="100000,300000,1000000")
+    ap.add_argument("--net", default="minkunet14", choices=sorted(UNET_PRESETS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument("--backends", default="torch", help="comma-separated: torch,spconv (same weights)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    net = LabelFree3DNet(NetConfig(unet=UNET_PRESETS[args.net])).to(device)
+    loss_fn = LabelFreeLoss()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows, outs = [], {}
+    state = copy.deepcopy(net.state_dict())
+    for backend in args.backends.split(","):
+        net.load_state_dict(state)  # every backend starts from the same weights and BatchNorm statistics
+        torch.manual_seed(1)
+        r, outs[backend] = time_backend(net, backend, sizes, args, device, loss_fn)
+        rows += r
+    ref = outs.get("torch")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     params = sum(p.numel() for p in net.parameters()) / 1e6
     print(
         f"\n3D U-Net ({args.net}, {params:.1f} M parameters, {net.feature_dim}-d features) on {name}, "
-        f"torch {torch.__version__}, {'bf16 autocast' if args.amp else 'fp32'}, median of {args.repeats}\n"
+        f"torch {torch.__version__}, {'bf16 autocast' if args.amp else 'fp32'}, median of {args.repeats}; "
+        "sites rebuilt every repeat (kernel maps included); 'first s': the untimed first forward + step "
+        "(compilation, autotuning); 'rel. diff': max |out - out_torch| / max |out_torch| of the forward\n"
     )
-    print("| voxels | forward ms | forward peak GiB | train step ms | train peak GiB | voxels/s (train) |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n, tf, pf, tt, pt in rows:
-        print(f"| {n} | {tf * 1000:.0f} | {pf:.2f} | {tt * 1000:.0f} | {pt:.2f} | {n / tt:,.0f} |")
+    print(
+        "| backend | voxels | forward ms | forward peak GiB | train step ms | train peak GiB | first s "
+        "| rel. diff |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for backend, n, tf, pf, tt, pt, first in rows:
+        diff = (
+            ""
+            if ref is None or backend == "torch"
+            else (f"{float((outs[backend][n] - ref[n]).abs().max() / ref[n].abs().max()):.1e}")
+        )
+        print(
+            f"| {backend} | {n} | {tf * 1000:.1f} | {pf:.2f} | {tt * 1000:.1f} | {pt:.2f} | {first:.1f} "
+            f"| {diff} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1199,7 +1199,7 @@ def test_a_long_save_does_not_silence_diagnostics_or_queries(make_env, monkeypat
     real_save = pipeline_module.save_state
 
     def slow_save(*args, **kwargs):
-        time.sleep(5.0)
+        time.sleep(12.0)  # far longer than a query on a loaded 2-core machine (up to ~4 s seen)
         return real_save(*args, **kwargs)
 
     monkeypatch.setattr(pipeline_module, "save_state", slow_save)

@@ -106,8 +106,9 @@ class MapConfig:
     backend: str = knob(
         "auto",
         "open3d: Open3D VoxelBlockGrid; torch: the PyTorch block grid (runs on CUDA without Open3D); "
-        "auto: open3d when it can be imported, else torch.",
-        choices=("auto", "open3d", "torch"),
+        "triton: the torch grid with fused Triton integration (CUDA); auto: triton on a CUDA device "
+        "when Triton is importable, else open3d when it can be imported, else torch.",
+        choices=("auto", "open3d", "torch", "triton"),
     )
     device: str = knob(
         "CPU:0", "Device for integration: CPU:0 or CUDA:0 (the torch backend also accepts cpu, cuda:0)."
@@ -343,6 +344,13 @@ class Net3DConfig:
     )
     device: str = knob(
         "cpu", "Torch device of the 3D network: cpu, cuda, cuda:1, or auto (cuda if available)."
+    )
+    backend: str = knob(
+        "auto",
+        "Sparse-convolution arithmetic of the 3D network: torch (pure PyTorch, the reference, any device), "
+        "spconv (spconv-triton's CUDA kernels), auto: spconv on CUDA when importable, else torch. "
+        "Same weights and results either way (bench/results/net.md).",
+        choices=("auto", "torch", "spconv"),
     )
     min_points: int = knob(20, "Fewer 3D-net target points than this means 'not found'.", 1, 10_000_000)
 

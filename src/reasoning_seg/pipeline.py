@@ -223,9 +223,9 @@ class ReasoningSegPipeline:
         self._pose_gate = PoseJumpGate(self.config.map.max_speed, self.config.map.pose_jump_confirm)
         self._lock = threading.RLock()
         # The label-free 3D network (MLLM-For3D §3.3): loaded from net.checkpoint by load_net(), or
-        # on the first query that needs it. _net_key is the (checkpoint, device) it was loaded for.
+        # on the first query that needs it. _net_key is the (checkpoint, device, backend) it was loaded for.
         self._net = None
-        self._net_key: tuple[str, str] | None = None
+        self._net_key: tuple[str, str, str] | None = None
         self._net_status = "not configured"
         self._net_lock = threading.Lock()
 
@@ -434,9 +434,9 @@ class ReasoningSegPipeline:
         """The loaded :class:`~reasoning_seg.net.model.LabelFree3DNet`, or None."""
         return self._net if self._net_key == self._wanted_net_key() else None
 
-    def _wanted_net_key(self) -> tuple[str, str]:
+    def _wanted_net_key(self) -> tuple[str, str, str]:
         c = self.config.net
-        return (c.checkpoint, c.device)
+        return (c.checkpoint, c.device, c.backend)
 
     def load_net(self) -> str:
         """Load ``net.checkpoint`` onto ``net.device`` (blocking); returns the new :attr:`net_status`.
@@ -452,7 +452,7 @@ class ReasoningSegPipeline:
         key = self._wanted_net_key()
         if key == self._net_key:
             return self._net_status
-        path, device = key
+        path, device, _backend = key
         net, status = None, "not configured"
         if path:
             try:
@@ -473,7 +473,10 @@ class ReasoningSegPipeline:
             ) from exc
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        from reasoning_seg.net.sparse_conv import set_backend
+
         net = LabelFree3DNet.load(path, map_location=torch.device(device))
+        backend = set_backend(net, self.config.net.backend, device)
         dim = self.config.segmenter.embedding_dim
         if net.config.embed_dim != dim:
             raise ValueError(
@@ -481,7 +484,10 @@ class ReasoningSegPipeline:
             )
         n = sum(p.numel() for p in net.parameters()) / 1e6
         width = net.config.unet.out_channels
-        return net, f"ready: {Path(path).name} ({n:.2f} M parameters, {width}-d features, {device})"
+        return (
+            net,
+            f"ready: {Path(path).name} ({n:.2f} M parameters, {width}-d features, {device}, {backend})",
+        )
 
     def _net_probability(self, trace: StageTrace, timer: StageTimer) -> tuple[np.ndarray | None, str]:
         """The 3D network's per-point probability (§3.3), or None and why fusion answers instead."""

@@ -5,7 +5,8 @@ spconv 2.3.8 on CPU gives wrong submanifold results with more than one thread (a
 calls ``torch.cuda``). This module has no compiled code, runs unchanged on CPU and CUDA, supports
 autograd through ordinary differentiable ops, and is tested against dense ``torch.nn.Conv3d`` /
 ``ConvTranspose3d`` (``tests/test_net.py``). The U-Net (:mod:`reasoning_seg.net.unet`) only uses the
-classes below, so a MinkowskiEngine or spconv backend can be slotted in behind the same names.
+classes below; :func:`set_backend` swaps the convolution arithmetic of a built network for spconv's
+CUDA kernels (:mod:`reasoning_seg.net.spconv_backend`) behind the same names and weights.
 
 Conventions (those of MinkowskiEngine, so weights and semantics carry over):
 
@@ -342,8 +343,50 @@ def _accumulate(
     return out
 
 
+BACKENDS = ("torch", "spconv")
+"""Convolution arithmetic a network can use (``net.backend``); ``auto`` resolves to one of these."""
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """The backend ``name`` means on ``device``: ``auto`` takes spconv on CUDA when importable.
+
+    Raises:
+        ValueError: unknown name, or spconv asked for where it cannot run (CPU, not installed).
+    """
+    from reasoning_seg.net import spconv_backend
+
+    dev = torch.device(device)
+    if name == "auto":
+        return "spconv" if dev.type == "cuda" and spconv_backend.available() else "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown net backend '{name}' (auto, {', '.join(BACKENDS)})")
+    if name == "spconv":
+        if dev.type != "cuda":
+            raise ValueError("net.backend 'spconv' runs on CUDA only (spconv-triton has no CPU kernels)")
+        if not spconv_backend.available():
+            raise ValueError("net.backend 'spconv' needs spconv-triton (pip install spconv-triton)")
+    return name
+
+
+def set_backend(model: nn.Module, name: str, device: torch.device | str | None = None) -> str:
+    """Make every sparse convolution in ``model`` use backend ``name``; returns the resolved name.
+
+    Weights, sites and checkpoints are the same for every backend: only the arithmetic changes.
+    """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    resolved = resolve_backend(name, device)
+    for m in model.modules():
+        if isinstance(m, _KernelConv):
+            m.backend = resolved
+    return resolved
+
+
 class _KernelConv(nn.Module):
     """Weight ``(K, C_in, C_out)`` and optional bias shared by the convolution layers."""
+
+    backend = "torch"
+    """Which arithmetic :meth:`forward` uses (:func:`set_backend`); not part of the checkpoint."""
 
     def __init__(self, in_channels: int, out_channels: int, volume: int, bias: bool) -> None:
         super().__init__()
@@ -388,6 +431,12 @@ class SubmanifoldConv3d(_KernelConv):
     def forward(self, x: SparseTensor) -> SparseTensor:
         """``out[c] = sum over occupied c + d s of x[c + d s] @ W[d]`` (+ bias)."""
         f = x.feats
+        if self.kernel_size > 1 and self.backend == "spconv":
+            from reasoning_seg.net import spconv_backend
+
+            return x.replace(
+                self._finish(spconv_backend.submanifold(f, self.weight, x.cmap, self.kernel_size))
+            )
         out = f @ self.weight[self.weight.shape[0] // 2]
         if self.kernel_size > 1:
             out = _accumulate(out, f, self.weight, len(x.cmap), x.cmap.submanifold_map(self.kernel_size))
@@ -407,6 +456,12 @@ class StridedConv3d(_KernelConv):
     def forward(self, x: SparseTensor) -> SparseTensor:
         """``out[p] = sum_{k in {0,1}^3, p + k s occupied} x[p + k s] @ W[k]`` at the coarse sites."""
         down = x.cmap.downsample()
+        if self.backend == "spconv":
+            from reasoning_seg.net import spconv_backend
+
+            return SparseTensor(
+                self._finish(spconv_backend.strided(x.feats, self.weight, x.cmap)), down.coarse
+            )
         maps = ((k, coarse_rows, fine_rows) for k, fine_rows, coarse_rows in down.groups)
         out = _accumulate(None, x.feats, self.weight, len(down.coarse), maps)
         return SparseTensor(self._finish(out), down.coarse)
@@ -442,6 +497,10 @@ class TransposedConv3d(_KernelConv):
         if 2 * fine.stride != x.stride:
             raise ValueError(f"transposed conv from stride {x.stride} needs target stride {x.stride // 2}")
         down = fine.downsample()
+        if self.backend == "spconv" and down.coarse is x.cmap:
+            from reasoning_seg.net import spconv_backend
+
+            return SparseTensor(self._finish(spconv_backend.transposed(x.feats, self.weight, fine)), fine)
         maps: Iterable[tuple[int, Tensor, Tensor]] = down.groups
         if down.coarse is not x.cmap:  # target's coarse sites were not produced from it: look them up
             remap = x.cmap.lookup(down.coarse.keys)
