@@ -26,6 +26,10 @@ BLOCK_GRIDS.register_lazy("open3d", "reasoning_seg.mapping.voxel_map:Open3DBlock
 BLOCK_GRIDS.register_lazy("torch", "reasoning_seg.mapping.torch_tsdf:TorchBlockGrid")
 BLOCK_GRIDS.register_lazy("triton", "reasoning_seg.mapping.triton_tsdf:TritonBlockGrid")
 
+#: ``net.backend``: a ``SparseConvOps`` (sparse_conv's contract); "torch" is the layers' own reference path.
+SPARSE_CONV = Registry("net backend")
+SPARSE_CONV.register_lazy("spconv", "reasoning_seg.net.spconv_backend:OPS")
+
 #: ``fusion.method``: ``fuse_*(points, views, segmentations, config, device=, cache=) -> FusionResult``.
 FUSION_METHODS = Registry("fusion method")
 for _name in ("naive", "filtered", "token_attention", "majority_vote"):

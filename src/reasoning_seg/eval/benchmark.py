@@ -573,13 +573,15 @@ def _group_n(doc: dict[str, Any], key: str, group: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse_seeds(text: str) -> list[int]:
+def parse_seeds(text: str) -> list[int]:
+    """Room seeds from the command line: ``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (ValueError if malformed)."""
     seeds: list[int] = []
     for part in text.split(","):
+        part = part.strip()
         if "-" in part:
             lo, hi = part.split("-", 1)
             seeds.extend(range(int(lo), int(hi) + 1))
-        elif part.strip():
+        elif part:
             seeds.append(int(part))
     return seeds
 
@@ -601,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         exp = Experiment.from_yaml(a.experiment)
         if a.seeds:
-            exp.scenes.seeds = _parse_seeds(a.seeds)
+            exp.scenes.seeds = parse_seeds(a.seeds)
         if a.frames:
             exp.scenes.frames = a.frames
         if a.size:

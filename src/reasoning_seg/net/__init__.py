@@ -6,8 +6,9 @@ Modules:
   (integer voxel sites + features + tensor stride) and the layers the U-Net is built from
   (submanifold, strided and transposed convolution, BatchNorm, ReLU, channel concatenation),
   implemented with coordinate hashing and gather/scatter so they run unchanged on CPU and CUDA
-  without a compiled extension. A MinkowskiEngine or spconv backend can replace it behind the same
-  classes.
+  without a compiled extension (the reference). :func:`~reasoning_seg.net.sparse_conv.set_backend`
+  switches the layers to :mod:`reasoning_seg.net.spconv_backend` (spconv-triton's CUDA kernels,
+  ``net.backend``) with the same weights.
 - :mod:`reasoning_seg.net.unet`: the MinkowskiNet14-style U-Net (:class:`SparseUNet`,
   :class:`UNetConfig`) that maps voxel colours/geometry to per-voxel features, the query head
   (:class:`QueryHead`: learned projection of the 256-d ``[SEG]`` embedding, dot-product logits for
@@ -17,7 +18,8 @@ Modules:
   and their sum (Eq. 3) over point-view pairs (:class:`PointViewPairs`, :class:`LabelFreeLoss`).
 - :mod:`reasoning_seg.net.pseudo_labels`: runs the node's own query stages (view selection,
   segmenter, fusion) over recorded scenes and stores the pseudo-labels per scene: fused probability,
-  depth-checked point-view pairs with sampled 2D logits and SAM features, [SEG] embeddings.
+  depth-checked point-view pairs with sampled 2D logits and SAM features, [SEG] embeddings; the
+  stored form and its validated save/load are :mod:`reasoning_seg.net.pseudo_label_store`.
 - :mod:`reasoning_seg.net.data`: dataset over stored pseudo-labels, the paper's augmentations
   (rotation about the up axis, flips) and collation into one batched sparse tensor.
 - :mod:`reasoning_seg.net.model`: :class:`LabelFree3DNet` (U-Net + query head + spatial projection),

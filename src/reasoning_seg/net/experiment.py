@@ -52,7 +52,14 @@ import numpy as np
 import torch
 
 from reasoning_seg.config import PipelineConfig
-from reasoning_seg.eval.benchmark import Experiment, RowSpec, SceneSetSpec, prepare_scene, run_experiment
+from reasoning_seg.eval.benchmark import (
+    Experiment,
+    RowSpec,
+    SceneSetSpec,
+    parse_seeds,
+    prepare_scene,
+    run_experiment,
+)
 from reasoning_seg.net.ablation_config import (
     _NAIVE_PARAMS,
     ALIGNMENT_TARGETS,
@@ -316,18 +323,6 @@ def _json_safe(x: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            out.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            out.append(int(part))
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m reasoning_seg.net.experiment``."""
     p = argparse.ArgumentParser(
@@ -389,9 +384,9 @@ def scale_from_args(a: argparse.Namespace) -> AblationScale:
     base = SCALES["full" if a.full else a.scale]
     changes: dict[str, Any] = {}
     if a.train_seeds:
-        changes["train_seeds"] = _seeds(a.train_seeds)
+        changes["train_seeds"] = parse_seeds(a.train_seeds)
     if a.test_seeds:
-        changes["test_seeds"] = _seeds(a.test_seeds)
+        changes["test_seeds"] = parse_seeds(a.test_seeds)
     for name in ("steps", "batch_size", "frames", "queries_per_item", "label_workers"):
         if getattr(a, name):
             changes[name] = getattr(a, name)

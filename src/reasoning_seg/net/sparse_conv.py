@@ -343,28 +343,50 @@ def _accumulate(
     return out
 
 
-BACKENDS = ("torch", "spconv")
-"""Convolution arithmetic a network can use (``net.backend``); ``auto`` resolves to one of these."""
+@dataclass(frozen=True)
+class SparseConvOps:
+    """A sparse-convolution backend: what the layers call instead of their own torch arithmetic.
+
+    Registered by name in ``reasoning_seg.backends.SPARSE_CONV`` (``net.backend``); the torch path
+    built into the layers is the reference and needs no entry. Each function takes features, our
+    ``(K, C_in, C_out)`` weight and :class:`CoordinateMap` objects and returns output features in our
+    row order, differentiably.
+    """
+
+    available: Any  # () -> bool: the library can be imported
+    device_types: tuple[str, ...]  # torch device types it runs on
+    submanifold: Any  # (feats, weight, cmap, kernel_size) -> feats on cmap
+    strided: Any  # (feats, weight, cmap) -> feats on cmap.downsample().coarse
+    transposed: Any  # (feats, weight, fine) -> feats on fine (from fine.downsample().coarse)
+
+
+def _ops(name: str) -> SparseConvOps:
+    from reasoning_seg.backends import SPARSE_CONV
+
+    return SPARSE_CONV.get(name)
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
     """The backend ``name`` means on ``device``: ``auto`` takes spconv on CUDA when importable.
 
     Raises:
-        ValueError: unknown name, or spconv asked for where it cannot run (CPU, not installed).
+        ValueError: unknown name, or a backend asked for where it cannot run (device, not installed).
     """
-    from reasoning_seg.net import spconv_backend
+    from reasoning_seg.backends import SPARSE_CONV
 
     dev = torch.device(device)
     if name == "auto":
-        return "spconv" if dev.type == "cuda" and spconv_backend.available() else "torch"
-    if name not in BACKENDS:
-        raise ValueError(f"unknown net backend '{name}' (auto, {', '.join(BACKENDS)})")
-    if name == "spconv":
-        if dev.type != "cuda":
-            raise ValueError("net.backend 'spconv' runs on CUDA only (spconv-triton has no CPU kernels)")
-        if not spconv_backend.available():
-            raise ValueError("net.backend 'spconv' needs spconv-triton (pip install spconv-triton)")
+        spconv = _ops("spconv")
+        return "spconv" if dev.type in spconv.device_types and spconv.available() else "torch"
+    if name == "torch":
+        return name
+    if name not in SPARSE_CONV:
+        raise ValueError(f"unknown net backend '{name}' (auto, torch, {', '.join(SPARSE_CONV.names())})")
+    ops = _ops(name)
+    if dev.type not in ops.device_types:
+        raise ValueError(f"net.backend '{name}' runs on {'/'.join(ops.device_types)} only, not {dev.type}")
+    if not ops.available():
+        raise ValueError(f"net.backend '{name}' cannot be imported here (see the 'gpu' extra)")
     return name
 
 
@@ -431,12 +453,9 @@ class SubmanifoldConv3d(_KernelConv):
     def forward(self, x: SparseTensor) -> SparseTensor:
         """``out[c] = sum over occupied c + d s of x[c + d s] @ W[d]`` (+ bias)."""
         f = x.feats
-        if self.kernel_size > 1 and self.backend == "spconv":
-            from reasoning_seg.net import spconv_backend
-
-            return x.replace(
-                self._finish(spconv_backend.submanifold(f, self.weight, x.cmap, self.kernel_size))
-            )
+        if self.kernel_size > 1 and self.backend != "torch":
+            ops = _ops(self.backend)
+            return x.replace(self._finish(ops.submanifold(f, self.weight, x.cmap, self.kernel_size)))
         out = f @ self.weight[self.weight.shape[0] // 2]
         if self.kernel_size > 1:
             out = _accumulate(out, f, self.weight, len(x.cmap), x.cmap.submanifold_map(self.kernel_size))
@@ -456,12 +475,9 @@ class StridedConv3d(_KernelConv):
     def forward(self, x: SparseTensor) -> SparseTensor:
         """``out[p] = sum_{k in {0,1}^3, p + k s occupied} x[p + k s] @ W[k]`` at the coarse sites."""
         down = x.cmap.downsample()
-        if self.backend == "spconv":
-            from reasoning_seg.net import spconv_backend
-
-            return SparseTensor(
-                self._finish(spconv_backend.strided(x.feats, self.weight, x.cmap)), down.coarse
-            )
+        if self.backend != "torch":
+            out = _ops(self.backend).strided(x.feats, self.weight, x.cmap)
+            return SparseTensor(self._finish(out), down.coarse)
         maps = ((k, coarse_rows, fine_rows) for k, fine_rows, coarse_rows in down.groups)
         out = _accumulate(None, x.feats, self.weight, len(down.coarse), maps)
         return SparseTensor(self._finish(out), down.coarse)
@@ -497,10 +513,8 @@ class TransposedConv3d(_KernelConv):
         if 2 * fine.stride != x.stride:
             raise ValueError(f"transposed conv from stride {x.stride} needs target stride {x.stride // 2}")
         down = fine.downsample()
-        if self.backend == "spconv" and down.coarse is x.cmap:
-            from reasoning_seg.net import spconv_backend
-
-            return SparseTensor(self._finish(spconv_backend.transposed(x.feats, self.weight, fine)), fine)
+        if self.backend != "torch" and down.coarse is x.cmap:
+            return SparseTensor(self._finish(_ops(self.backend).transposed(x.feats, self.weight, fine)), fine)
         maps: Iterable[tuple[int, Tensor, Tensor]] = down.groups
         if down.coarse is not x.cmap:  # target's coarse sites were not produced from it: look them up
             remap = x.cmap.lookup(down.coarse.keys)

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reasoning_seg.net.sparse_conv import SparseConvOps
+
 NAME = "spconv"
 
 
@@ -123,3 +125,13 @@ def transposed(feats: Tensor, weight: Tensor, fine: Any) -> Tensor:
     return functional.SparseInverseConvFunction.apply(
         feats.contiguous(), _as_krsc(weight), pairs, counts, len(fine), algo
     )
+
+
+OPS = SparseConvOps(
+    available=available,
+    device_types=("cuda",),
+    submanifold=submanifold,
+    strided=strided,
+    transposed=transposed,
+)
+"""What ``reasoning_seg.backends.SPARSE_CONV`` registers as ``spconv``."""
