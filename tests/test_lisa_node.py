@@ -21,7 +21,7 @@ from rclpy.parameter import Parameter
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.lisa.random_checkpoint import TINY, write_random_lisa_checkpoint
-from reasoning_seg.ros.node import ReasoningSegNode
+from reasoning_seg.ros.node import ReasoningSegNode, executor_threads
 from reasoning_seg.ros.player import play
 from reasoning_seg.ros.query_client import call_segment
 from reasoning_seg.sim.scene import SyntheticScene
@@ -33,7 +33,7 @@ INTR = CameraIntrinsics(160, 120, 131.25, 131.25, 79.5, 59.5)
 
 def _start(ros_context, params: list[Parameter]):
     node = ReasoningSegNode(context=ros_context, parameter_overrides=params)
-    executor = MultiThreadedExecutor(context=ros_context)
+    executor = MultiThreadedExecutor(num_threads=executor_threads(node.cfg), context=ros_context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()

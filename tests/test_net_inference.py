@@ -359,7 +359,7 @@ def test_node_loads_the_3d_net_from_a_parameter_and_answers_with_it(
     from rclpy.parameter import Parameter
     from reasoning_seg_msgs.srv import LoadMap
 
-    from reasoning_seg.ros.node import ReasoningSegNode
+    from reasoning_seg.ros.node import ReasoningSegNode, executor_threads
     from reasoning_seg.ros.query_client import call_segment, call_service
 
     scene, root, queries = recorded
@@ -378,7 +378,7 @@ def test_node_loads_the_3d_net_from_a_parameter_and_answers_with_it(
             Parameter("map_directory", value=str(tmp_path)),
         ]
         node = ReasoningSegNode(context=ros_context, parameter_overrides=params)
-        executor = MultiThreadedExecutor(context=ros_context)
+        executor = MultiThreadedExecutor(num_threads=executor_threads(node.cfg), context=ros_context)
         executor.add_node(node)
         thread = threading.Thread(target=executor.spin, daemon=True)
         thread.start()

@@ -15,7 +15,7 @@ from std_srvs.srv import Trigger
 
 from reasoning_seg.camera import CameraIntrinsics
 from reasoning_seg.ros.conversions import cloud_msg_to_numpy, pose_to_matrix, view_images_from_msgs
-from reasoning_seg.ros.node import ReasoningSegNode
+from reasoning_seg.ros.node import ReasoningSegNode, executor_threads
 from reasoning_seg.ros.player import play
 from reasoning_seg.ros.query_client import call_segment, call_service
 from reasoning_seg.sim.scene import SyntheticScene
@@ -56,7 +56,7 @@ def running_node(ros_context, recorded):
             Parameter("map_directory", value=str(tmp / "maps")),
         ],
     )
-    executor = MultiThreadedExecutor(context=ros_context)
+    executor = MultiThreadedExecutor(num_threads=executor_threads(node.cfg), context=ros_context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()

@@ -37,7 +37,7 @@ from reasoning_seg.ros.conversions import (
     matrix_to_pose,
     numpy_to_image_msg,
 )
-from reasoning_seg.ros.node import ReasoningSegNode
+from reasoning_seg.ros.node import ReasoningSegNode, executor_threads
 from reasoning_seg.ros.query_client import call_segment, call_service
 from reasoning_seg.sim.simulated_segmenter import SimulatedSegmenter
 
@@ -214,7 +214,9 @@ def make_env(ros_context, world):
         listener = rclpy.create_node("robust_diag_listener", context=ros_context)
         diag: list = []
         listener.create_subscription(DiagnosticArray, "/diagnostics", diag.append, 10)
-        executor = MultiThreadedExecutor(context=ros_context)
+        # The node's own thread count (as its main() uses) plus one for the listener: the default,
+        # one per CPU, gives a 2-core CI machine two threads, and a long save then starves queries.
+        executor = MultiThreadedExecutor(num_threads=executor_threads(node.cfg) + 1, context=ros_context)
         executor.add_node(node)
         executor.add_node(listener)
         thread = threading.Thread(target=executor.spin, daemon=True)
@@ -1199,7 +1201,7 @@ def test_a_long_save_does_not_silence_diagnostics_or_queries(make_env, monkeypat
     real_save = pipeline_module.save_state
 
     def slow_save(*args, **kwargs):
-        time.sleep(12.0)  # far longer than a query on a loaded 2-core machine (up to ~4 s seen)
+        time.sleep(8.0)  # far longer than a query on a loaded 2-core machine (up to ~4 s seen)
         return real_save(*args, **kwargs)
 
     monkeypatch.setattr(pipeline_module, "save_state", slow_save)
