@@ -136,7 +136,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     ap.add_argument("--backends", default="torch", help="comma-separated: torch,spconv (same weights)")
+    ap.add_argument(
+        "--spconv-candidates",
+        type=int,
+        default=0,
+        help="cut spconv-triton's autotuning to this many tile candidates per kernel (0: its full sweep)",
+    )
     args = ap.parse_args()
+    if args.spconv_candidates > 0 and "spconv" in args.backends:
+        from reasoning_seg.net.spconv_backend import limit_autotune
+
+        cut = limit_autotune(args.spconv_candidates)
+        print(f"spconv autotuning cut to {args.spconv_candidates} candidate(s) in {cut} kernels")
     device = torch.device(args.device)
     torch.manual_seed(0)
     net = LabelFree3DNet(NetConfig(unet=UNET_PRESETS[args.net])).to(device)

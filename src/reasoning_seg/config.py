@@ -348,8 +348,9 @@ class Net3DConfig:
     backend: str = knob(
         "auto",
         "Sparse-convolution arithmetic of the 3D network: torch (pure PyTorch, the reference, any device), "
-        "spconv (spconv-triton's CUDA kernels), auto: spconv on CUDA when importable, else torch. "
-        "Same weights and results either way (bench/results/net.md).",
+        "spconv (spconv-triton's CUDA kernels: faster training steps, slower forward, minutes of "
+        "autotuning on first use), auto: torch (measured the faster query path, bench/results/net.md). "
+        "Same weights and results either way.",
         choices=("auto", "torch", "spconv"),
     )
     min_points: int = knob(20, "Fewer 3D-net target points than this means 'not found'.", 1, 10_000_000)

@@ -367,7 +367,12 @@ def _ops(name: str) -> SparseConvOps:
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
-    """The backend ``name`` means on ``device``: ``auto`` takes spconv on CUDA when importable.
+    """The backend ``name`` means on ``device``.
+
+    ``auto`` is the torch path on every device: measured on an H100 (bench/results/net.md), spconv's
+    kernels behind our maps make the forward, the query path, slower (108 vs 69 ms at 100k voxels)
+    and only the training step faster, and spconv-triton times 37 tile candidates per layer shape on
+    first use (60-94 s each). spconv stays one parameter away for training.
 
     Raises:
         ValueError: unknown name, or a backend asked for where it cannot run (device, not installed).
@@ -376,8 +381,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
 
     dev = torch.device(device)
     if name == "auto":
-        spconv = _ops("spconv")
-        return "spconv" if dev.type in spconv.device_types and spconv.available() else "torch"
+        return "torch"
     if name == "torch":
         return name
     if name not in SPARSE_CONV:

@@ -41,6 +41,32 @@ def available() -> bool:
     return True
 
 
+def limit_autotune(candidates: int = 1) -> int:
+    """Cut each of spconv-triton's autotuned kernels to its first ``candidates`` tile configurations.
+
+    Why: the library times every candidate (37 for its gather-GEMM) the first time it meets a
+    (kernel volume, C_in, C_out) combination; on an H100 that took 60-94 s per layer shape
+    (bench/results/net.md), so a U-Net's first forward and backward take many minutes. With one
+    candidate there is nothing to time, only one compilation per shape (about a second). Triton caches
+    a finished sweep under ``TRITON_CACHE_DIR``, so a long-running node may prefer the full sweep
+    once. Returns how many kernels were cut.
+    """
+    import sys
+
+    import spconv_triton.pytorch  # noqa: F401  (imports every module that defines kernels)
+    from triton.runtime.autotuner import Autotuner
+
+    cut = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("spconv_triton"):
+            continue
+        for obj in list(vars(module).values()):
+            if isinstance(obj, Autotuner) and len(obj.configs) > candidates:
+                obj.configs = obj.configs[:candidates]
+                cut += 1
+    return cut
+
+
 def _lib() -> tuple[Any, Any]:
     from spconv_triton.core import ConvAlgo
     from spconv_triton.pytorch import functional
