@@ -226,3 +226,16 @@ def test_whole_unet_forward_and_gradients_agree():
         res.append((y.detach(), net.backbone.stem.weight.grad.clone()))
     for a, b in zip(res[0], res[1], strict=True):
         assert (a - b).abs().max() <= 1e-3 * a.abs().max()
+
+
+def test_kernel_maps_built_in_chunks_equal_one_batch(monkeypatch):
+    """The batched neighbour search gives the same maps whatever the chunk size (1 offset .. all)."""
+    from reasoning_seg.net import sparse_conv
+
+    sites = random_sites(700, 7, seed=9)
+    ref = SparseTensor.from_coords(sites, torch.zeros(len(sites), 1)).cmap.submanifold_map(3)
+    monkeypatch.setattr(sparse_conv, "_MAP_CHUNK", 3 * len(sites) + 1)  # 3 offsets a batch
+    small = SparseTensor.from_coords(sites, torch.zeros(len(sites), 1)).cmap.submanifold_map(3)
+    assert [k for k, _, _ in ref] == [k for k, _, _ in small] and len(ref) == 26
+    for (_, o1, i1), (_, o2, i2) in zip(ref, small, strict=True):
+        assert torch.equal(o1, o2) and torch.equal(i1, i2)

@@ -68,6 +68,8 @@ COORD_LIMIT = _XYZ_OFFSET - _MARGIN
 The margin up to the packing limit keeps every neighbour query (``|offset| * stride < 4096``) and
 every down-sampled site inside its bit field, so adding an offset never carries into the next field
 and aliases a different site."""
+_MAP_CHUNK = 1 << 25
+"""Neighbour keys looked up per batch when building a kernel map (32 M: 256 MB of int64 keys)."""
 MAX_BATCH = 1 << _BATCH_BITS
 """Number of scenes one batch can hold (batch index 0 .. 4095)."""
 
@@ -223,16 +225,28 @@ class CoordinateMap:
             if reach >= _MARGIN:
                 raise ValueError(f"kernel reach {reach} voxels exceeds the packing margin {_MARGIN}")
             centre = len(offsets) // 2
+            others = [k for k in range(len(offsets)) if k != centre]
+            # Many offsets per batch: one search, one nonzero and one host read of the counts for a
+            # whole chunk of the kernel instead of one of each per offset (on a GPU these launches
+            # and synchronisations, not the arithmetic, were the cost of building the map). Chunks
+            # keep the temporary (offsets x sites) keys near _MAP_CHUNK elements.
+            per_chunk = max(1, _MAP_CHUNK // max(1, len(self)))
             maps = []
-            for k, (dx, dy, dz) in enumerate(offsets):
-                if k == centre:
-                    continue
-                rows = self.lookup(
-                    self.keys + _offset_key(dx * self.stride, dy * self.stride, dz * self.stride)
+            for c0 in range(0, len(others), per_chunk):
+                ks = others[c0 : c0 + per_chunk]
+                deltas = torch.tensor(
+                    [_offset_key(*(d * self.stride for d in offsets[k])) for k in ks],
+                    dtype=torch.int64,
+                    device=self.device,
                 )
-                out_rows = torch.nonzero(rows >= 0).squeeze(1)
-                if out_rows.numel():
-                    maps.append((k, out_rows, rows[out_rows]))
+                rows = self.lookup((self.keys[None, :] + deltas[:, None]).reshape(-1)).reshape(len(ks), -1)
+                which, out_rows = torch.nonzero(rows >= 0, as_tuple=True)  # offset-major, rows ascending
+                in_rows = rows[which, out_rows]
+                start = 0
+                for k, n in zip(ks, torch.bincount(which, minlength=len(ks)).tolist(), strict=True):
+                    if n:
+                        maps.append((k, out_rows[start : start + n], in_rows[start : start + n]))
+                    start += n
             self._cache[key] = tuple(maps)
         return self._cache[key]
 
