@@ -239,3 +239,22 @@ def test_kernel_maps_built_in_chunks_equal_one_batch(monkeypatch):
     assert [k for k, _, _ in ref] == [k for k, _, _ in small] and len(ref) == 26
     for (_, o1, i1), (_, o2, i2) in zip(ref, small, strict=True):
         assert torch.equal(o1, o2) and torch.equal(i1, i2)
+
+
+def test_limit_autotune_leaves_one_candidate_per_kernel():
+    """The escape from spconv-triton's per-shape sweep (minutes per U-Net) cuts every autotuner."""
+    pytest.importorskip("spconv_triton")
+    import sys
+
+    from triton.runtime.autotuner import Autotuner
+
+    spconv_backend.limit_autotune(1)
+    tuners = [
+        obj
+        for name, module in list(sys.modules.items())
+        if name.startswith("spconv_triton")
+        for obj in vars(module).values()
+        if isinstance(obj, Autotuner)
+    ]
+    assert len(tuners) >= 5  # gather-GEMM, weight gradient, pair kernels, pooling
+    assert all(len(t.configs) == 1 for t in tuners)
