@@ -514,7 +514,8 @@ def section_stream(args) -> str:
         times[i] = time.perf_counter() - t0
         if i % every == 0 or i == n - 1:
             gpu = ""
-            if pipe.map.backend == "torch" and "cuda" in str(getattr(pipe.map.grid, "device", "")):
+            on_gpu = "cuda" in str(getattr(pipe.map.grid, "device", ""))
+            if pipe.map.backend in ("torch", "triton") and on_gpu:
                 import torch
 
                 gpu = f"{torch.cuda.memory_allocated() / 1e6:.0f}"
