@@ -114,3 +114,100 @@ def test_pipeline_counts_every_reason_and_leaves_the_map_untouched():
     assert pipe.map.frames_integrated == 0 and pipe.map.num_blocks == 0 and len(pipe.keyframes) == 0
     pipe.add_frame(good_frame())
     assert pipe.map.frames_integrated == 1 and pipe.stats.frames_integrated == 1
+
+
+# ---------------------------------------------------------------- limits, exactly at and just past them
+# (added after a mutation run over frames.py: these limits and messages had no test that pinned them)
+def _intr(**kw):
+    base = dict(width=64, height=48, fx=50.0, fy=47.0, cx=32.5, cy=22.0)
+    base.update(kw)
+    return CameraIntrinsics(**base)
+
+
+@pytest.mark.parametrize(
+    "changes,ok",
+    [
+        ({"cx": -32.0}, True),  # -0.5 w: the margin's edge is inside
+        ({"cx": -35.0}, False),
+        ({"cx": 96.0}, True),  # 1.5 w
+        ({"cx": 99.0}, False),
+        ({"cx": 20.0}, True),
+        ({"cy": -24.0}, True),  # -0.5 h
+        ({"cy": -27.0}, False),
+        ({"cy": 72.0}, True),  # 1.5 h
+        ({"cy": 75.0}, False),
+        ({"fx": 0.05 * 64}, True),  # FOCAL_RANGE's ends are inside
+        ({"fx": 0.04 * 64}, False),
+        ({"fx": 20.0 * 64}, True),
+        ({"fx": 21.0 * 64}, False),
+        ({"fy": 0.05 * 48}, True),
+        ({"fy": 0.04 * 48}, False),
+        ({"fy": 20.0 * 48}, True),
+        ({"fy": 21.0 * 48}, False),
+    ],
+)
+def test_intrinsics_limits_are_inclusive_and_tight(changes, ok):
+    frame = good_frame(intrinsics=_intr(**changes))
+    if ok:
+        sanitize(frame)
+        return
+    with pytest.raises(FrameRejected) as exc:
+        sanitize(frame)
+    assert exc.value.reason == "bad_intrinsics"
+    assert "principal point" in exc.value.detail or "focal" in exc.value.detail
+
+
+def test_every_rejection_says_what_was_wrong():
+    """The counted reason comes with a detail a person can act on (numbers, the parameter to change)."""
+    details = {}
+    for reason, changes in BAD:
+        with pytest.raises(FrameRejected) as exc:
+            sanitize(good_frame(**changes))
+        assert isinstance(exc.value.detail, str) and len(exc.value.detail) > 10, (reason, exc.value.detail)
+        assert str(exc.value) == f"{reason}: {exc.value.detail}"
+        details.setdefault(reason, exc.value.detail)
+    assert "intrinsics" in details["no_intrinsics"]
+    assert "millimetres" in details["depth_units"]
+    assert "47" in details["size_mismatch"] or "100" in details["size_mismatch"]
+    assert "rigid" in details["bad_pose"]
+    assert "nan" in details["bad_stamp"].lower()
+    assert "%" in details["no_depth"]
+    with pytest.raises(FrameRejected) as exc:
+        sanitize(good_frame(intrinsics="not a camera"))
+    assert exc.value.reason == "no_intrinsics" and "str" in exc.value.detail
+
+
+def test_image_size_and_map_extent_limits():
+    big = good_frame()
+    sanitize_frame(big, 0.2, 5.0, 0.05, max_image_pixels=64 * 48)  # exactly at the limit: kept
+    with pytest.raises(FrameRejected) as exc:
+        sanitize_frame(big, 0.2, 5.0, 0.05, max_image_pixels=64 * 48 - 1)
+    assert exc.value.reason == "image_too_large" and "max_image_pixels" in exc.value.detail
+    T = np.eye(4)
+    T[:3, 3] = [1.2, 1.6, 0.0]  # 2 m from the origin
+    sanitize_frame(good_frame(T_world_cam=T), 0.2, 5.0, 0.05, max_extent=2.0)  # at the limit: kept
+    sanitize_frame(good_frame(T_world_cam=T), 0.2, 5.0, 0.05, max_extent=2.1)  # (|T[:4, 3]| would be 2.24)
+    with pytest.raises(FrameRejected) as exc:
+        sanitize_frame(good_frame(T_world_cam=T), 0.2, 5.0, 0.05, max_extent=1.9)
+    assert exc.value.reason == "pose_out_of_bounds" and "max_extent" in exc.value.detail
+
+
+def test_depth_limits_units_check_and_valid_fraction():
+    depth = np.full((48, 64), 2.0, np.float32)
+    depth[0, 0], depth[0, 1] = 0.2, 5.0  # exactly depth_min and depth_max: readings
+    out = sanitize(good_frame(depth=depth))
+    assert out.depth[0, 0] == np.float32(0.2) and out.depth[0, 1] == 5.0
+    assert out.frame_id == 7 and out.T_world_cam.dtype == np.float64
+    # the millimetre check: a median of 100 m is still metres, 101 m is not
+    sanitize_frame(good_frame(depth=np.full((48, 64), 100.0, np.float32)), 0.2, 200.0, 0.05)
+    with pytest.raises(FrameRejected) as exc:
+        sanitize_frame(good_frame(depth=np.full((48, 64), 100.5, np.float32)), 0.2, 200.0, 0.05)
+    assert exc.value.reason == "depth_units"
+    # valid fraction: 1 % valid against a 5 % minimum is rejected, 6 % passes
+    sparse = np.zeros((48, 64), np.float32)
+    sparse.flat[:31] = 2.0  # 31 / 3072 = 1 %
+    with pytest.raises(FrameRejected) as exc:
+        sanitize(good_frame(depth=sparse))
+    assert exc.value.reason == "no_depth" and "1.0%" in exc.value.detail
+    sparse.flat[:185] = 2.0  # 6 %
+    sanitize(good_frame(depth=sparse))
