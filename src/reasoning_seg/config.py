@@ -111,7 +111,8 @@ class MapConfig:
         choices=("auto", "open3d", "torch", "triton"),
     )
     device: str = knob(
-        "CPU:0", "Device for integration: CPU:0 or CUDA:0 (the torch backend also accepts cpu, cuda:0)."
+        "CPU:0",
+        "Device for integration: CPU:0 or CUDA:0 (the torch and triton backends also accept cpu, cuda:0).",
     )
 
 
