@@ -291,20 +291,12 @@ class TritonBlockGrid(TorchBlockGrid):
 
     def _recover(self, free_left: int, no_slot: int, table_full: bool) -> None:
         """Give slots to blocks inserted without one, grow the table if needed, and rebuild it."""
-        torch = self._torch
         self._n_free = free_left
-        self._free = self._free[:free_left]
-        keys, slots = self._hkeys[: self._hsize], self._hslot[: self._hsize]
-        used = keys >= 0
-        keys, slots = keys[used], slots[used]
-        missing = slots < 0
+        self._index_stale = True  # the table is the truth, also for blocks still without a slot
+        self._refresh_index()
         if no_slot:
             if self._free.numel() < no_slot:  # the base class's growth: the table is rebuilt below
                 TorchBlockGrid._grow(self, no_slot - int(self._free.numel()))
-            slots = slots.clone()
-            slots[missing] = self._free[-no_slot:]
+            self._slots[self._slots < 0] = self._free[-no_slot:]
             self._free = self._free[:-no_slot]
-        order = torch.argsort(keys)
-        self._keys, self._slots = keys[order], slots[order]
-        self._index_stale = False
         self._rebuild_hash(2 * self._hsize if table_full else 0)

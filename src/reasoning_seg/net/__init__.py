@@ -19,7 +19,8 @@ Modules:
 - :mod:`reasoning_seg.net.pseudo_labels`: runs the node's own query stages (view selection,
   segmenter, fusion) over recorded scenes and stores the pseudo-labels per scene: fused probability,
   depth-checked point-view pairs with sampled 2D logits and SAM features, [SEG] embeddings; the
-  stored form and its validated save/load are :mod:`reasoning_seg.net.pseudo_label_store`.
+  stored form and its validated save/load are :mod:`reasoning_seg.net.pseudo_label_store` (files and
+  checkpoints are written through :mod:`reasoning_seg.net.atomic_file`).
 - :mod:`reasoning_seg.net.data`: dataset over stored pseudo-labels, the paper's augmentations
   (rotation about the up axis, flips) and collation into one batched sparse tensor.
 - :mod:`reasoning_seg.net.model`: :class:`LabelFree3DNet` (U-Net + query head + spatial projection),

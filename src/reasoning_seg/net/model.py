@@ -16,8 +16,6 @@ above ``threshold`` are the target.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from reasoning_seg.net.atomic_file import write_atomically
 from reasoning_seg.net.sparse_conv import SparseTensor
 from reasoning_seg.net.unet import QueryHead, SparseUNet, SpatialProjection, UNetConfig
 
@@ -296,17 +295,7 @@ class LabelFree3DNet(nn.Module):
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "meta": dict(meta or {}),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-            os.chmod(path, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomically(path, lambda fh: torch.save(state, fh))
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> LabelFree3DNet:
@@ -363,10 +352,3 @@ def _from_lightning(state: dict[str, Any], path: Path) -> dict[str, Any]:
         "state_dict": weights,
         "meta": {"epoch": state.get("epoch"), "global_step": state.get("global_step"), "source": "lightning"},
     }
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

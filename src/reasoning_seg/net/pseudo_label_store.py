@@ -8,14 +8,14 @@ node's stages, and the format (one compressed ``.npz`` per scene, no pickles, va
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reasoning_seg.net.atomic_file import write_atomically
 
 FORMAT = "reasoning_seg.pseudo_labels"
 VERSION = 1
@@ -200,17 +200,7 @@ def save_scene_labels(labels: ScenePseudoLabels, path: str | Path) -> Path:
         queries_meta.append(entry)
     meta = dict(labels.meta, format=FORMAT, version=VERSION, scene=labels.name, queries=queries_meta)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-        os.chmod(path, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def _array(data: Any, key: str, dtype: Any, ndim: int, path: Path) -> np.ndarray:
@@ -355,10 +345,3 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise PseudoLabelError(f"{path}: not a version-{VERSION} {FORMAT} file")
     return meta
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
