@@ -29,6 +29,7 @@ BLOCK_GRIDS.register_lazy("triton", "reasoning_seg.mapping.triton_tsdf:TritonBlo
 #: ``net.backend``: a ``SparseConvOps`` (sparse_conv's contract); "torch" is the layers' own reference path.
 SPARSE_CONV = Registry("net backend")
 SPARSE_CONV.register_lazy("spconv", "reasoning_seg.net.spconv_backend:OPS")
+SPARSE_CONV.register_lazy("triton", "reasoning_seg.net.triton_conv:OPS")
 
 #: ``fusion.method``: ``fuse_*(points, views, segmentations, config, device=, cache=) -> FusionResult``.
 FUSION_METHODS = Registry("fusion method")
