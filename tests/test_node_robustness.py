@@ -389,7 +389,8 @@ def test_camera_info_is_joined_to_its_frame_by_stamp(make_env):
 
 
 def test_missing_camera_info(make_env):
-    env = make_env(prime=False)  # map loaded, but no CameraInfo ever received
+    # Map loaded, but no CameraInfo ever received; pairs may wait long (the queue bound is tested).
+    env = make_env(params=(Parameter("tf_timeout", value=5.0),), prime=False)
     before = env.map_state()
     for i in range(N_MAP, N_MAP + 4):
         env.feed(i, info=None)
@@ -710,7 +711,8 @@ def test_pose_from_tf_waits_for_tf_to_catch_up(make_env, monkeypatch):
     import reasoning_seg.ros.node as node_module
 
     monkeypatch.setattr(node_module, "tf2_ros", _Tf2Contract)
-    env = make_env(params=(Parameter("pose_source", value="tf"),), load=True, prime=False)
+    params = (Parameter("pose_source", value="tf"), Parameter("tf_timeout", value=5.0))
+    env = make_env(params=params, load=True, prime=False)
     buf = env.node._pose.tf_buffer
     assert isinstance(buf, _Tf2Contract.Buffer)
     before = env.map_state()
@@ -722,7 +724,7 @@ def test_pose_from_tf_waits_for_tf_to_catch_up(make_env, monkeypatch):
     # ... and is integrated as soon as the transform for its stamp arrives (the node's retry timer).
     buf.poses[round(env.world.frames[i].stamp, 6)] = env.world.frames[i].T_world_cam
     assert wait_for(lambda: env.integrated() == 1), (env.node.rejected, env.dropped())
-    assert max(buf.timeouts) == pytest.approx(env.node.cfg.tf_timeout)
+    assert max(buf.timeouts) == 0.0  # never blocks an executor thread: the pair waits in the queue
     # One sample in the buffer, a newer stamp (tf2's "only time Y is in the buffer"): TF lags, wait.
     env.feed(i + 1, pose=None)
     time.sleep(0.3)
@@ -741,6 +743,58 @@ def test_pose_from_tf_waits_for_tf_to_catch_up(make_env, monkeypatch):
     assert env.wait_dropped("tf_future", 2)
     assert len(env.node._pending) <= env.node._MAX_PENDING
     env.assert_still_serving(before)
+
+
+def test_a_pair_waits_for_tf_at_most_tf_timeout(make_env, monkeypatch):
+    """Waiting for TF is bounded in time, not only by the queue (issue 18).
+
+    One lone pair whose TF never comes is dropped (counted) about ``tf_timeout`` after it arrived,
+    while a pair whose TF comes within the bound is integrated. Pairs used to wait until 10 newer
+    ones pushed them out.
+    """
+    import reasoning_seg.ros.node as node_module
+
+    monkeypatch.setattr(node_module, "tf2_ros", _Tf2Contract)
+    params = (Parameter("pose_source", value="tf"), Parameter("tf_timeout", value=0.6))
+    env = make_env(params=params, load=False, prime=False)
+    buf = env.node._pose.tf_buffer
+    i = N_MAP
+    buf.poses[round(env.world.frames[i].stamp, 6)] = env.world.frames[i].T_world_cam
+    env.feed(i, pose=None)
+    assert wait_for(lambda: env.integrated() == 1), (env.node.rejected, env.dropped())
+    env.feed(i + 1, pose=None)  # its TF lags by 0.2 s: within the bound
+    time.sleep(0.2)
+    buf.poses[round(env.world.frames[i + 1].stamp, 6)] = env.world.frames[i + 1].T_world_cam
+    assert wait_for(lambda: env.integrated() == 2), (env.node.rejected, env.dropped())
+    t0 = time.monotonic()
+    env.feed(i + 2, pose=None)  # its TF never comes, and nothing pushes it out of the queue
+    assert env.wait_dropped("tf_future", 1, timeout=10.0)
+    waited = time.monotonic() - t0
+    assert 0.5 <= waited <= 5.0, waited  # the bound (0.6 s), not the queue (it holds one pair)
+    assert not env.node._pending and env.integrated() == 2
+
+
+def test_zero_stamp_is_refused_under_tf(make_env, monkeypatch):
+    """A pair stamped 0 is refused under TF and counted, the map untouched.
+
+    tf2 answers a lookup at time 0 with its newest transform, so the pair would be placed with a
+    later pose (found by the demo over the real tf2, issue 18).
+    """
+    import reasoning_seg.ros.node as node_module
+
+    monkeypatch.setattr(node_module, "tf2_ros", _Tf2Contract)
+    env = make_env(params=(Parameter("pose_source", value="tf"),), load=True, prime=False)
+    buf = env.node._pose.tf_buffer
+    before = env.map_state()
+    i = N_MAP
+    buf.poses[round(env.world.frames[i].stamp, 6)] = env.world.frames[i].T_world_cam
+    env.feed(i, stamp=0.0, pose=None)
+    assert env.wait_dropped("zero_stamp", 1)
+    assert env.integrated() == 0 and env.map_state() == before
+    assert env.node.rejected["zero_stamp"] == 1
+    env.feed(i, pose=None)  # the same frame, stamped: integrated
+    assert wait_for(lambda: env.integrated() == 1), (env.node.rejected, env.dropped())
+    assert env.map_state() != before
 
 
 def test_auto_pose_source_uses_the_pose_topic_when_tf_has_no_camera(make_env, monkeypatch):

@@ -145,16 +145,31 @@ def _check_frames(rec: Recorder, frames: list, stamps: list[float], depth_encodi
 def test_folder_sequence_is_played_with_matching_stamps(ros_context: Any, tmp_path: Path) -> None:
     frames = _frames(4)
     _write_folder(tmp_path, frames)
-    expected = [f.stamp for f in FolderSequence(tmp_path)]
+    relative = [f.stamp for f in FolderSequence(tmp_path)]
+    assert relative[0] == 0.0  # what a folder knows: frame number / fps
     rec = Recorder.create(ros_context, TOPICS)
     summary = rec.play(
         ros_context,
-        {"folder": str(tmp_path), "wait_for_subscribers": 1},
+        {"folder": str(tmp_path), "wait_for_subscribers": 1, "folder_time_origin": 7.5},
         lambda: all(rec.count(k) == len(frames) for k in TOPICS),
     )
     per_frame = 4 if TFMessage is None else 5  # + /tf where tf2_msgs is installed
     assert summary.steps == len(frames) and summary.messages == per_frame * len(frames)
-    _check_frames(rec, frames, expected)
+    # Shifted by the origin: never stamped 0, which tf2 reads as "the newest transform".
+    _check_frames(rec, frames, [7.5 + t for t in relative])
+
+
+def test_folder_time_origin_must_be_positive(ros_context: Any, tmp_path: Path) -> None:
+    _write_folder(tmp_path, _frames(2))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="folder_time_origin must be positive"):
+            PlayerNode(
+                context=ros_context,
+                parameter_overrides=[
+                    Parameter("folder", value=str(tmp_path)),
+                    Parameter("folder_time_origin", value=bad),
+                ],
+            )
 
 
 def test_folder_playback_broadcasts_the_camera_pose_on_tf(ros_context: Any, tmp_path: Path) -> None:
@@ -385,8 +400,49 @@ def test_paced_playback_waits_for_the_consumer(ros_context: Any, stalls: bool) -
     )
     assert rec.count("color") == len(frames) == summary.steps
     if stalls:
-        # 8 steps, 3 at a time: two timed-out waits, then the last two steps are within the lead.
-        assert summary.pace_timeouts == 2 and summary.paced_s >= 2 * 0.6 - 0.05
+        # 8 steps, 3 at a time: two timed-out waits, then the last two steps are within the lead,
+        # and one more timed-out wait at the end for the consumer to take them.
+        assert summary.pace_timeouts == 3 and summary.paced_s >= 2 * 0.6 - 0.05
     else:
         assert seen_at_release == [3]  # held at max_lead while the consumer reported nothing
         assert summary.pace_timeouts == 0 and summary.paced_s > 1.0
+
+
+def test_paced_playback_ends_only_when_the_consumer_took_every_step(ros_context: Any) -> None:
+    """Playback finishes only once the consumer's ``pairs_in`` has reached the steps played.
+
+    The last ``max_lead`` steps are in flight when playback ends, and a reliable writer destroyed
+    before its reader took them loses them (the demo lost 1-2 of 90 frames on a busy machine,
+    uncounted).
+
+    The consumer reports what it received one second late.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    frames = _frames(6)
+    rec = Recorder.create(ros_context, TOPICS)
+    diag = rec.node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    history: list[tuple[float, int]] = []
+    reported_all: list[float] = []
+
+    def report() -> None:
+        now = time.monotonic()
+        history.append((now, rec.count("color")))
+        n = max([c for t, c in history if t <= now - 1.0], default=0)
+        if n == len(frames) and not reported_all:
+            reported_all.append(now)
+        status = DiagnosticStatus(
+            name="consumer", hardware_id="consumer", values=[KeyValue(key="pairs_in", value=str(n))]
+        )
+        diag.publish(DiagnosticArray(status=[status]))
+
+    rec.node.create_timer(0.05, report)
+    summary = rec.play(
+        ros_context,
+        {"pace_with": "consumer", "max_lead": 10, "pace_timeout": 10.0, "wait_for_subscribers": 1},
+        None,
+        sequence=ListSequence(frames, 100.0),
+    )
+    finished = time.monotonic()
+    assert summary.steps == len(frames) and summary.pace_timeouts == 0
+    assert reported_all and finished >= reported_all[0]  # not before the consumer had them all

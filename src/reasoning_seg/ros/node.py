@@ -109,7 +109,7 @@ class ReasoningSegNode(IngestMixin, QueriesMixin, MapMixin, Node):
         self._sync: ApproximatePairSync = ApproximatePairSync(self.cfg.sync_slop, queue_size=_CAMERA_QUEUE)
         # Image pairs that arrived before their pose or the first CameraInfo (a tf2 message filter
         # would hold them too); bounded, the oldest is decided when it overflows.
-        self._pending: deque[tuple[float, Image, Image]] = deque()
+        self._pending: deque[tuple[float, Image, Image, float]] = deque()  # + arrival (monotonic)
         self._query_lock = threading.Lock()
         self._queries_served = 0
         self._last_map_version = -1
@@ -198,9 +198,9 @@ class ReasoningSegNode(IngestMixin, QueriesMixin, MapMixin, Node):
                 callback_group=sensors,
             )
             self.sync_backend = "ApproximatePairSync (message_filters not importable)"
-        if self._pose.tf_buffer is not None:
-            # Pairs wait (bounded) for TF to catch up with their stamp; retry while no image arrives.
-            self.create_timer(0.05, self._guard("drain_pending", self._drain_pending), callback_group=sensors)
+        # Pairs wait (at most tf_timeout, at most _MAX_PENDING of them) for their pose or CameraInfo;
+        # retry, and let overdue pairs go, while no new image arrives.
+        self.create_timer(0.05, self._guard("drain_pending", self._drain_pending), callback_group=sensors)
         self.get_logger().info(
             f"colour/depth paired by {self.sync_backend} (slop {self.cfg.sync_slop} s); CameraInfo joined "
             "by stamp, the latest one when it is static; camera QoS "

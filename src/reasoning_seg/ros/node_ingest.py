@@ -114,10 +114,13 @@ class IngestMixin:
     _MAX_PENDING = 10
 
     def _enqueue(self, stamp: float, color: Image, depth: Image) -> None:
-        """Hold the pair until it can be decided; the oldest is decided anyway when too many wait.
+        """Hold the pair until it can be decided; decide it anyway when it is overdue or too many wait.
 
-        Bounded: at most ``_MAX_PENDING`` pairs (a third of a second at 30 Hz) wait for their pose,
-        CameraInfo or TF; a source that never catches up costs one counted drop per new pair.
+        Bounded twice: a pair waits at most ``tf_timeout`` seconds (node clock, from its arrival) for
+        its pose (TF or the pose topic) and CameraInfo, and at most ``_MAX_PENDING`` pairs (a third
+        of a second at 30 Hz) wait at once; a source that never catches up costs one counted drop
+        per pair. Waiting never blocks an executor thread (lookups are non-blocking, the node's
+        0.05 s retry timer and every new message re-check).
         """
         self._pose.saw_pair()
         with self._state_lock:
@@ -125,10 +128,10 @@ class IngestMixin:
         problem = self._pose.waiting_problem()
         if problem:
             self._warn("no_pose_source", problem, period=10.0)
-        self._pending.append((stamp, color, depth))
+        self._pending.append((stamp, color, depth, time.monotonic()))
         self._drain_pending()
         while len(self._pending) > self._MAX_PENDING:
-            self._process(*self._pending.popleft())
+            self._process(*self._pending.popleft()[:3])
 
     def _ready(self, stamp: float, color: Image) -> bool:
         """Whether a pair can be decided now.
@@ -142,20 +145,22 @@ class IngestMixin:
         return self._pose.ready(stamp, color, _TIME_JUMP_BACK)
 
     def _drain_pending(self) -> None:
-        """Decide, in arrival order, every pair up to the newest one that is ready.
+        """Decide, in arrival order, every pair up to the newest one that is ready or overdue.
 
         Pairs before a ready one are decided too (counted if their pose never comes): once a newer
-        pair can be integrated, waiting for older ones only delays the stream.
+        pair can be integrated, waiting for older ones only delays the stream. A pair that has
+        waited ``tf_timeout`` seconds is decided as it stands (integrated, or dropped with its reason).
         """
         last = -1
-        for k, (stamp, color, _) in enumerate(self._pending):
-            if self._ready(stamp, color):
+        deadline = time.monotonic() - self.cfg.tf_timeout
+        for k, (stamp, color, _, arrived) in enumerate(self._pending):
+            if arrived <= deadline or self._ready(stamp, color):
                 last = k
         for _ in range(last + 1):
-            self._process(*self._pending.popleft())
+            self._process(*self._pending.popleft()[:3])
 
     def _lookup_pose(self, stamp: float, color: Image) -> np.ndarray | None:
-        T, reason, why = self._pose.lookup(stamp, color, self.cfg.tf_timeout)
+        T, reason, why = self._pose.lookup(stamp, color)
         if T is None:
             # A pair that waited and had to go: no transform or pose ever came for it (tf_future:
             # TF came but lagged too far behind the camera, counted under its own name).

@@ -31,9 +31,10 @@ class NodeConfig:
         choices=("auto", "tf", "topic"),
     )
     tf_timeout: float = knob(
-        0.05,
-        "Seconds a TF lookup at an image stamp may block; pairs whose TF is not there yet (the transform "
-        "publisher lags) wait, bounded, and are retried.",
+        0.2,
+        "Seconds an image pair may wait for its pose (TF at its stamp, or camera/pose) and CameraInfo "
+        "when they lag the images; then it is decided as it stands (dropped and counted if still "
+        "without pose). Waiting never blocks the executor; at most 10 pairs wait at once.",
         0.0,
         5.0,
     )

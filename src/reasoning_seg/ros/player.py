@@ -154,6 +154,12 @@ _PARAMS: dict[str, tuple[Any, str]] = {
     ),
     "wait_timeout": (10.0, "Give up waiting for subscribers after this many seconds and start anyway."),
     "fps": (30.0, "Folder: frame rate used when the sequence has no timestamps."),
+    "folder_time_origin": (
+        1.0,
+        "Folder: stamp (s) of frame number 0. Folder recordings only know relative times (frame "
+        "number / fps) starting at 0, and ROS reads a zero stamp as 'unset' (tf2: 'the newest "
+        "transform'), so a TF consumer would place the first frame with the last pose. Must be > 0.",
+    ),
     "depth_scale": (1000.0, "Folder: depth PNG units per metre."),
     "depth_encoding": ("16UC1", "Folder: publish depth as 16UC1 (mm) or 32FC1 (m, NaN = none)."),
     "map_frame": ("map", "frame_id of the published pose (folder; bag: the root of the derived pose)."),
@@ -219,6 +225,7 @@ class PlayerNode(Node):
         self._pubs: dict[str, Publisher] = {}
         self._reader: Any = None
         self._tf_conns: list[Any] = []  # bag TF connections read to derive the pose (no tf2_msgs)
+        self._time_origin = 0.0  # added to folder stamps (folder_time_origin); in-memory sequences: 0
         try:
             self._check_params(p, sequence)
             depth = int(p["qos_depth"])
@@ -260,6 +267,7 @@ class PlayerNode(Node):
         self._taken: int | None = None
         self._taken_base = 0  # the consumer's count when we first saw it, less our steps then
         self._pace_since = 0.0
+        self._end_wait_since = 0.0
         if p["pace_with"]:
             from diagnostic_msgs.msg import DiagnosticArray
 
@@ -275,6 +283,8 @@ class PlayerNode(Node):
             raise ValueError(f"rate must be positive, got {p['rate']}")
         if not (math.isfinite(p["fps"]) and p["fps"] > 0):
             raise ValueError(f"fps must be positive, got {p['fps']}")
+        if not (math.isfinite(p["folder_time_origin"]) and p["folder_time_origin"] > 0):
+            raise ValueError(f"folder_time_origin must be positive, got {p['folder_time_origin']}")
         if p["depth_encoding"] not in ("16UC1", "32FC1"):
             raise ValueError(f"depth_encoding must be 16UC1 or 32FC1, got {p['depth_encoding']!r}")
         if p["qos"] not in ("reliable", "sensor_data"):
@@ -301,6 +311,7 @@ class PlayerNode(Node):
 
             sequence = open_sequence(p["folder"], depth_scale=float(p["depth_scale"]), fps=float(p["fps"]))
             self.summary.source = f"folder {p['folder']}"
+            self._time_origin = float(p["folder_time_origin"])
         else:
             self.summary.source = f"sequence {type(sequence).__name__}"
         if len(sequence) == 0:
@@ -396,7 +407,7 @@ class PlayerNode(Node):
                 self.summary.skipped_frames += 1
                 self.get_logger().warning(f"skipping frame {i}: {exc}")
                 continue
-            t = float(frame.stamp)
+            t = float(frame.stamp) + self._time_origin
             stamp = self._stamp(t, loop_index)
             cam_header = make_header(p["camera_frame"], stamp)
             color = np.asarray(frame.color, dtype=np.uint8)
@@ -580,7 +591,31 @@ class PlayerNode(Node):
                 self._loop_index += 1
                 self._items = self._make_items(self._loop_index)
                 self._next = next(self._items, None)
+        if self._consumer_behind(time.monotonic()):
+            self._reschedule(0.05)
+            return
         self._finish()
+
+    def _consumer_behind(self, now: float) -> bool:
+        """Pacing, at the end: whether the consumer has not yet taken every step (bounded wait).
+
+        Why: the last ``max_lead`` steps are still in flight when playback ends; a reliable writer
+        destroyed before its reader took them loses them without a trace (the demo lost 1-2 of 90
+        frames on a busy machine). Waits at most ``pace_timeout`` seconds for ``pairs_in`` to reach
+        the steps played.
+        """
+        if not self._p["pace_with"] or self._taken is None or self._taken >= self.summary.steps:
+            return False
+        if self._end_wait_since == 0.0:
+            self._end_wait_since = now
+        if now - self._end_wait_since < float(self._p["pace_timeout"]):
+            return True
+        self.summary.pace_timeouts += 1
+        self.get_logger().warning(
+            f"'{self._p['pace_with']}' took {self._taken} of {self.summary.steps} steps by the end of "
+            f"playback and did not catch up within {self._p['pace_timeout']} s: finishing anyway"
+        )
+        return False
 
     def _scheduled_stamp(self, t_recorded: float) -> Any:
         assert self._t_first is not None

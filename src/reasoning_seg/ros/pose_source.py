@@ -8,9 +8,11 @@ image pairs wait (bounded by the node's pending queue) and ``/diagnostics`` goes
 :data:`WARN_AFTER` seconds, naming the sources it waits for, so a misconfigured robot never ends
 up with a silently empty map.
 
-TF questions are asked through the tf2 API (``lookup_transform`` at the image stamp with
-``tf_timeout``; at time 0 for "is there any transform between the frames yet?"), never by reading
-tf2's exception texts, which differ between cases and releases.
+TF questions are asked through the tf2 API (``lookup_transform`` at the image stamp, never blocking:
+a pair whose TF has not arrived waits in the node's queue for at most ``tf_timeout``; at time 0 for
+"is there any transform between the frames yet?"), never by reading tf2's exception texts, which
+differ between cases and releases. A pair stamped 0 is refused under TF: tf2 reads time 0 as "the
+newest transform" and would place it with a later pose.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class PoseSource:
         self.poses.clear()
 
     # ------------------------------------------------------------------ lookups
-    def lookup(self, stamp: float, color: Image, timeout: float) -> tuple[np.ndarray | None, str, str]:
+    def lookup(self, stamp: float, color: Image) -> tuple[np.ndarray | None, str, str]:
         """``(T_map_camera, "", "")`` or ``(None, reason, detail)`` for the pair stamped ``stamp``.
 
         Reasons in :data:`WAIT_REASONS` mean the pair may wait; the node counts the others (and
@@ -118,7 +120,7 @@ class PoseSource:
         if self.chosen is None:
             return None, "no_source_yet", f"no pose source has delivered yet ({self.describe()})"
         if self.chosen == "tf":
-            out = self._tf_lookup(color, timeout)
+            out = self._tf_lookup(color)
         else:
             out = self.poses.lookup_reason(stamp)
         if out[0] is not None:
@@ -151,19 +153,33 @@ class PoseSource:
             return False
         return True
 
-    def _tf_lookup(self, color: Image, timeout: float) -> tuple[np.ndarray | None, str, str]:
+    def _tf_lookup(self, color: Image) -> tuple[np.ndarray | None, str, str]:
         """TF at the image stamp, and if there is none, why.
 
         ``tf_future``: TF has the frames but has not reached the stamp yet; ``tf_missing``: no
-        transform between the frames (yet); ``no_pose``: anything else (the stamp is older than the
+        transform between the frames (yet); ``zero_stamp``: the image is stamped 0 (tf2 would answer
+        with its newest transform); ``no_pose``: anything else (the stamp is older than the
         buffer, a frame is disconnected ...).
         """
         frame = self._frame(color)
         if not frame:
             return None, "no_pose", "the image has no frame_id and camera_frame is not set"
+        if color.header.stamp.sec == 0 and color.header.stamp.nanosec == 0:
+            # tf2 answers a lookup at time 0 with its newest transform: the frame would be placed
+            # with some later pose, silently. Refuse instead (a driver or player that leaves the
+            # stamp unset is the cause).
+            return (
+                None,
+                "zero_stamp",
+                (
+                    "the image is stamped 0, which tf2 reads as 'the newest transform': "
+                    "stamp images with their capture time"
+                ),
+            )
         try:
+            # Never blocks (timeout 0): the pair waits in the node's queue instead, bounded by tf_timeout.
             tf = self.tf_buffer.lookup_transform(
-                self.cfg.map_frame, frame, color.header.stamp, rclpy.duration.Duration(seconds=timeout)
+                self.cfg.map_frame, frame, color.header.stamp, rclpy.duration.Duration(seconds=0.0)
             )
         except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated exception types
             text = f"TF {self.cfg.map_frame} <- {frame}: {type(exc).__name__}: {exc}"
@@ -190,6 +206,6 @@ class PoseSource:
         if self.chosen is None:
             return False
         if self.chosen == "tf":
-            return self._tf_lookup(color, 0.0)[1] not in WAIT_REASONS
+            return self._tf_lookup(color)[1] not in WAIT_REASONS
         newest = self.poses.newest_stamp
         return newest is not None and stamp <= newest <= stamp + time_jump_back
