@@ -38,7 +38,7 @@ on the image only (the view's pose), never on the query, as SAM's image encoder 
 stand-in for training and testing the 3D network's data path, not a model of real SAM features.
 
 Everything is deterministic: a view's randomness is seeded from (seed, scene seed, normalised
-query, intrinsics, pose bytes), so the answer for a view does not depend on batch composition or
+query, intrinsics, pose rounded to 1e-6), so the answer for a view does not depend on batch composition or
 order. Rendering dominates the cost, so instance renders are kept in a bounded LRU cache keyed by
 (intrinsics, pose bytes).
 """
@@ -273,6 +273,17 @@ def _parse_text(text: str, categories: set[str]) -> tuple[set[str], set[str], se
     return cats, cols, affs
 
 
+def _pose_seed_bytes(pose: np.ndarray) -> bytes:
+    """A camera pose as seed material, rounded to 1e-6 (1 um, 1 urad).
+
+    Why rounded: the same recorded pose reaches the node by different conversions (a PoseStamped,
+    or TF through tf2's BufferCore) and differs there in the last bit; the simulated model must give
+    the same view the same answer either way (the demo's answers over real tf2 and the topic
+    fallback, issue 18). ``+ 0.0`` folds -0.0 into 0.0.
+    """
+    return (np.round(np.asarray(pose, dtype=np.float64), 6) + 0.0).tobytes()
+
+
 def _seed_of(*parts: bytes) -> int:
     h = hashlib.sha256()
     for p in parts:
@@ -499,7 +510,11 @@ class SimulatedSegmenter:
             cam = np.array([intr.width, intr.height, intr.fx, intr.fy, intr.cx, intr.cy], dtype=np.float64)
             rng = np.random.default_rng(
                 _seed_of(
-                    str(self.seed).encode(), str(self._scene_seed).encode(), b"sam", cam.tobytes(), key[1]
+                    str(self.seed).encode(),
+                    str(self._scene_seed).encode(),
+                    b"sam",
+                    cam.tobytes(),
+                    _pose_seed_bytes(pose),
                 )
             )
             noise = ndimage.gaussian_filter(
@@ -543,7 +558,7 @@ class SimulatedSegmenter:
                 b"v",
                 q.text.encode(),
                 cam.tobytes(),
-                pose.tobytes(),
+                _pose_seed_bytes(pose),
             )
         )
         # Fixed draw order (common random numbers: a higher rate never turns an error into a success).
