@@ -349,10 +349,10 @@ class Net3DConfig:
     backend: str = knob(
         "auto",
         "Sparse-convolution arithmetic of the 3D network: torch (pure PyTorch, the reference, any device), "
-        "spconv (spconv-triton's CUDA kernels: faster training steps, slower forward, minutes of "
-        "autotuning on first use), auto: torch (measured the faster query path, bench/results/net.md). "
-        "Same weights and results either way.",
-        choices=("auto", "torch", "spconv"),
+        "triton (one fused gather-GEMM kernel per convolution, CUDA), spconv (spconv-triton's CUDA "
+        "kernels; minutes of autotuning on first use), auto: triton on CUDA, else torch (measured the "
+        "fastest forward and training step, bench/results/net.md). Same weights and results either way.",
+        choices=("auto", "torch", "triton", "spconv"),
     )
     min_points: int = knob(20, "Fewer 3D-net target points than this means 'not found'.", 1, 10_000_000)
 

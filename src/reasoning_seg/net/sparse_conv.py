@@ -154,18 +154,28 @@ class CoordinateMap:
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         coords = coords.to(torch.int64).contiguous()
-        if coords.shape[0]:
-            b = coords[:, 0]
-            if bool((b < 0).any()) or bool((b >= MAX_BATCH).any()):
-                raise ValueError(f"batch index must be in [0, {MAX_BATCH})")
-            if int(coords[:, 1:].abs().max()) > COORD_LIMIT:
-                raise ValueError(f"voxel coordinate beyond +-{COORD_LIMIT}")
-            if stride > 1 and bool((coords[:, 1:] % stride != 0).any()):
-                raise ValueError(f"coordinates at stride {stride} must be multiples of it")
         keys = pack_coords(coords)
         sorted_keys, order = torch.sort(keys)
-        if sorted_keys.numel() > 1 and bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
-            raise ValueError("duplicate voxel sites: voxelise (unique) before building a SparseTensor")
+        if coords.shape[0]:
+            # Every check as a device flag, read back in one synchronisation (on a GPU each read-back
+            # stalls the launch queue; this constructor runs for every scene and query).
+            b = coords[:, 0]
+            flags = torch.stack(
+                [
+                    ((b < 0) | (b >= MAX_BATCH)).any(),
+                    coords[:, 1:].abs().max() > COORD_LIMIT,
+                    (coords[:, 1:] % stride != 0).any(),
+                    (sorted_keys[1:] == sorted_keys[:-1]).any(),
+                ]
+            ).tolist()
+            if flags[0]:
+                raise ValueError(f"batch index must be in [0, {MAX_BATCH})")
+            if flags[1]:
+                raise ValueError(f"voxel coordinate beyond +-{COORD_LIMIT}")
+            if flags[2]:
+                raise ValueError(f"coordinates at stride {stride} must be multiples of it")
+            if flags[3]:
+                raise ValueError("duplicate voxel sites: voxelise (unique) before building a SparseTensor")
         self._init(coords, stride, keys, sorted_keys, order)
 
     @classmethod
@@ -267,11 +277,17 @@ class CoordinateMap:
             coarse_keys = pack_coords(torch.cat([self.coords[:, :1], base], dim=1))
             unique_keys, parent = torch.unique(coarse_keys, sorted=True, return_inverse=True)
             coarse = CoordinateMap._from_sorted_unique_keys(unique_keys, s2)
+            # One stable sort by child offset and one read-back of the 8 counts, not a nonzero (and
+            # a synchronisation) per offset; rows stay ascending within each offset.
+            rows_by_offset = torch.sort(offset_id, stable=True).indices
+            counts = torch.bincount(offset_id, minlength=8).tolist()
             groups = []
-            for k in range(8):
-                rows = torch.nonzero(offset_id == k).squeeze(1)
-                if rows.numel():
+            start = 0
+            for k, n in enumerate(counts):
+                if n:
+                    rows = rows_by_offset[start : start + n]
                     groups.append((k, rows, parent[rows]))
+                start += n
             self._cache["down"] = Downsample(coarse, tuple(groups))
         return self._cache["down"]
 
@@ -383,10 +399,11 @@ def _ops(name: str) -> SparseConvOps:
 def resolve_backend(name: str, device: torch.device | str) -> str:
     """The backend ``name`` means on ``device``.
 
-    ``auto`` is the torch path on every device: measured on an H100 (bench/results/net.md), spconv's
-    kernels behind our maps make the forward, the query path, slower (108 vs 69 ms at 100k voxels)
-    and only the training step faster, and spconv-triton times 37 tile candidates per layer shape on
-    first use (60-94 s each). spconv stays one parameter away for training.
+    ``auto`` is ``triton`` on CUDA where Triton is importable, the torch path everywhere else:
+    measured on an H100 in one run (bench/results/net.md), the fused kernel's forward (the query
+    path) takes 29 / 45 / 100 ms at 100k / 300k / 1M fresh voxels against torch's 62 / 58 / 134 and
+    spconv-triton's 65 / 123 / 337, its training step 126 / 160 / 340 ms against 234 / 195 / 452, with
+    no autotuning (spconv-triton times 37 tile candidates per layer shape on first use, 60-94 s each).
 
     Raises:
         ValueError: unknown name, or a backend asked for where it cannot run (device, not installed).
@@ -395,7 +412,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
 
     dev = torch.device(device)
     if name == "auto":
-        return "torch"
+        return "triton" if dev.type == "cuda" and _ops("triton").available() else "torch"
     if name == "torch":
         return name
     if name not in SPARSE_CONV:
