@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -310,9 +311,13 @@ def test_main_plays_bag_and_exits(
     bag = tmp_path / "rec"
     _write_bag(bag, "sqlite3", _frames(2))
     t0 = time.monotonic()
-    assert main(["--ros-args", "-p", f"bag:={bag}", "-p", "rate:=4.0"]) == 0
-    assert time.monotonic() - t0 < 10.0
-    assert main(["--ros-args", "-p", "rate:=2.0"]) == 1  # neither folder nor bag
+    handler = signal.getsignal(signal.SIGINT)  # main() ignores SIGINT once it shuts down
+    try:
+        assert main(["--ros-args", "-p", f"bag:={bag}", "-p", "rate:=4.0"]) == 0
+        assert time.monotonic() - t0 < 10.0
+        assert main(["--ros-args", "-p", "rate:=2.0"]) == 1  # neither folder nor bag
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def test_consumer_of_some_topics_does_not_wait_for_the_timeout(ros_context: Any) -> None:

@@ -72,6 +72,7 @@ from reasoning_seg.ros.node_map import MapMixin
 from reasoning_seg.ros.node_queries import QueriesMixin
 from reasoning_seg.ros.params import NodeConfig, declare_and_read
 from reasoning_seg.ros.pose_source import PoseSource
+from reasoning_seg.ros.process import ignore_further_sigint
 from reasoning_seg.segmenter import Segmenter
 
 try:  # real ROS 2 installs; not available from PyPI wheels
@@ -396,6 +397,7 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_further_sigint()  # a second Ctrl-C (terminal + launch) must not break the shutdown
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -73,6 +73,7 @@ from reasoning_seg.ros.conversions import (
     sec_to_stamp,
     transform_to_matrix,
 )
+from reasoning_seg.ros.process import ignore_further_sigint
 
 try:  # real ROS 2 installs; not available from PyPI wheels
     from tf2_msgs.msg import TFMessage  # type: ignore[import-not-found]
@@ -736,6 +737,7 @@ def main(args: list[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).error(str(exc))
         code = 1
     finally:
+        ignore_further_sigint()  # a second Ctrl-C (terminal + launch) must not break the shutdown
         executor.shutdown()
         if node is not None:
             node.destroy_node()
