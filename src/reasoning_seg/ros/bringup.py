@@ -159,13 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         cmds = commands(a)
     except ValueError as exc:
         p.error(str(exc))
+    # A supervisor: SIGINT (Ctrl-C, often twice: the terminal's group and a wrapper both send one)
+    # only asks it to stop, it never interrupts the loop or the wait for the children below.
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
     procs = [subprocess.Popen(cmd) for cmd in cmds]
     try:
-        while procs[0].poll() is None:
+        while procs[0].poll() is None and not stop:
             time.sleep(0.2)
-        return procs[0].returncode or 0
-    except KeyboardInterrupt:
-        return 0
+        return 0 if stop else procs[0].returncode or 0
     finally:
         for proc in procs:
             if proc.poll() is None:
