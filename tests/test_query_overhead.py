@@ -411,6 +411,37 @@ def test_dbscan_labels_are_open3d_s():
     assert largest_cluster(line, 1.0, 2).all()  # no cluster: everything is kept
 
 
+def test_dbscan_labels_by_hand():
+    """Open3D's DBSCAN definition on points whose labels are derived by hand (no Open3D needed).
+
+    Coordinates are binary fractions, so "exactly eps apart" is exact. eps 0.25, min_points 3 (a
+    point counts itself). Along x: B = 5.0, 5.125, 5.25 (listed first, so it is cluster 0): 5.125 has
+    3 neighbours (core); 5.0 and 5.25 are exactly eps apart, not neighbours (strict), so they have 2
+    (border, they join B). A = 0.0 .. 0.375 in steps of 0.125: 0.125 and 0.25 core, 0.0 and 0.375
+    border. 0.625 is exactly eps from 0.375: noise. 10.0 and 2.0 / 2.375: noise.
+    """
+    x = [5.0, 5.125, 5.25, 0.0, 0.125, 0.25, 0.375, 0.625, 10.0, 2.0, 2.375]
+    p = np.c_[np.array(x), np.zeros(len(x)), np.zeros(len(x))]
+    np.testing.assert_array_equal(dbscan_labels(p, 0.25, 3), [0, 0, 0, 1, 1, 1, 1, -1, -1, -1, -1])
+    # min_points 2: every point with one neighbour is core; still nothing links across exactly eps.
+    np.testing.assert_array_equal(dbscan_labels(p, 0.25, 2), [0, 0, 0, 1, 1, 1, 1, -1, -1, -1, -1])
+    # eps 0.5: 0.625 joins A, and 2.0 / 2.375 (0.375 apart) form cluster 2.
+    np.testing.assert_array_equal(dbscan_labels(p, 0.5, 2), [0, 0, 0, 1, 1, 1, 1, 1, -1, 2, 2])
+    # A border point between two clusters joins the lower-numbered one (found first by Open3D's scan).
+    # eps 0.42, min_points 4: A = 0.0 .. 0.2 and B = 1.0 .. 1.2 are all core; 0.6 has 3 neighbours
+    # (0.2, 1.0 and itself, both 0.4 away), so it is a border point of both clusters.
+    a, b = [0.0, 0.05, 0.1, 0.15, 0.2], [1.0, 1.05, 1.1, 1.15, 1.2]
+    for first, second in ((a, b), (b, a)):
+        x = np.array(first + second + [0.6])
+        q = np.c_[x, np.zeros(11), np.zeros(11)]
+        np.testing.assert_array_equal(dbscan_labels(q, 0.42, 4), [0] * 5 + [1] * 5 + [0])
+    # min_points larger than any neighbourhood: all noise, and largest_cluster keeps everything.
+    assert (dbscan_labels(p, 0.25, 4) == -1).all()
+    assert dbscan_labels(np.zeros((0, 3)), 0.1, 2).shape == (0,)
+    # largest_cluster keeps exactly the bigger cluster with its border points.
+    np.testing.assert_array_equal(largest_cluster(p, 0.25, 3), [False] * 3 + [True] * 4 + [False] * 4)
+
+
 def test_largest_cluster_keeps_the_biggest_blob_and_its_border_points():
     rng = np.random.default_rng(6)
     big = rng.normal(0.0, 0.05, size=(300, 3))
